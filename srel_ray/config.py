@@ -1,0 +1,304 @@
+"""Typed, validated configuration: one dataclass per stage, loaded from YAML, overridable with ``--set``.
+
+Hyper-parameters (``data``, ``teacher``, ``recover``, ``relabel``, ``evaluate``) decide *what* is computed;
+``resources`` and ``tracking`` decide only *where and how fast*. Two runs with equal hyper-parameters produce
+equal outputs whatever their resources, which is why only the hyper-parameter sections identify a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from srel_ray.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """The real dataset: where it is and how images are presented to models."""
+
+    name: str = "digits"  # digits | (more sources arrive with the real-data readers)
+    path: str | None = None  # where the data lives, for sources that are not embedded
+    image_size: int = 16  # side length models see; digits (8x8) are resized to this
+    test_fraction: float = 0.25  # held-out share for sources without a test split
+    split_seed: int = 0  # the held-out split is stable across runs, independent of ``seed``
+    hflip: bool = True  # mirror images in augmentation and views; off for data that is not mirror-symmetric
+
+    def validate(self) -> None:
+        _check(self.name in DATASETS, "data.name", f"must be one of {sorted(DATASETS)}, got {self.name!r}")
+        _check(self.image_size >= 8, "data.image_size", f"must be >= 8, got {self.image_size}")
+        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass
+class TeacherConfig:
+    """Squeeze: where the frozen BN teacher comes from, and how it is trained when it is trained here."""
+
+    source: str = "squeeze"  # squeeze (train with Ray Train) | torchvision (pretrained by name) | checkpoint
+    arch: str = "convnet"
+    arch_kwargs: dict = field(default_factory=dict)
+    checkpoint: str | None = None  # source=checkpoint: a teacher.pt written by squeeze
+    weights: str = "IMAGENET1K_V1"  # source=torchvision: the weights enum name (the paper uses V1)
+    weights_path: str | None = None  # source=torchvision: a local state-dict file instead of the hub
+    epochs: int = 20
+    batch_size: int = 64  # global, split across workers
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True  # light crop-and-flip only: heavy augmentation in squeeze hurts recovery
+
+    def validate(self) -> None:
+        _check(self.source in TEACHER_SOURCES, "teacher.source",
+               f"must be one of {sorted(TEACHER_SOURCES)}, got {self.source!r}")
+        if self.source == "checkpoint":
+            _check(bool(self.checkpoint), "teacher.checkpoint", "is required when teacher.source is 'checkpoint'")
+        _check(self.epochs >= 1, "teacher.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "teacher.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, "teacher.lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass
+class RecoverConfig:
+    """Recover: optimise synthetic images so the frozen teacher classifies them and their BN statistics match."""
+
+    ipc: int = 10  # images per class
+    iterations: int = 1000  # optimisation steps per unit (the recovery budget)
+    lr: float = 0.25
+    bn_weight: float = 0.01  # alpha_BN
+    first_bn_multiplier: float = 10.0  # the first BN layer's distance counts this many times
+    tv_weight: float = 0.0  # total-variation prior (off in SRe2L)
+    l2_weight: float = 0.0  # L2 prior (off in SRe2L)
+    jitter: int = 4  # random roll of up to this many pixels
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range ("multi-crop optimisation")
+    classes_per_unit: int = 100  # classes mixed in one optimisation batch (capped at the class count)
+    ipc_per_unit: int = 1  # images of each class in one batch
+
+    def validate(self) -> None:
+        _check(self.ipc >= 1, "recover.ipc", f"must be >= 1, got {self.ipc}")
+        _check(self.iterations >= 1, "recover.iterations", f"must be >= 1, got {self.iterations}")
+        _check(self.lr > 0, "recover.lr", f"must be > 0, got {self.lr}")
+        _check(self.bn_weight >= 0, "recover.bn_weight", f"must be >= 0, got {self.bn_weight}")
+        _check(self.jitter >= 0, "recover.jitter", f"must be >= 0, got {self.jitter}")
+        _check_scale(self.crop_scale, "recover.crop_scale")
+        _check(self.classes_per_unit >= 1, "recover.classes_per_unit", f"must be >= 1, got {self.classes_per_unit}")
+        _check(self.ipc_per_unit >= 1, "recover.ipc_per_unit", f"must be >= 1, got {self.ipc_per_unit}")
+
+
+@dataclass
+class RelabelConfig:
+    """Relabel: E epochs x K views of every image, each view's teacher logits stored for exact replay."""
+
+    epochs: int = 100  # E: label epochs; the student's epoch e replays label epoch e mod E
+    views_per_epoch: int = 1  # K
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    batch_size: int = 256  # views per teacher forward pass
+    logits_dtype: str = "float16"
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "relabel.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.views_per_epoch >= 1, "relabel.views_per_epoch", f"must be >= 1, got {self.views_per_epoch}")
+        _check_scale(self.crop_scale, "relabel.crop_scale")
+        _check(self.batch_size >= 1, "relabel.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.logits_dtype in ("float16", "float32"), "relabel.logits_dtype",
+               f"must be 'float16' or 'float32', got {self.logits_dtype!r}")
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate: train a student from scratch on a set's stored views and labels; test on real held-out data."""
+
+    arch: str = "convnet"
+    arch_kwargs: dict = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 32  # global, split across workers
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 4.0  # T of the KL loss on soft labels
+    baselines: bool = True  # also train on IPC random real images, hard and teacher-relabelled
+    eval_interval: int = 10  # test every this many epochs (and after the last); 0: after the last only
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "evaluate.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, "evaluate.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, "evaluate.lr", f"must be > 0, got {self.lr}")
+        _check(self.temperature > 0, "evaluate.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.eval_interval >= 0, "evaluate.eval_interval", f"must be >= 0, got {self.eval_interval}")
+
+
+@dataclass
+class ResourcesConfig:
+    """Where work runs. Changing these never changes results (threads per worker held equal)."""
+
+    ray_address: str | None = None  # None: start a local cluster; "auto" or ray://... to join one
+    num_cpus: int | None = None  # local cluster only; None lets Ray count the cores
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    train_workers: int = 1  # Ray Train workers for squeeze and evaluate
+    recover_actors: int = 2
+    relabel_actors: int = 1
+    gpus_per_actor: float = 1.0  # recover/relabel actors, when use_gpu
+    threads_per_worker: int = 1  # torch intra-op threads in every worker and actor
+
+    def validate(self) -> None:
+        _check(self.train_workers >= 1, "resources.train_workers", f"must be >= 1, got {self.train_workers}")
+        _check(self.recover_actors >= 1, "resources.recover_actors", f"must be >= 1, got {self.recover_actors}")
+        _check(self.relabel_actors >= 1, "resources.relabel_actors", f"must be >= 1, got {self.relabel_actors}")
+        _check(0 < self.gpus_per_actor, "resources.gpus_per_actor", f"must be > 0, got {self.gpus_per_actor}")
+        _check(self.threads_per_worker >= 1, "resources.threads_per_worker",
+               f"must be >= 1, got {self.threads_per_worker}")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking. ``tracking_uri`` None honours MLFLOW_TRACKING_URI, else MLflow's default SQLite file."""
+
+    enabled: bool = True
+    experiment: str = "srel_ray"
+    tracking_uri: str | None = None
+    artifact_root: str | None = None  # None: an absolute ``mlartifacts`` folder beside the SQLite file
+
+
+@dataclass
+class Config:
+    """A whole run. ``seed`` is the one source of all randomness."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    recover: RecoverConfig = field(default_factory=RecoverConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> "Config":
+        for section in (self.data, self.teacher, self.recover, self.relabel, self.evaluate, self.resources):
+            section.validate()
+        from srel_ray.models import check_model_name  # models import torch; keep config import light
+
+        if self.teacher.source != "checkpoint":
+            check_model_name(self.teacher.arch, "teacher.arch")
+        check_model_name(self.evaluate.arch, "evaluate.arch")
+        return self
+
+    def identity(self) -> dict:
+        """The sections that decide outputs; equal identities mean an output folder can be resumed."""
+        d = to_dict(self)
+        d.pop("resources")
+        d.pop("tracking")
+        return d
+
+
+DATASETS = {"digits"}
+TEACHER_SOURCES = {"squeeze", "torchvision", "checkpoint"}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain-YAML dict (tuples become lists)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or the defaults when ``path`` is None), apply ``section.key=value`` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return from_dict(raw).validate()
+
+
+def from_dict(raw: dict) -> Config:
+    return _build(Config, raw, prefix="")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set expects section.key=value, got {item!r}")
+    dotted, value = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(value)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    name = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys of {name}: {sorted(fields)}")
+    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, prefix=name + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        assert len(inner) == 1, f"unsupported union {hint}"
+        return _coerce(inner[0], value, name)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config type {hint} for {name}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {message}")
+
+
+def _check_scale(scale: tuple[float, float], name: str) -> None:
+    lo, hi = scale
+    _check(0.0 < lo <= hi <= 1.0, name, f"must satisfy 0 < low <= high <= 1, got {list(scale)}")

@@ -1,0 +1,29 @@
+"""Relabel (FKD style): every image gets E epochs x K views drawn from (seed, image, epoch); the teacher's logits on
+each view are stored beside the view's parameters, so the student can replay exactly those views."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from srel_ray.core.normalization import Normalization, from_uint8
+from srel_ray.core.seeding import STREAM_VIEWS, generator
+from srel_ray.core.views import Views, render_views, sample_views
+
+
+def views_for(seed: int, image_id: int, epoch: int, k: int, height: int, width: int,
+              scale: tuple[float, float], hflip: bool = True) -> Views:
+    """The K views of one image in one label epoch. Deterministic in (seed, image_id, epoch) alone."""
+    return sample_views(k, height, width, scale, generator(seed, STREAM_VIEWS, image_id, epoch), hflip)
+
+
+def view_pixels(images_uint8: torch.Tensor, views: Views, image_size: int, norm: Normalization) -> torch.Tensor:
+    """The normalised input the teacher (at relabel) and the student (at training) both see for these views."""
+    return norm.normalize(render_views(from_uint8(images_uint8), views, image_size))
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, pixels: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
+    """Logits of a frozen teacher on normalised view pixels, in chunks of ``batch_size``."""
+    out = [teacher(chunk.to(device)).float().cpu() for chunk in pixels.split(batch_size)]
+    return torch.cat(out) if out else torch.empty(0)

@@ -1,0 +1,127 @@
+"""The student: trained from scratch on a small set by replaying stored views, with soft (KL at temperature T) or
+hard (cross-entropy) labels, then tested on real held-out images. Also the teacher's (squeeze) epoch loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srel_ray.core.losses import soft_label_kl, topk_correct
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.relabel import view_pixels
+from srel_ray.core.seeding import STREAM_STUDENT_ORDER, STREAM_TEACHER_DATA, generator
+from srel_ray.core.views import Views
+
+
+@dataclass
+class EpochLabels:
+    """One label epoch: which image each row shows, the view, and the teacher's logits (None: hard labels)."""
+
+    image_index: torch.Tensor  # (R,) int64, row -> index into the set's images
+    views: Views
+    logits: torch.Tensor | None  # (R, num_classes) or None
+
+
+def shard_order(num_rows: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's rows for one epoch: a seeded permutation, padded by wrapping so every rank gets as many."""
+    perm = torch.randperm(num_rows, generator=generator(seed, STREAM_STUDENT_ORDER, epoch))
+    per_rank = -(-num_rows // world)
+    padded = perm.repeat(-(-per_rank * world // num_rows))[: per_rank * world]
+    return padded[rank::world]
+
+
+def train_student_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    class_labels: torch.Tensor,
+    labels: EpochLabels,
+    *,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    temperature: float,
+    image_size: int,
+    norm: Normalization,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+) -> float:
+    """One epoch over this rank's share of the stored views; returns the mean loss. Scheduler steps per batch."""
+    model.train()
+    rows = shard_order(len(labels.image_index), seed, epoch, rank, world)
+    total, count = 0.0, 0
+    for batch in rows.split(batch_size):
+        idx = labels.image_index[batch]
+        views = Views(labels.views.boxes[batch], labels.views.flips[batch])
+        x = view_pixels(images[idx], views, image_size, norm).to(device)
+        out = model(x)
+        if labels.logits is None:
+            loss = F.cross_entropy(out, class_labels[idx].to(device))
+        else:
+            loss = soft_label_kl(out, labels.logits[batch].to(device), temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach()) * len(batch)
+        count += len(batch)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def count_correct(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  device: torch.device | str = "cpu") -> dict[str, int]:
+    """Top-1/top-5 hits and sample count over (normalised images, labels) batches."""
+    model.eval()
+    top1 = top5 = n = 0
+    for x, y in batches:
+        c1, c5 = topk_correct(model(x.to(device)), y.to(device), (1, 5))
+        top1, top5, n = top1 + c1, top5 + c5, n + len(y)
+    return {"top1": top1, "top5": top5, "n": n}
+
+
+def light_augment(x: torch.Tensor, gen: torch.Generator, pad: int, hflip: bool = True) -> torch.Tensor:
+    """Random pad-and-crop plus horizontal flip per image: the mild augmentation SRe2L's squeeze allows."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
+    flips = (torch.rand(n, generator=gen) < 0.5) & hflip
+    out = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+    return torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
+
+
+def train_teacher_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epoch: int,
+    seed: int,
+    rank: int,
+    augment: bool,
+    hflip: bool = True,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """One squeeze epoch of plain cross-entropy training over (normalised images, labels) batches."""
+    model.train()
+    gen = generator(seed, STREAM_TEACHER_DATA, epoch, rank)
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        if augment:
+            x = light_augment(x, gen, pad=max(1, x.shape[-1] // 8), hflip=hflip)
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((out.argmax(1) == y).sum())
+        n += len(y)
+    return {"train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1), "train_n": n}

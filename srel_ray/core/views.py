@@ -1,0 +1,88 @@
+"""Views of an image: a RandomResizedCrop box plus a flip flag, sampled from a generator and rendered exactly.
+
+Relabel and the student share ``render_views``, so the student replays bit-for-bit the views the teacher labelled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+@dataclass(frozen=True)
+class Views:
+    """A batch of view parameters: boxes as (top, left, height, width) in source pixels, and flip flags."""
+
+    boxes: torch.Tensor  # (N, 4) float32
+    flips: torch.Tensor  # (N,) bool
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+
+def sample_boxes(n: int, height: int, width: int, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop boxes, as torchvision samples them (10 tries, then a centre crop), from ``gen``."""
+    area = height * width
+    log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
+    boxes = torch.empty(n, 4)
+    for i in range(n):
+        boxes[i] = _one_box(height, width, area, scale, log_ratio, gen)
+    return boxes
+
+
+def _one_box(height, width, area, scale, log_ratio, gen) -> torch.Tensor:
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=gen).item())
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            return torch.tensor([top, left, h, w], dtype=torch.float32)
+    side = min(height, width)
+    return torch.tensor([(height - side) // 2, (width - side) // 2, side, side], dtype=torch.float32)
+
+
+def sample_views(n: int, height: int, width: int, scale: tuple[float, float], gen: torch.Generator,
+                 hflip: bool = True) -> Views:
+    """Boxes, and flip flags (always drawn, so ``hflip`` never shifts the stream; all False when not allowed)."""
+    boxes = sample_boxes(n, height, width, scale, gen)
+    flips = (torch.rand(n, generator=gen) < 0.5) & hflip
+    return Views(boxes, flips)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image to its box and resize to ``size`` (bilinear, differentiable, one batched grid_sample)."""
+    n, _, height, width = images.shape
+    top, left, h, w = boxes.to(images.dtype).unbind(1)
+    # Affine map from output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False convention).
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = w / width
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta.to(images.device), [n, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def flip(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    return torch.where(flips.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def render_views(images: torch.Tensor, views: Views, size: int) -> torch.Tensor:
+    """The pixels of each view: crop to the box, resize to ``size``, flip where flagged."""
+    return flip(crop_resize(images, views.boxes, size), views.flips)
+
+
+def random_roll(images: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift the whole batch by up to ``jitter`` pixels in each direction, wrapping around (SRe2L's jitter)."""
+    if jitter == 0:
+        return images
+    dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
+    return torch.roll(images, shifts=(dy, dx), dims=(2, 3))

@@ -1,0 +1,239 @@
+"""A small labelled image set on disk: the condensed set, and the random-real baseline in the same format.
+
+    <set>/images/<class index>/<image index:05d>.png   lossless images, one folder per class
+    <set>/labels/epoch-<e:05d>.parquet                  one file per label epoch (schema: ``LABEL_SCHEMA``)
+    <set>/manifest.json                                 written last; its presence means the images are complete
+    <set>/.progress/                                    markers of finished work units (recovery resumes from them)
+
+Every file is written under a temporary name and renamed into place, so a crash never leaves a file that looks
+complete. Paths go through fsspec, so a set can live on any filesystem fsspec reaches.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from srel_ray.core.student import EpochLabels
+from srel_ray.core.views import Views
+from srel_ray.errors import DataError
+
+FORMAT_VERSION = 1
+
+
+def label_schema(num_classes: int, logits_dtype: str = "float16") -> pa.Schema:
+    value = pa.float16() if logits_dtype == "float16" else pa.float32()
+    return pa.schema([
+        ("image_id", pa.int32()),  # class * ipc + index within class
+        ("label", pa.int32()),  # the image's class index
+        ("epoch", pa.int32()),
+        ("view", pa.int32()),  # 0..K-1 within the epoch
+        ("top", pa.int32()), ("left", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),  # crop box (px)
+        ("flip", pa.bool_()),
+        ("logits", pa.list_(value, num_classes)),  # the teacher's logits on this view
+    ])
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(str(path))
+
+
+def join(*parts: str) -> str:
+    return "/".join(str(p).rstrip("/") for p in parts)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    fs, p = _fs(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    tmp = p + ".tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, p)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=False).encode())
+
+
+def read_json(path: str) -> Any:
+    fs, p = _fs(path)
+    with fs.open(p, "rb") as f:
+        return json.load(f)
+
+
+def exists(path: str) -> bool:
+    fs, p = _fs(path)
+    return fs.exists(p)
+
+
+def remove(path: str) -> None:
+    fs, p = _fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+# ----------------------------------------------------------------------------------------- images
+
+
+def image_path(set_dir: str, label: int, index: int) -> str:
+    return join(set_dir, "images", str(label), f"{index:05d}.png")
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """(C, H, W) uint8 -> PNG bytes (grey for one channel, RGB for three)."""
+    array = image.permute(1, 2, 0).numpy()
+    array = array[:, :, 0] if array.shape[2] == 1 else array
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes, channels: int) -> torch.Tensor:
+    img = Image.open(io.BytesIO(data))
+    img = img.convert("L" if channels == 1 else "RGB")
+    array = np.asarray(img, dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def write_images(set_dir: str, labels_and_indices: list[tuple[int, int]], images: torch.Tensor) -> None:
+    for (label, index), image in zip(labels_and_indices, images):
+        write_bytes_atomic(image_path(set_dir, label, index), encode_png(image))
+
+
+def read_image(set_dir: str, label: int, index: int, channels: int) -> torch.Tensor:
+    """One image of a set as (C, H, W) uint8."""
+    fs, path = _fs(image_path(set_dir, label, index))
+    try:
+        with fs.open(path, "rb") as f:
+            return decode_png(f.read(), channels)
+    except FileNotFoundError:
+        raise DataError(f"set {set_dir!r} misses image {path!r}: was its stage interrupted?") from None
+
+
+def read_images(set_dir: str, num_classes: int, ipc: int, channels: int) -> torch.Tensor:
+    """All images of a set as (num_classes * ipc, C, H, W) uint8, ordered by image id."""
+    return torch.stack([read_image(set_dir, label, index, channels)
+                        for label in range(num_classes) for index in range(ipc)])
+
+
+def image_id(label: int, index: int, ipc: int) -> int:
+    return label * ipc + index
+
+
+# ----------------------------------------------------------------------------------------- labels
+
+
+def label_file(set_dir: str, epoch: int) -> str:
+    return join(set_dir, "labels", f"epoch-{epoch:05d}.parquet")
+
+
+def write_label_epoch(set_dir: str, epoch: int, columns: dict[str, np.ndarray], num_classes: int,
+                      logits_dtype: str) -> None:
+    """Write one label epoch (rows sorted by image id, then view) atomically."""
+    schema = label_schema(num_classes, logits_dtype)
+    order = np.lexsort((columns["view"], columns["image_id"]))
+    arrays = []
+    for field in schema:
+        values = np.asarray(columns[field.name])[order]
+        if field.name == "logits":
+            flat = pa.array(values.astype(np.float16 if logits_dtype == "float16" else np.float32).ravel(),
+                            type=field.type.value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, num_classes))
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes_atomic(label_file(set_dir, epoch), buf.getvalue())
+
+
+def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabels:
+    """One label epoch as the student replays it; ``hard`` drops the logits (the hard-label baseline)."""
+    fs, p = _fs(label_file(set_dir, epoch))
+    if not fs.exists(p):
+        raise DataError(f"set {set_dir!r} has no labels for epoch {epoch}: run the relabel stage first")
+    with fs.open(p, "rb") as f:
+        table = pq.read_table(f)
+    col = {name: table.column(name).to_numpy() for name in ("image_id", "top", "left", "height", "width", "flip")}
+    boxes = torch.from_numpy(np.stack([col["top"], col["left"], col["height"], col["width"]], 1).astype(np.float32))
+    logits = None
+    if not hard:
+        flat = table.column("logits").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        logits = torch.from_numpy(flat.astype(np.float32).reshape(len(table), -1))
+    return EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)),
+                       Views(boxes, torch.from_numpy(col["flip"].astype(bool))), logits)
+
+
+def label_epochs_done(set_dir: str, epochs: int) -> list[int]:
+    return [e for e in range(epochs) if exists(label_file(set_dir, e))]
+
+
+# ----------------------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class SetInfo:
+    """What a manifest says about a set: enough to read it and to check it against a teacher and dataset."""
+
+    path: str
+    class_names: list[str]
+    ipc: int
+    channels: int
+    image_size: int
+    manifest: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def label_epochs(self) -> int:
+        return int(self.manifest.get("labels", {}).get("epochs", 0))
+
+
+def manifest_path(set_dir: str) -> str:
+    return join(set_dir, "manifest.json")
+
+
+def write_manifest(set_dir: str, *, kind: str, dataset: str, class_names: list[str], ipc: int, channels: int,
+                   image_size: int, normalization: dict, teacher: dict, config: dict,
+                   labels: dict | None = None, source: dict | None = None) -> None:
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "dataset": dataset,
+        "classes": [{"index": i, "name": n} for i, n in enumerate(class_names)],
+        "ipc": ipc,
+        "channels": channels,
+        "image_size": image_size,
+        "normalization": normalization,
+        "teacher": teacher,
+        "counts": {"images": len(class_names) * ipc,
+                   "label_files": labels["epochs"] if labels else 0},
+        "labels": labels or {},
+        "source": source or {},
+        "config": config,
+    }
+    write_json_atomic(manifest_path(set_dir), manifest)
+
+
+def read_set(set_dir: str) -> SetInfo:
+    if not exists(manifest_path(set_dir)):
+        raise DataError(f"{set_dir!r} is not a complete set: {manifest_path(set_dir)!r} is missing "
+                        "(the stage that writes it has not finished)")
+    m = read_json(manifest_path(set_dir))
+    return SetInfo(set_dir, [c["name"] for c in m["classes"]], int(m["ipc"]), int(m["channels"]),
+                   int(m["image_size"]), m)

@@ -1,0 +1,1 @@
+"""The Ray edge: every module here wraps core functions in one Ray role and re-implements none of them."""

@@ -1,0 +1,82 @@
+"""Evaluate on Ray Train: a student trained from scratch on one set's stored views and labels, tested on real data.
+
+The same loop trains all three students of a report (condensed set, random real with hard labels, random real with
+teacher labels): only the set and the ``hard`` flag differ, so the protocol is identical by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from srel_ray.config import Config, from_dict, to_dict
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.seeding import STREAM_STUDENT_INIT, seeded_init
+from srel_ray.core.student import count_correct, train_student_epoch
+from srel_ray.data import sets
+from srel_ray.data.real import RealDataset
+from srel_ray.distributed import trainer
+from srel_ray.models import create_model
+
+
+def student_loop(config: dict) -> None:
+    cfg = from_dict(config["cfg"])
+    e = cfg.evaluate
+    norm = Normalization(**config["norm"])
+    rank, world, device = trainer.worker_setup(config["threads"])
+    info = sets.read_set(config["set_dir"])
+    images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
+    class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
+    with seeded_init(cfg.seed, STREAM_STUDENT_INIT):
+        model = create_model(e.arch, num_classes=info.num_classes, in_channels=info.channels,
+                             image_size=cfg.data.image_size, **e.arch_kwargs)
+    if device.type == "cuda" and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    local_batch = max(1, e.batch_size // world)
+    rows_per_epoch = len(images) * cfg.relabel.views_per_epoch
+    steps_per_epoch = -(-(-(-rows_per_epoch // world)) // local_batch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=e.lr, weight_decay=e.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=e.epochs * steps_per_epoch)
+    start, history = 0, []
+    state = trainer.load_state()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["epoch"] + 1, state["history"]
+    model = ray.train.torch.prepare_model(model, move_to_device=False)
+    test_shard = ray.train.get_dataset_shard("test")
+
+    for epoch in range(start, e.epochs):
+        labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"])
+        loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
+                                   seed=cfg.seed, batch_size=local_batch, temperature=e.temperature,
+                                   image_size=cfg.data.image_size, norm=norm, rank=rank, world=world, device=device)
+        metrics = {"epoch": epoch, "train_loss": trainer.all_reduce_sum({"l": loss}, device)["l"] / world}
+        last = epoch == e.epochs - 1
+        if last or (e.eval_interval and (epoch + 1) % e.eval_interval == 0):
+            test = trainer.all_reduce_sum(count_correct(model, trainer.test_batches(test_shard, 256, norm), device),
+                                          device)
+            metrics.update(test_top1=test["top1"] / test["n"], test_top5=test["top5"] / test["n"])
+        history.append(metrics)
+        if "test_top1" in metrics:  # report (and checkpoint) at test points only: a report costs ~0.1 s
+            state = {"model": trainer.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
+            trainer.report(metrics, state, rank)
+
+
+def run_student(cfg: Config, data: RealDataset, set_dir: str, *, hard: bool, name: str, storage: Path,
+                use_gpu: bool) -> dict:
+    """Train and test one student; returns final top-1/top-5 and the per-epoch history."""
+    res = cfg.resources
+    loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
+                   "set_dir": set_dir, "hard": hard, "threads": res.threads_per_worker}
+    datasets = {"test": trainer.split_dataset(data.test.images, data.test.labels)}
+    result = trainer.fit(student_loop, loop_config, name=name, storage=storage, res=res, use_gpu=use_gpu,
+                         datasets=datasets)
+    history = trainer.final_state(result)["history"]
+    return {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"], "history": history}

@@ -1,0 +1,117 @@
+"""Relabel with Ray Data: (image, epoch) rows -> K views each (CPU tasks: decode, crop, flip) -> teacher logits (an
+actor pool, one GPU per actor when present) -> one Parquet file per label epoch, written as each epoch completes.
+
+Rows stream in order, so epochs complete one after another and the driver holds at most one epoch of logits; an
+epoch whose file exists is skipped, so an interrupted relabel resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import numpy as np
+import ray
+import ray.data
+import torch
+from tqdm import tqdm
+
+from srel_ray.config import Config
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.recover import freeze
+from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
+from srel_ray.data import sets
+from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
+from srel_ray.teacher import load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def expand_views(batch: dict, *, set_dir: str, num_images: int, ipc: int, channels: int, epochs: list[int],
+                 k: int, image_size: int, scale: tuple[float, float], hflip: bool, seed: int, norm: dict) -> dict:
+    """Map step (CPU tasks): row ids -> K view rows each, with the view's parameters and normalised pixels."""
+    normalization = Normalization(**norm)
+    out = defaultdict(list)
+    for row in batch["id"]:
+        epoch = epochs[int(row) // num_images]
+        image_id = int(row) % num_images
+        label = image_id // ipc
+        image = sets.read_image(set_dir, label, image_id % ipc, channels).unsqueeze(0)
+        views = views_for(seed, image_id, epoch, k, image.shape[-2], image.shape[-1], scale, hflip)
+        out["image_id"].append(np.full(k, image_id, np.int32))
+        out["label"].append(np.full(k, label, np.int32))
+        out["epoch"].append(np.full(k, epoch, np.int32))
+        out["view"].append(np.arange(k, dtype=np.int32))
+        out["box"].append(views.boxes.numpy().astype(np.int32))
+        out["flip"].append(views.flips.numpy())
+        out["pixels"].append(view_pixels(image.expand(k, -1, -1, -1), views, image_size, normalization).numpy())
+    return {key: np.concatenate(parts) for key, parts in out.items()}
+
+
+class TeacherLabeler:
+    """Actor-pool step: the frozen teacher's logits on each view's pixels. Loads the teacher once per actor."""
+
+    def __init__(self, teacher_path: str, batch_size: int, threads: int):
+        torch.set_num_threads(threads)
+        self.device = local_device()
+        self.model = freeze(load_teacher(teacher_path).build()).to(self.device)
+        self.batch_size = batch_size
+        ident = worker_identity()
+        self.worker = f"{ident['node_id']}|{','.join(ident['gpu_ids'])}|{ident['pid']}|{self.device}"
+
+    def __call__(self, batch: dict) -> dict:
+        pixels = torch.from_numpy(np.array(batch.pop("pixels")))  # Ray Data batches are read-only views
+        batch["logits"] = teacher_logits(self.model, pixels, self.batch_size, self.device).numpy()
+        batch["worker"] = np.array([self.worker] * len(pixels))
+        return batch
+
+
+def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: bool) -> dict:
+    """Write every missing label epoch of the set at ``info.path``; returns counts and the labeling actors."""
+    r, res = cfg.relabel, cfg.resources
+    done = set(sets.label_epochs_done(info.path, r.epochs))
+    pending = [e for e in range(r.epochs) if e not in done]
+    if done:
+        log.info("relabel %s: %d of %d epochs already written, skipping them", info.path, len(done), r.epochs)
+    if not pending:
+        return {"epochs": r.epochs, "skipped": len(done), "workers": []}
+    n_images = info.num_classes * info.ipc
+    rows_per_epoch = n_images * r.views_per_epoch
+    norm = info.manifest["normalization"]
+    request = actor_resources(res, use_gpu)
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # epochs complete in order: bounded driver memory
+    ds = ray.data.range(n_images * len(pending))
+    ds = ds.map_batches(expand_views, fn_kwargs=dict(
+        set_dir=info.path, num_images=n_images, ipc=info.ipc, channels=info.channels, epochs=pending,
+        k=r.views_per_epoch, image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip,
+        seed=cfg.seed, norm=norm), batch_size=max(1, r.batch_size // r.views_per_epoch), num_cpus=1)
+    ds = ds.map_batches(TeacherLabeler, fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker),
+                        batch_size=r.batch_size, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
+                        num_cpus=request["num_cpus"], num_gpus=request["num_gpus"],
+                        max_restarts=3, max_task_retries=3)
+
+    buffers: dict[int, list[dict]] = defaultdict(list)
+    counts: dict[int, int] = defaultdict(int)
+    workers: set[str] = set()
+    progress = tqdm(total=len(pending), desc=f"relabel {info.path.rsplit('/', 1)[-1]}", unit="epoch")
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        workers.update(batch.pop("worker").tolist())
+        for epoch in np.unique(batch["epoch"]):
+            mask = batch["epoch"] == epoch
+            buffers[int(epoch)].append({k: v[mask] for k, v in batch.items()})
+            counts[int(epoch)] += int(mask.sum())
+            if counts[int(epoch)] == rows_per_epoch:
+                _write_epoch(info, int(epoch), buffers.pop(int(epoch)), r.logits_dtype)
+                progress.update(1)
+    progress.close()
+    assert not buffers, f"relabel ended with incomplete epochs {sorted(buffers)}"
+    return {"epochs": r.epochs, "skipped": len(done), "workers": sorted(workers)}
+
+
+def _write_epoch(info: sets.SetInfo, epoch: int, parts: list[dict], logits_dtype: str) -> None:
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    box = cat.pop("box")
+    columns = {**cat, "top": box[:, 0], "left": box[:, 1], "height": box[:, 2], "width": box[:, 3]}
+    sets.write_label_epoch(info.path, epoch, columns, info.num_classes, logits_dtype)

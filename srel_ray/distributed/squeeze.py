@@ -1,0 +1,82 @@
+"""Squeeze on Ray Train: train the teacher on the real data with DDP workers, checkpoint every epoch, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from srel_ray.config import Config, from_dict, to_dict
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.seeding import STREAM_TEACHER_DATA, STREAM_TEACHER_INIT, derive_seed, seeded_init
+from srel_ray.core.student import count_correct, train_teacher_epoch
+from srel_ray.data.real import RealDataset
+from srel_ray.distributed import trainer
+from srel_ray.models import create_model
+from srel_ray.teacher import Teacher
+
+
+def squeeze_loop(config: dict) -> None:
+    """One Ray Train worker's squeeze: reads like the plain loop, plus report/checkpoint at each epoch."""
+    cfg = from_dict(config["cfg"])
+    t = cfg.teacher
+    norm = Normalization(**config["norm"])
+    rank, world, device = trainer.worker_setup(config["threads"])
+    with seeded_init(cfg.seed, STREAM_TEACHER_INIT):
+        model = create_model(t.arch, num_classes=config["num_classes"], in_channels=config["channels"],
+                             image_size=cfg.data.image_size, **t.arch_kwargs)
+    if device.type == "cuda" and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+    start, history = 0, []
+    state = trainer.load_state()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["epoch"] + 1, state["history"]
+    model = ray.train.torch.prepare_model(model, move_to_device=False)
+    train_shard = ray.train.get_dataset_shard("train")
+    test_shard = ray.train.get_dataset_shard("test")
+    local_batch = max(1, t.batch_size // world)
+
+    for epoch in range(start, t.epochs):
+        batches = ((norm.normalize(b["image"].float() / 255), b["label"]) for b in train_shard.iter_torch_batches(
+            batch_size=local_batch, local_shuffle_buffer_size=4 * local_batch,
+            local_shuffle_seed=derive_seed(cfg.seed, STREAM_TEACHER_DATA, epoch, rank)))
+        stats = train_teacher_epoch(model, optimizer, batches, epoch=epoch, seed=cfg.seed, rank=rank,
+                                    augment=t.augment, hflip=cfg.data.hflip, device=device)
+        scheduler.step()
+        train_sums = trainer.all_reduce_sum({"loss": stats["train_loss"] * stats["train_n"],
+                                             "correct": stats["train_top1"] * stats["train_n"],
+                                             "n": stats["train_n"]}, device)
+        test = trainer.all_reduce_sum(count_correct(model, trainer.test_batches(test_shard, 256, norm), device),
+                                      device)
+        metrics = {"epoch": epoch, "train_loss": train_sums["loss"] / train_sums["n"],
+                   "train_top1": train_sums["correct"] / train_sums["n"],
+                   "test_top1": test["top1"] / test["n"], "test_top5": test["top5"] / test["n"]}
+        history.append(metrics)
+        state = {"model": trainer.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
+        trainer.report(metrics, state, rank)
+
+
+def run_squeeze(cfg: Config, data: RealDataset, storage: Path, use_gpu: bool) -> Teacher:
+    """Train the teacher with ``cfg.resources.train_workers`` workers; returns it with its per-epoch history."""
+    res = cfg.resources
+    loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
+                   "num_classes": data.num_classes, "channels": data.channels, "threads": res.threads_per_worker}
+    datasets = {"train": trainer.split_dataset(data.train.images, data.train.labels),
+                "test": trainer.split_dataset(data.test.images, data.test.labels)}
+    result = trainer.fit(squeeze_loop, loop_config, name="squeeze", storage=storage, res=res, use_gpu=use_gpu,
+                         datasets=datasets)
+    state = trainer.final_state(result)
+    last = state["history"][-1]
+    return Teacher(cfg.teacher.arch, cfg.teacher.arch_kwargs, data.class_names, data.channels,
+                   cfg.data.image_size, data.norm, state["model"],
+                   {"test_top1": last["test_top1"], "test_top5": last["test_top5"], "epochs": cfg.teacher.epochs,
+                    "history": state["history"]})

@@ -1,0 +1,90 @@
+"""What squeeze and evaluate share on Ray Train: the trainer, worker context, checkpoints, metric all-reduce."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from srel_ray.config import ResourcesConfig
+
+
+def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage: Path, res: ResourcesConfig,
+        use_gpu: bool, datasets: dict, max_failures: int = 3) -> ray.train.Result:
+    """Run ``loop`` on ``res.train_workers`` workers. Same ``name`` and ``storage`` resume the last checkpoint."""
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=res.train_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": res.threads_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(storage.resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+        datasets=datasets,
+    )
+    return trainer.fit()
+
+
+def worker_setup(threads: int) -> tuple[int, int, torch.device]:
+    """Threads, rank, world size and device of this training worker."""
+    torch.set_num_threads(threads)
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+
+def load_state() -> dict | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def final_state(result: ray.train.Result) -> dict:
+    """The state rank 0 saved with the last checkpoint (model, optimiser, per-epoch history)."""
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def report(metrics: dict, state: dict | None, rank: int) -> None:
+    """Every rank reports; rank 0 attaches ``state`` as the checkpoint when given."""
+    if state is None or rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, Path(d) / "state.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum counters over workers (no-op on one worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def test_batches(shard, batch_size: int, norm) -> "iter":
+    """Normalised (images, labels) batches from a Ray Data shard of uint8 images."""
+    for batch in shard.iter_torch_batches(batch_size=batch_size):
+        yield norm.normalize(batch["image"].float() / 255), batch["label"]
+
+
+def split_dataset(images: torch.Tensor, labels: torch.Tensor) -> "ray.data.Dataset":
+    """A Ray Dataset of uint8 images and int labels from in-memory tensors."""
+    return ray.data.from_items([{"image": np.asarray(img), "label": int(lbl)}
+                                for img, lbl in zip(images.numpy(), labels.numpy())])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model

@@ -1,0 +1,337 @@
+"""The four stages chained on the driver: check inputs, call one Ray role per stage, record what was written.
+
+    DIR/config.yaml                     the final config (a folder holds one run: a different config is refused)
+    DIR/teacher/teacher.pt              the frozen teacher with its class order and normalisation
+    DIR/condensed/                      the condensed set (images, labels, manifest.json; see srel_ray.data.sets)
+    DIR/baselines/random_real/          IPC random real images per class, relabelled by the same teacher
+    DIR/evaluate/<student>.json         one file per trained student
+    DIR/stages/<stage>.json             what each stage did and how long it took
+    DIR/summary.json                    written last, once every stage has finished
+    DIR/ray/                            Ray Train storage (checkpoints that resume squeeze and evaluate)
+
+Every stage skips work whose outputs are complete, so re-running a command resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from srel_ray.config import Config, load_config, save_config, to_dict
+from srel_ray.core.recover import freeze
+from srel_ray.core.student import count_correct
+from srel_ray.data import sets
+from srel_ray.data.real import RealDataset, load_dataset, random_real_indices
+from srel_ray.errors import SrelError
+from srel_ray.teacher import Teacher, load_teacher, save_teacher, torchvision_teacher
+from srel_ray.tracking import Tracker, tracked_run
+
+log = logging.getLogger(__name__)
+
+STAGES = ("squeeze", "recover", "relabel", "evaluate")
+STUDENTS = {  # name -> (set, hard labels)
+    "condensed": ("condensed", False),
+    "random_real_hard": ("random_real", True),
+    "random_real_soft": ("random_real", False),
+}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    out: Path
+
+    @property
+    def teacher(self) -> str:
+        return str(self.out / "teacher" / "teacher.pt")
+
+    def set_dir(self, name: str) -> str:
+        return str(self.out / ("condensed" if name == "condensed" else f"baselines/{name}"))
+
+    def stage_record(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage}.json"
+
+    def student_record(self, name: str) -> Path:
+        return self.out / "evaluate" / f"{name}.json"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.out / "ray"
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def prepare_out(cfg: Config, out: Path) -> RunDir:
+    """Claim ``out`` for this run: refuse a folder holding a different run, then save the config beside it."""
+    out = out.resolve()  # Ray workers run in other directories
+    config_path = out / "config.yaml"
+    if config_path.exists():
+        previous = load_config(config_path)
+        if previous.identity() != cfg.identity():
+            key, old, new = _first_difference(previous.identity(), cfg.identity())
+            raise SrelError(f"output folder {str(out)!r} holds a different run ({key}: {old!r} there, {new!r} now); "
+                            "choose a new --out, or rerun with the same config to resume")
+    elif out.exists() and any(out.iterdir()):
+        raise SrelError(f"output folder {str(out)!r} is not empty and holds no srel_ray run (no config.yaml); "
+                        "choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, config_path)
+    return RunDir(out)
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> tuple[str, object, object]:
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            if va != vb:
+                return _first_difference(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            return f"{prefix}{key}", va, vb
+    return prefix.rstrip("."), None, None
+
+
+def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealDataset:
+    """Everything that can be wrong with the inputs, checked before any heavy work starts."""
+    data = load_dataset(cfg.data)
+    if cfg.evaluate.baselines and ("relabel" in stages):
+        random_real_indices(data.train.labels, data.num_classes, cfg.recover.ipc, cfg.seed)  # enough images?
+    if "squeeze" in stages and cfg.teacher.source == "checkpoint":
+        _check_teacher(load_teacher(cfg.teacher.checkpoint), data)
+    elif "squeeze" not in stages:
+        if not sets.exists(run.teacher):
+            raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
+        _check_teacher(load_teacher(run.teacher), data)
+    return data
+
+
+def _check_teacher(teacher: Teacher, data: RealDataset) -> None:
+    teacher.check_classes(data.class_names, f"dataset {data.name!r}")
+    if teacher.in_channels != data.channels:
+        raise SrelError(f"the teacher takes {teacher.in_channels}-channel images, dataset {data.name!r} has "
+                        f"{data.channels}")
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def squeeze(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+    """Produce DIR/teacher/teacher.pt: train it (Ray Train), or take a torchvision model or a checkpoint."""
+    if sets.exists(run.teacher):
+        return {"skipped": True, **load_teacher(run.teacher).describe()}
+    source = cfg.teacher.source
+    if source == "squeeze":
+        from srel_ray.distributed.squeeze import run_squeeze
+
+        teacher = run_squeeze(cfg, data, run.ray_storage, use_gpu)
+        tracker.log_history(teacher.metrics.get("history", []), prefix="teacher.")
+    else:
+        if source == "checkpoint":
+            teacher = load_teacher(cfg.teacher.checkpoint)
+            _check_teacher(teacher, data)
+        else:
+            teacher = torchvision_teacher(cfg.teacher, cfg.data.image_size)
+            if teacher.num_classes != data.num_classes:
+                raise SrelError(f"torchvision {cfg.teacher.arch} has {teacher.num_classes} classes, dataset "
+                                f"{data.name!r} has {data.num_classes}")
+        teacher.metrics = {**teacher.metrics, **_test_accuracy(teacher, data)}
+    save_teacher(teacher, run.teacher)
+    return teacher.describe()
+
+
+def _test_accuracy(teacher: Teacher, data: RealDataset) -> dict:
+    model = freeze(teacher.build())
+    batches = ((teacher.norm.normalize(x.float() / 255), y)
+               for x, y in zip(data.test.images.split(256), data.test.labels.split(256)))
+    counts = count_correct(model, batches)
+    return {"test_top1": counts["top1"] / counts["n"], "test_top5": counts["top5"] / counts["n"]}
+
+
+def recover(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+    """Recover the condensed images with the actor pool; the manifest is written once all units are done."""
+    set_dir = run.set_dir("condensed")
+    if sets.exists(sets.manifest_path(set_dir)):
+        return {"skipped": True}
+    from srel_ray.distributed.recover import run_recover
+
+    teacher = load_teacher(run.teacher)
+    result = run_recover(cfg, run.teacher, set_dir, teacher.num_classes, use_gpu)
+    _write_set_manifest(cfg, set_dir, "condensed", data, teacher)
+    grid = save_grid(set_dir, teacher.num_classes, cfg.recover.ipc, data.channels, run.out / "condensed_grid.png")
+    tracker.log_artifact(grid)
+    for s in result["stats"]:
+        tracker.log_metrics({"recover.final_ce": s["ce"], "recover.final_bn": s["bn"]}, step=s["unit"])
+    return {"units": result["units"], "skipped_units": result["skipped"], "actors": result["actors"]}
+
+
+def relabel(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+    """Soft labels for the condensed set and, for the baselines, for IPC random real images per class."""
+    from srel_ray.distributed.relabel import run_relabel
+
+    teacher = load_teacher(run.teacher)
+    if cfg.evaluate.baselines:
+        _make_random_real(cfg, run, data, teacher)
+    report = {}
+    for name in ("condensed", "random_real") if cfg.evaluate.baselines else ("condensed",):
+        info = sets.read_set(run.set_dir(name))
+        teacher.check_classes(info.class_names, f"set {info.path!r}")
+        if info.label_epochs == cfg.relabel.epochs:
+            report[name] = {"skipped": True}
+            continue
+        report[name] = run_relabel(cfg, run.teacher, info, use_gpu)
+        labels = {"epochs": cfg.relabel.epochs, "views_per_epoch": cfg.relabel.views_per_epoch,
+                  "crop_scale": list(cfg.relabel.crop_scale), "logits_dtype": cfg.relabel.logits_dtype,
+                  "bytes_per_image_per_epoch": _label_bytes(info, cfg)}
+        _write_set_manifest(cfg, info.path, info.manifest["kind"], data, teacher, labels,
+                            extra=info.manifest.get("source"))
+    return report
+
+
+def _label_bytes(info: sets.SetInfo, cfg: Config) -> float:
+    fs, path = sets._fs(sets.join(info.path, "labels"))
+    total = sum(fs.size(p) for p in fs.ls(path, detail=False))
+    return total / (info.num_classes * info.ipc * cfg.relabel.epochs)
+
+
+def _make_random_real(cfg: Config, run: RunDir, data: RealDataset, teacher: Teacher) -> None:
+    set_dir = run.set_dir("random_real")
+    if sets.exists(sets.manifest_path(set_dir)):
+        return
+    ipc = cfg.recover.ipc
+    indices = random_real_indices(data.train.labels, data.num_classes, ipc, cfg.seed)
+    targets = [(c, i) for c in range(data.num_classes) for i in range(ipc)]
+    sets.write_images(set_dir, targets, data.train.images[indices])
+    _write_set_manifest(cfg, set_dir, "random_real", data, teacher,
+                        extra={"train_indices": indices.tolist()})
+
+
+def _write_set_manifest(cfg: Config, set_dir: str, kind: str, data: RealDataset, teacher: Teacher,
+                        labels: dict | None = None, extra: dict | None = None) -> None:
+    sets.write_manifest(set_dir, kind=kind, dataset=data.name, class_names=data.class_names, ipc=cfg.recover.ipc,
+                        channels=data.channels, image_size=cfg.data.image_size,
+                        normalization={"mean": list(teacher.norm.mean), "std": list(teacher.norm.std)},
+                        teacher=teacher.describe(), config=to_dict(cfg), labels=labels, source=extra)
+
+
+def evaluate(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+    """Train the condensed-set student and, with baselines on, both random-real students, all on one protocol."""
+    from srel_ray.distributed.evaluate import run_student
+
+    names = list(STUDENTS) if cfg.evaluate.baselines else ["condensed"]
+    results = {}
+    for name in names:
+        record = run.student_record(name)
+        if record.exists():
+            results[name] = json.loads(record.read_text())
+            continue
+        set_name, hard = STUDENTS[name]
+        info = sets.read_set(run.set_dir(set_name))
+        if info.label_epochs != cfg.relabel.epochs:
+            raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
+        log.info("evaluate: training the %s student", name)
+        result = run_student(cfg, data, info.path, hard=hard, name=f"student-{name}", storage=run.ray_storage,
+                             use_gpu=use_gpu)
+        tracker.log_history(result["history"], prefix=f"student.{name}.")
+        sets.write_json_atomic(str(record), result)
+        results[name] = result
+    return {name: {"top1": r["top1"], "top5": r["top5"]} for name, r in results.items()}
+
+
+STAGE_FUNCTIONS = {"squeeze": squeeze, "recover": recover, "relabel": relabel, "evaluate": evaluate}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def run_stages(cfg: Config, out: Path, stages: tuple[str, ...], command: str) -> dict | None:
+    """Check everything, then run ``stages`` in order on Ray; writes summary.json once evaluate has finished."""
+    from srel_ray.distributed.cluster import resolve_use_gpu, start_ray
+
+    run = prepare_out(cfg, out)
+    data = check_inputs(cfg, run, stages)
+    start_ray(cfg.resources)
+    use_gpu = resolve_use_gpu(cfg.resources)
+    with tracked_run(cfg, command, out) as tracker:
+        for i, stage in enumerate(stages, 1):
+            log.info("[%d/%d] %s", i, len(stages), stage)
+            began = time.perf_counter()
+            result = STAGE_FUNCTIONS[stage](cfg, run, data, use_gpu, tracker)
+            seconds = time.perf_counter() - began
+            record = run.stage_record(stage)
+            if record.exists() and result.get("skipped"):
+                seconds = json.loads(record.read_text())["seconds"]  # keep the time of the run that did the work
+            sets.write_json_atomic(str(record), {"stage": stage, "seconds": seconds, "result": result})
+            tracker.log_metrics({f"seconds.{stage}": seconds})
+        summary = write_summary(cfg, run, data) if _finished(run) else None
+        if summary:
+            tracker.log_metrics({k: v for k, v in summary.items() if k.endswith("top1") or k.endswith("top5")})
+            tracker.log_artifact(run.summary)
+    return summary
+
+
+def _finished(run: RunDir) -> bool:
+    return all(run.stage_record(s).exists() for s in STAGES) and run.student_record("condensed").exists()
+
+
+def write_summary(cfg: Config, run: RunDir, data: RealDataset) -> dict:
+    teacher = load_teacher(run.teacher)
+    students = {name: json.loads(run.student_record(name).read_text())
+                for name in STUDENTS if run.student_record(name).exists()}
+    summary = {
+        "dataset": data.name,
+        "num_classes": data.num_classes,
+        "ipc": cfg.recover.ipc,
+        "teacher": teacher.arch,
+        "student": cfg.evaluate.arch,
+        "teacher_top1": teacher.metrics.get("test_top1"),
+        "student_top1": students["condensed"]["top1"],
+        "student_top5": students["condensed"]["top5"],
+        "baseline_random_hard_top1": students.get("random_real_hard", {}).get("top1"),
+        "baseline_random_soft_top1": students.get("random_real_soft", {}).get("top1"),
+        "baseline_random_hard_top5": students.get("random_real_hard", {}).get("top5"),
+        "baseline_random_soft_top5": students.get("random_real_soft", {}).get("top5"),
+        "seconds": {s: json.loads(run.stage_record(s).read_text())["seconds"] for s in STAGES},
+        "outputs": {"condensed": run.set_dir("condensed"), "teacher": run.teacher},
+    }
+    sets.write_json_atomic(str(run.summary), summary)
+    return summary
+
+
+def save_grid(set_dir: str, num_classes: int, ipc: int, channels: int, path: Path) -> Path:
+    """A PNG grid of a set, one row per class."""
+    import torchvision.utils
+
+    images = sets.read_images(set_dir, num_classes, ipc, channels).float() / 255
+    grid = torchvision.utils.make_grid(images, nrow=ipc, padding=1, pad_value=1.0)
+    torchvision.utils.save_image(grid, str(path))
+    return path
+
+
+def format_summary(summary: dict) -> str:
+    """The table printed at the end of a run."""
+
+    def pct(v):
+        return "   n/a" if v is None else f"{100 * v:6.2f}"
+
+    rows = [("teacher (full real data)", summary["teacher_top1"]),
+            ("condensed set (soft labels)", summary["student_top1"]),
+            ("random real, hard labels", summary["baseline_random_hard_top1"]),
+            ("random real, teacher labels", summary["baseline_random_soft_top1"])]
+    lines = [f"{summary['dataset']}: {summary['num_classes']} classes, IPC {summary['ipc']}, "
+             f"teacher {summary['teacher']}, student {summary['student']}",
+             f"{'':30s} top-1 %"] + [f"{name:30s} {pct(v)}" for name, v in rows]
+    lines.append("seconds: " + ", ".join(f"{s} {t:.1f}" for s, t in summary["seconds"].items())
+                 + f" (total {sum(summary['seconds'].values()):.1f})")
+    soft = summary["baseline_random_soft_top1"]
+    if soft is not None:
+        verdict = "beats" if summary["student_top1"] > soft else "does NOT beat"
+        lines.append(f"the condensed set {verdict} random real images with the same teacher labels")
+    return "\n".join(lines)

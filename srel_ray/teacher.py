@@ -1,0 +1,117 @@
+"""Teachers: the model, its class order and its input normalisation, saved and loaded as one checkpoint.
+
+A teacher comes from squeeze (trained here), from torchvision by name with pretrained weights, or from a
+``teacher.pt`` file. Every source yields the same ``Teacher``, so recovery and relabel never care which.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import fsspec
+import torch
+from torch import nn
+
+from srel_ray.config import TeacherConfig
+from srel_ray.core.normalization import IMAGENET, Normalization
+from srel_ray.errors import DataError
+from srel_ray.models import create_model
+
+
+@dataclass
+class Teacher:
+    arch: str
+    arch_kwargs: dict
+    class_names: list[str]
+    in_channels: int
+    image_size: int
+    norm: Normalization
+    state_dict: dict = field(repr=False)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def build(self) -> nn.Module:
+        """The frozen-ready model with its weights (still in train mode; callers freeze it)."""
+        model = create_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
+                             image_size=self.image_size, **self.arch_kwargs)
+        model.load_state_dict(self.state_dict)
+        return model
+
+    def describe(self) -> dict:
+        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "num_classes": self.num_classes,
+                "in_channels": self.in_channels, "image_size": self.image_size, "metrics": self.metrics}
+
+    def check_classes(self, class_names: list[str], what: str) -> None:
+        """A dataset whose class order differs from the teacher's silently wrecks results: refuse it."""
+        if len(class_names) != self.num_classes:
+            raise DataError(f"the teacher has {self.num_classes} classes but {what} has {len(class_names)}")
+        for i, (mine, theirs) in enumerate(zip(self.class_names, class_names)):
+            if mine != theirs:
+                raise DataError(f"class order differs between the teacher and {what}: index {i} is "
+                                f"{mine!r} in the teacher, {theirs!r} in {what}")
+
+
+def save_teacher(teacher: Teacher, path: str) -> None:
+    payload = {"format_version": 1, "arch": teacher.arch, "arch_kwargs": teacher.arch_kwargs,
+               "class_names": teacher.class_names, "in_channels": teacher.in_channels,
+               "image_size": teacher.image_size, "norm": {"mean": list(teacher.norm.mean), "std": list(teacher.norm.std)},
+               "state_dict": teacher.state_dict, "metrics": teacher.metrics}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    fs, p = fsspec.core.url_to_fs(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(p + ".tmp", "wb") as f:
+        f.write(buf.getvalue())
+    fs.mv(p + ".tmp", p)
+
+
+def load_teacher(path: str) -> Teacher:
+    fs, p = fsspec.core.url_to_fs(path)
+    if not fs.exists(p):
+        raise DataError(f"teacher checkpoint {path!r} does not exist")
+    with fs.open(p, "rb") as f:
+        payload = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "class_names" not in payload:
+        raise DataError(f"{path!r} is not a srel_ray teacher checkpoint (expected keys arch, class_names, "
+                        "state_dict, ...); for a bare torchvision state dict use teacher.source=torchvision "
+                        "with teacher.weights_path")
+    return Teacher(payload["arch"], payload["arch_kwargs"], list(payload["class_names"]), payload["in_channels"],
+                   payload["image_size"], Normalization(tuple(payload["norm"]["mean"]), tuple(payload["norm"]["std"])),
+                   payload["state_dict"], payload.get("metrics", {}))
+
+
+def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224) -> Teacher:
+    """An off-the-shelf torchvision ImageNet-1K classifier with its published weights (V1 by default).
+
+    ``weights_path`` loads the same architecture from a local state-dict file instead (offline clusters, tests);
+    otherwise torchvision resolves the weights (its cache in $TORCH_HOME first, then a download).
+    """
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_weight(f"{_weights_enum(cfg.arch)}.{cfg.weights}")
+    except (ValueError, KeyError, AttributeError):
+        raise DataError(f"teacher.weights: torchvision has no weights {cfg.weights!r} for {cfg.arch!r}") from None
+    model = torchvision.models.get_model(cfg.arch, weights=None)
+    if cfg.weights_path:
+        fs, p = fsspec.core.url_to_fs(cfg.weights_path)
+        if not fs.exists(p):
+            raise DataError(f"teacher.weights_path {cfg.weights_path!r} does not exist")
+        with fs.open(p, "rb") as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    else:
+        state = weights.get_state_dict(progress=False)
+    model.load_state_dict(state)
+    return Teacher(cfg.arch, {}, list(weights.meta["categories"]), 3, image_size, IMAGENET, model.state_dict(),
+                   {"top1_published": weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]})
+
+
+def _weights_enum(arch: str) -> str:
+    names = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
+    if arch not in names:
+        raise DataError(f"teacher.arch: torchvision teachers supported: {sorted(names)}, got {arch!r}")
+    return names[arch]

@@ -1,0 +1,93 @@
+"""MLflow tracking of a command: params, per-epoch metrics, the summary and a grid of the synthetic images.
+
+The store is MLFLOW_TRACKING_URI when set, else ``tracking.tracking_uri``, else MLflow's own default (the SQLite
+file ``mlflow.db`` in the working directory). New experiments get an absolute artifact location, so runs launched
+from different output folders land in one store and show in one ``mlflow ui``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from srel_ray.config import Config, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class Tracker:
+    """A thin, optional MLflow run. Disabled trackers accept every call and do nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def log_metrics(self, metrics: dict, step: int | None = None, prefix: str = "") -> None:
+        if self.enabled:
+            import mlflow
+
+            numeric = {f"{prefix}{k}": float(v) for k, v in metrics.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            mlflow.log_metrics(numeric, step=step)
+
+    def log_history(self, history: list[dict], prefix: str) -> None:
+        for row in history:
+            self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]), prefix=prefix)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if self.enabled and Path(path).exists():
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_image(self, image, name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_image(image, name)
+
+
+def tracking_uri(cfg: Config) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if cfg.tracking.tracking_uri:
+        return cfg.tracking.tracking_uri
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: Config, command: str, out: Path) -> Iterator[Tracker]:
+    """An MLflow run for one ``srel-ray`` command, with the flattened config as params."""
+    if not cfg.tracking.enabled:
+        yield Tracker(False)
+        return
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        root = cfg.tracking.artifact_root
+        if root is None and uri.startswith("sqlite:///"):
+            root = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        experiment_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=root)
+    else:
+        experiment_id = experiment.experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{command}:{out.name}") as run:
+        mlflow.set_tags({"srel_ray.command": command, "srel_ray.out": str(out.resolve())})
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()})
+        log.info("mlflow: run %s in experiment %r at %s", run.info.run_id, cfg.tracking.experiment, uri)
+        yield Tracker(True)
