@@ -142,6 +142,7 @@ class ResourcesConfig:
     recover_actors: int = 2
     relabel_actors: int = 1
     gpus_per_actor: float = 1.0  # recover/relabel actors, when use_gpu
+    cpus_per_actor: float = 1.0  # CPUs Ray reserves for each recover/relabel actor
     threads_per_worker: int = 1  # torch intra-op threads in every worker and actor
 
     def validate(self) -> None:
@@ -149,6 +150,7 @@ class ResourcesConfig:
         _check(self.recover_actors >= 1, "resources.recover_actors", f"must be >= 1, got {self.recover_actors}")
         _check(self.relabel_actors >= 1, "resources.relabel_actors", f"must be >= 1, got {self.relabel_actors}")
         _check(0 < self.gpus_per_actor, "resources.gpus_per_actor", f"must be > 0, got {self.gpus_per_actor}")
+        _check(0 < self.cpus_per_actor, "resources.cpus_per_actor", f"must be > 0, got {self.cpus_per_actor}")
         _check(self.threads_per_worker >= 1, "resources.threads_per_worker",
                f"must be >= 1, got {self.threads_per_worker}")
 
@@ -253,7 +255,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys of {name}: {sorted(fields)}")
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys of {name}: {sorted(fields)}")
     kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
     return cls(**kwargs)
 

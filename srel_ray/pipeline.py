@@ -28,7 +28,7 @@ from srel_ray.core.student import count_correct
 from srel_ray.data import sets
 from srel_ray.data.real import RealDataset, load_dataset, random_real_indices
 from srel_ray.errors import SrelError
-from srel_ray.teacher import Teacher, load_teacher, save_teacher, torchvision_teacher
+from srel_ray.teacher import Teacher, load_teacher, save_teacher, torchvision_teacher, torchvision_weights
 from srel_ray.tracking import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,11 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealDatas
         random_real_indices(data.train.labels, data.num_classes, cfg.recover.ipc, cfg.seed)  # enough images?
     if "squeeze" in stages and cfg.teacher.source == "checkpoint":
         _check_teacher(load_teacher(cfg.teacher.checkpoint), data)
+    elif "squeeze" in stages and cfg.teacher.source == "torchvision":
+        classes = len(torchvision_weights(cfg.teacher).meta["categories"])
+        if classes != data.num_classes:
+            raise SrelError(f"torchvision {cfg.teacher.arch} ({cfg.teacher.weights}) has {classes} classes, "
+                            f"dataset {data.name!r} has {data.num_classes}")
     elif "squeeze" not in stages:
         if not sets.exists(run.teacher):
             raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
@@ -139,9 +144,6 @@ def squeeze(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker:
             _check_teacher(teacher, data)
         else:
             teacher = torchvision_teacher(cfg.teacher, cfg.data.image_size)
-            if teacher.num_classes != data.num_classes:
-                raise SrelError(f"torchvision {cfg.teacher.arch} has {teacher.num_classes} classes, dataset "
-                                f"{data.name!r} has {data.num_classes}")
         teacher.metrics = {**teacher.metrics, **_test_accuracy(teacher, data)}
     save_teacher(teacher, run.teacher)
     return teacher.describe()
@@ -255,8 +257,8 @@ def run_stages(cfg: Config, out: Path, stages: tuple[str, ...], command: str) ->
     """Check everything, then run ``stages`` in order on Ray; writes summary.json once evaluate has finished."""
     from srel_ray.distributed.cluster import resolve_use_gpu, start_ray
 
+    data = check_inputs(cfg, RunDir(out.resolve()), stages)  # before anything is written
     run = prepare_out(cfg, out)
-    data = check_inputs(cfg, run, stages)
     start_ray(cfg.resources)
     use_gpu = resolve_use_gpu(cfg.resources)
     with tracked_run(cfg, command, out) as tracker:

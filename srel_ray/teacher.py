@@ -92,10 +92,7 @@ def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224) -> Teacher:
     """
     import torchvision
 
-    try:
-        weights = torchvision.models.get_weight(f"{_weights_enum(cfg.arch)}.{cfg.weights}")
-    except (ValueError, KeyError, AttributeError):
-        raise DataError(f"teacher.weights: torchvision has no weights {cfg.weights!r} for {cfg.arch!r}") from None
+    weights = torchvision_weights(cfg)
     model = torchvision.models.get_model(cfg.arch, weights=None)
     if cfg.weights_path:
         fs, p = fsspec.core.url_to_fs(cfg.weights_path)
@@ -108,6 +105,16 @@ def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224) -> Teacher:
     model.load_state_dict(state)
     return Teacher(cfg.arch, {}, list(weights.meta["categories"]), 3, image_size, IMAGENET, model.state_dict(),
                    {"top1_published": weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]})
+
+
+def torchvision_weights(cfg: TeacherConfig):
+    """The torchvision weights enum entry named by the config (its metadata needs no download)."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_weight(f"{_weights_enum(cfg.arch)}.{cfg.weights}")
+    except (ValueError, KeyError, AttributeError):
+        raise DataError(f"teacher.weights: torchvision has no weights {cfg.weights!r} for {cfg.arch!r}") from None
 
 
 def _weights_enum(arch: str) -> str:

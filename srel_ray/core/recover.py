@@ -100,11 +100,11 @@ def recover_unit(
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, high), low))  # keep pixels in the valid range
             if on_step is not None:
-                on_step(step, float(loss))
+                on_step(step, float(loss.detach()))
 
     with torch.no_grad():
         final_logits = teacher(x)
-        stats = {"ce": float(ce), "bn": float(r_bn), "loss": float(loss),
+        stats = {"ce": float(ce.detach()), "bn": float(r_bn.detach()), "loss": float(loss.detach()),
                  "accuracy": float((final_logits.argmax(1) == targets).float().mean())}
     return to_uint8(norm.denormalize(x.detach())).cpu(), stats
 

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def start_ray(res: ResourcesConfig) -> None:
-    """Join ``res.ray_address`` or start a local cluster; reuse a cluster this process already joined."""
+    """Join ``res.ray_address`` (or $RAY_ADDRESS), else start a local cluster; reuse one already joined."""
     if ray.is_initialized():
         return
     # A local single-user cluster needs no token; a cluster we join keeps whatever auth it was started with.
@@ -23,10 +23,11 @@ def start_ray(res: ResourcesConfig) -> None:
     # Without the dashboard, Train's state-actor reconciliation only logs failed state-API queries.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if res.ray_address is None:
+    address = res.ray_address or os.environ.get("RAY_ADDRESS")  # a submitted Ray job joins its cluster
+    if address is None:
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
         kwargs.update(num_cpus=res.num_cpus, include_dashboard=True)
-    ray.init(address=res.ray_address, **kwargs)
+    ray.init(address=address, **kwargs)
     log.info("ray cluster resources: %s", ray.cluster_resources())
 
 
@@ -42,12 +43,12 @@ def resolve_use_gpu(res: ResourcesConfig) -> bool:
 
 def actor_resources(res: ResourcesConfig, use_gpu: bool) -> dict:
     """Ray resource request for one recover or relabel actor; refuses requests no node could ever meet."""
-    request = {"num_cpus": res.threads_per_worker, "num_gpus": res.gpus_per_actor if use_gpu else 0}
+    request = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor if use_gpu else 0}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     fits = any(n.get("CPU", 0) >= request["num_cpus"] and n.get("GPU", 0) >= request["num_gpus"] for n in nodes)
     if not fits:
         raise ConfigError(f"no node can host an actor asking for {request['num_cpus']} CPU and "
-                          f"{request['num_gpus']} GPU (resources.threads_per_worker, resources.gpus_per_actor); "
+                          f"{request['num_gpus']} GPU (resources.cpus_per_actor, resources.gpus_per_actor); "
                           f"nodes have {[{k: n.get(k, 0) for k in ('CPU', 'GPU')} for n in nodes]}")
     return request
 

@@ -41,13 +41,7 @@ def student_loop(config: dict) -> None:
     steps_per_epoch = -(-(-(-rows_per_epoch // world)) // local_batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=e.lr, weight_decay=e.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=e.epochs * steps_per_epoch)
-    start, history = 0, []
-    state = trainer.load_state()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = state["epoch"] + 1, state["history"]
+    start, history = trainer.restore(model, optimizer, scheduler)
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     test_shard = ray.train.get_dataset_shard("test")
 
@@ -64,8 +58,7 @@ def student_loop(config: dict) -> None:
             metrics.update(test_top1=test["top1"] / test["n"], test_top5=test["top5"] / test["n"])
         history.append(metrics)
         if "test_top1" in metrics:  # report (and checkpoint) at test points only: a report costs ~0.1 s
-            state = {"model": trainer.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
+            state = trainer.training_state(model, optimizer, scheduler, epoch, history)
             trainer.report(metrics, state, rank)
 
 

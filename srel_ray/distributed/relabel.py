@@ -82,15 +82,17 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # epochs complete in order: bounded driver memory
-    ds = ray.data.range(n_images * len(pending))
+    rows = n_images * len(pending)
+    rows_per_block = max(1, r.batch_size // r.views_per_epoch)  # one teacher batch per block: work spreads
+    ds = ray.data.range(rows, override_num_blocks=-(-rows // rows_per_block))  # over every labeling actor
     ds = ds.map_batches(expand_views, fn_kwargs=dict(
         set_dir=info.path, num_images=n_images, ipc=info.ipc, channels=info.channels, epochs=pending,
         k=r.views_per_epoch, image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip,
-        seed=cfg.seed, norm=norm), batch_size=max(1, r.batch_size // r.views_per_epoch), num_cpus=1)
+        seed=cfg.seed, norm=norm), batch_size=rows_per_block, num_cpus=1)
     ds = ds.map_batches(TeacherLabeler, fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker),
                         batch_size=r.batch_size, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
-                        num_cpus=request["num_cpus"], num_gpus=request["num_gpus"],
-                        max_restarts=3, max_task_retries=3)
+                        num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
+    # Ray Data restarts a dead pool actor and retries its batches by default (max_restarts=-1).
 
     buffers: dict[int, list[dict]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)

@@ -32,13 +32,7 @@ def squeeze_loop(config: dict) -> None:
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
-    start, history = 0, []
-    state = trainer.load_state()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, history = state["epoch"] + 1, state["history"]
+    start, history = trainer.restore(model, optimizer, scheduler)
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
@@ -60,8 +54,7 @@ def squeeze_loop(config: dict) -> None:
                    "train_top1": train_sums["correct"] / train_sums["n"],
                    "test_top1": test["top1"] / test["n"], "test_top5": test["top5"] / test["n"]}
         history.append(metrics)
-        state = {"model": trainer.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
+        state = trainer.training_state(model, optimizer, scheduler, epoch, history)
         trainer.report(metrics, state, rank)
 
 

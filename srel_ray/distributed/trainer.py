@@ -40,12 +40,22 @@ def worker_setup(threads: int) -> tuple[int, int, torch.device]:
     return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
 
 
-def load_state() -> dict | None:
+def restore(model: torch.nn.Module, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """Load the last checkpoint of this Train run, if any; returns the next epoch and the history so far."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return None
+        return 0, []
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"] + 1, state["history"]
+
+
+def training_state(model: torch.nn.Module, optimizer, scheduler, epoch: int, history: list[dict]) -> dict:
+    return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
 
 
 def final_state(result: ray.train.Result) -> dict:

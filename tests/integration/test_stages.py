@@ -1,0 +1,99 @@
+"""Stages on the shared Ray cluster: reproducibility across actor counts, resume, GPU placement, squeeze resume."""
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from srel_ray.cli import main
+from srel_ray.config import load_config
+
+from .conftest import TINY, as_args
+
+
+def _reuse_teacher(quickstart_run, mlflow_uri, *extra):
+    teacher = quickstart_run / "teacher" / "teacher.pt"
+    return as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}", "teacher.source=checkpoint",
+                           f"teacher.checkpoint={teacher}", "recover.classes_per_unit=5", *extra])
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def _labels(folder):
+    return [pq.read_table(p).to_pylist() for p in sorted((folder / "labels").glob("*.parquet"))]
+
+
+@pytest.fixture(scope="module")
+def runs_by_actor_count(quickstart_run, mlflow_uri, tmp_path_factory):
+    base = tmp_path_factory.mktemp("actors")
+    outs = {}
+    for actors in (1, 2):
+        outs[actors] = base / f"actors{actors}"
+        args = _reuse_teacher(quickstart_run, mlflow_uri, f"resources.recover_actors={actors}",
+                              "evaluate.baselines=false")
+        assert main(["run", "--config", str(quickstart_run / "config.yaml"), "--out", str(outs[actors]), *args]) == 0
+    return outs
+
+
+def test_same_outputs_whatever_the_actor_count(runs_by_actor_count):
+    one, two = runs_by_actor_count[1], runs_by_actor_count[2]
+    recover_two = json.loads((two / "stages" / "recover.json").read_text())["result"]
+    assert recover_two["units"] == 4 and len({a["pid"] for a in recover_two["actors"]}) == 2
+    assert _files(one / "condensed") == _files(two / "condensed") != {}
+    assert _labels(one / "condensed") == _labels(two / "condensed")
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert (s1["student_top1"], s1["student_top5"]) == (s2["student_top1"], s2["student_top5"])
+
+
+def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, quickstart_run, mlflow_uri):
+    out = runs_by_actor_count[2]
+    condensed = out / "condensed"
+    before = _files(condensed)
+    # What a crash inside unit 1 leaves: its marker and some of its images missing, no manifest yet.
+    (condensed / ".progress" / "unit-000001.json").unlink()
+    (condensed / "images" / "3" / "00001.png").unlink()  # unit 1 = classes 0-4, image index 1
+    (condensed / "manifest.json").unlink()
+    args = _reuse_teacher(quickstart_run, mlflow_uri, "resources.recover_actors=2", "evaluate.baselines=false")
+    assert main(["recover", "--config", str(out / "config.yaml"), "--out", str(out), *args]) == 0
+    result = json.loads((out / "stages" / "recover.json").read_text())["result"]
+    assert (result["units"], result["skipped_units"]) == (4, 3)
+    assert _files(condensed) == before
+    assert (condensed / "manifest.json").exists()
+
+
+def test_each_actor_gets_its_own_gpu(quickstart_run, mlflow_uri, tmp_path):
+    """The cluster declares 2 logical GPUs: two recover actors and two relabel actors each hold a different one."""
+    out = tmp_path / "gpu"
+    args = _reuse_teacher(quickstart_run, mlflow_uri, "resources.use_gpu=true", "resources.gpus_per_actor=1",
+                          "resources.cpus_per_actor=0.5", "resources.recover_actors=2",
+                          "resources.relabel_actors=2", "relabel.batch_size=2", "evaluate.baselines=false")
+    config = str(quickstart_run / "config.yaml")
+    for stage in ("squeeze", "recover", "relabel"):
+        assert main([stage, "--config", config, "--out", str(out), *args]) == 0
+    actors = json.loads((out / "stages" / "recover.json").read_text())["result"]["actors"]
+    gpu_ids = [tuple(a["gpu_ids"]) for a in actors]
+    assert len(gpu_ids) == 2 and all(len(g) == 1 for g in gpu_ids) and len(set(gpu_ids)) == 2
+    assert [a["cuda_visible_devices"] for a in actors] == [g[0] for g in gpu_ids]
+    workers = json.loads((out / "stages" / "relabel.json").read_text())["result"]["condensed"]["workers"]
+    relabel_gpus = [w.split("|")[1] for w in workers]
+    assert len(relabel_gpus) == 2 and len(set(relabel_gpus)) == 2 and all(relabel_gpus)
+
+
+def test_squeeze_resumes_from_last_checkpoint(ray_cluster, tmp_path):
+    from srel_ray.config import from_dict, to_dict
+    from srel_ray.data.real import load_dataset
+    from srel_ray.distributed.squeeze import run_squeeze
+
+    from srel_ray.cli import quickstart_config
+
+    cfg = load_config(quickstart_config(), ["teacher.epochs=2", "resources.use_gpu=false"])
+    data = load_dataset(cfg.data)
+    first = run_squeeze(cfg, data, tmp_path, use_gpu=False)
+    longer = from_dict({**to_dict(cfg), "teacher": {**to_dict(cfg)["teacher"], "epochs": 3}})
+    resumed = run_squeeze(longer, data, tmp_path, use_gpu=False)
+    # Epochs 0 and 1 come back from the checkpoint unchanged; only epoch 2 was trained by the second fit.
+    assert resumed.metrics["history"][:2] == first.metrics["history"]
+    assert [h["epoch"] for h in resumed.metrics["history"]] == [0, 1, 2]

@@ -1,0 +1,146 @@
+"""The on-disk set format: PNG images, per-epoch label parquet files, manifest; on local disk and fsspec memory."""
+
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+
+from srel_ray.data import sets
+from srel_ray.errors import DataError
+
+
+@pytest.fixture(params=["local", "memory"])
+def root(request, tmp_path):
+    if request.param == "local":
+        yield str(tmp_path / "set")
+    else:
+        path = f"memory://srel-unit-{uuid.uuid4().hex}/set"
+        yield path
+        fs, p = fsspec.core.url_to_fs(path)
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+
+
+def _images(n, c, h=6, w=5, seed=0):
+    return torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_round_trip(channels):
+    image = _images(1, channels)[0]
+    data = sets.encode_png(image)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    back = sets.decode_png(data, channels)
+    assert back.dtype == torch.uint8 and back.shape == image.shape
+    assert torch.equal(back, image)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_write_and_read_images(root, channels):
+    images = _images(6, channels, seed=channels)
+    targets = [(c, i) for c in range(3) for i in range(2)]  # class-major: image id = c * 2 + i
+    sets.write_images(root, targets, images)
+    assert sets.exists(sets.image_path(root, 2, 1))
+    assert torch.equal(sets.read_image(root, 1, 0, channels), images[2])
+    assert torch.equal(sets.read_images(root, 3, 2, channels), images)
+    with pytest.raises(DataError, match="misses image"):
+        sets.read_image(root, 3, 0, channels)
+
+
+def _label_columns(num_classes=4, n_images=5, k=2, epoch=3, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = n_images * k
+    image_id = np.repeat(np.arange(n_images), k)
+    view = np.tile(np.arange(k), n_images)
+    perm = rng.permutation(rows)  # written shuffled; the file must come back sorted
+    cols = {
+        "image_id": image_id[perm].astype(np.int64),
+        "label": (image_id[perm] % num_classes).astype(np.int64),
+        "epoch": np.full(rows, epoch),
+        "view": view[perm],
+        "top": rng.integers(0, 4, rows), "left": rng.integers(0, 4, rows),
+        "height": rng.integers(1, 9, rows), "width": rng.integers(1, 9, rows),
+        "flip": rng.random(rows) < 0.5,
+        "logits": rng.normal(0, 3, (rows, num_classes)).astype(np.float32),
+    }
+    return cols, np.lexsort((cols["view"], cols["image_id"]))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_label_epoch_round_trip(root, dtype):
+    cols, order = _label_columns()
+    sets.write_label_epoch(root, 3, cols, num_classes=4, logits_dtype=dtype)
+    assert sets.exists(sets.label_file(root, 3))
+    labels = sets.read_label_epoch(root, 3)
+    assert labels.image_index.dtype == torch.int64
+    assert labels.image_index.tolist() == sorted(cols["image_id"].tolist())
+    assert torch.equal(labels.image_index, torch.from_numpy(cols["image_id"][order]))
+    boxes = np.stack([cols["top"], cols["left"], cols["height"], cols["width"]], 1)[order].astype(np.float32)
+    assert labels.views.boxes.dtype == torch.float32
+    assert torch.equal(labels.views.boxes, torch.from_numpy(boxes))
+    assert torch.equal(labels.views.flips, torch.from_numpy(cols["flip"][order]))
+    expected = cols["logits"][order]
+    if dtype == "float16":
+        expected = expected.astype(np.float16)
+    assert labels.logits.dtype == torch.float32 and labels.logits.shape == (10, 4)
+    assert torch.equal(labels.logits, torch.from_numpy(expected.astype(np.float32)))
+    if dtype == "float16":  # really stored at half precision
+        assert not torch.equal(labels.logits, torch.from_numpy(cols["logits"][order]))
+
+
+def test_label_epoch_hard_drops_logits(root):
+    cols, order = _label_columns()
+    sets.write_label_epoch(root, 0, cols, num_classes=4, logits_dtype="float16")
+    hard = sets.read_label_epoch(root, 0, hard=True)
+    assert hard.logits is None
+    assert torch.equal(hard.image_index, torch.from_numpy(cols["image_id"][order]))
+    assert torch.equal(hard.views.flips, torch.from_numpy(cols["flip"][order]))
+
+
+def test_label_epochs_done_and_missing_epoch(root):
+    cols, _ = _label_columns()
+    for e in (0, 2):
+        sets.write_label_epoch(root, e, cols, num_classes=4, logits_dtype="float16")
+    assert sets.label_epochs_done(root, 4) == [0, 2]
+    with pytest.raises(DataError, match="epoch 1"):
+        sets.read_label_epoch(root, 1)
+
+
+def test_manifest_round_trip(root):
+    sets.write_manifest(root, kind="condensed", dataset="digits", class_names=["a", "b", "c"], ipc=2, channels=1,
+                        image_size=16, normalization={"mean": [0.5], "std": [0.5]}, teacher={"arch": "convnet"},
+                        config={"seed": 0}, labels={"epochs": 5, "views_per_epoch": 1})
+    info = sets.read_set(root)
+    assert info.path == root
+    assert info.class_names == ["a", "b", "c"] and info.num_classes == 3
+    assert (info.ipc, info.channels, info.image_size) == (2, 1, 16)
+    assert info.label_epochs == 5
+    assert info.manifest["counts"] == {"images": 6, "label_files": 5}
+    assert info.manifest["format_version"] == sets.FORMAT_VERSION
+    assert info.manifest["normalization"] == {"mean": [0.5], "std": [0.5]}
+    # No temporary file left behind.
+    fs, p = fsspec.core.url_to_fs(root)
+    assert not fs.exists(p + "/manifest.json.tmp")
+
+
+def test_manifest_without_labels(root):
+    sets.write_manifest(root, kind="random_real", dataset="digits", class_names=["x"], ipc=1, channels=3,
+                        image_size=8, normalization={}, teacher={}, config={})
+    info = sets.read_set(root)
+    assert info.label_epochs == 0 and info.manifest["counts"]["label_files"] == 0
+
+
+def test_read_set_without_manifest_raises(root):
+    sets.write_images(root, [(0, 0)], _images(1, 1))  # a folder with content, but incomplete
+    with pytest.raises(DataError, match="manifest.json"):
+        sets.read_set(root)
+
+
+def test_remove(root):
+    sets.write_json_atomic(sets.join(root, "a", "b.json"), {"k": 1})
+    assert sets.read_json(sets.join(root, "a", "b.json")) == {"k": 1}
+    sets.remove(sets.join(root, "a"))
+    assert not sets.exists(sets.join(root, "a", "b.json"))
+    sets.remove(sets.join(root, "a"))  # removing what is gone is fine

@@ -1,0 +1,98 @@
+"""Student epoch order across ranks, and that a student epoch learns from hard and soft labels."""
+
+import pytest
+import torch
+
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.seeding import seeded_init
+from srel_ray.core.student import EpochLabels, count_correct, shard_order, train_student_epoch
+from srel_ray.core.views import Views
+from srel_ray.models import create_model
+
+NORM = Normalization((0.5,), (0.5,))
+
+
+@pytest.mark.parametrize("num_rows,world", [(10, 1), (10, 3), (12, 4), (7, 8), (5, 2), (1, 3)])
+def test_shard_order_covers_all_rows_evenly(num_rows, world):
+    shards = [shard_order(num_rows, seed=0, epoch=1, rank=r, world=world) for r in range(world)]
+    per_rank = -(-num_rows // world)
+    assert all(len(s) == per_rank for s in shards)
+    together = torch.cat(shards)
+    assert set(together.tolist()) == set(range(num_rows))
+    assert together.min() >= 0 and together.max() < num_rows
+    if num_rows % world == 0:  # no padding: a true partition
+        assert sorted(together.tolist()) == list(range(num_rows))
+    else:  # padding repeats no row more than needed
+        assert len(together) - num_rows < world * max(1, -(-world // num_rows))
+
+
+def test_shard_order_deterministic_per_seed_and_epoch():
+    a = shard_order(50, seed=3, epoch=2, rank=1, world=2)
+    assert torch.equal(a, shard_order(50, seed=3, epoch=2, rank=1, world=2))
+    assert not torch.equal(a, shard_order(50, seed=3, epoch=3, rank=1, world=2))
+    assert not torch.equal(a, shard_order(50, seed=4, epoch=2, rank=1, world=2))
+    # The single-rank order is a permutation, and ranks interleave it.
+    full = shard_order(50, seed=3, epoch=2, rank=0, world=1)
+    assert sorted(full.tolist()) == list(range(50))
+    assert torch.equal(a, full[1::2])
+
+
+def _toy_set():
+    """4 classes of 8x8 greyscale images: a bright 2-row band per class (mirror-symmetric, so flipped views keep
+    their class), plus noise; 4 images per class."""
+    gen = torch.Generator().manual_seed(0)
+    images, labels = [], []
+    for c in range(4):
+        for _ in range(4):
+            img = torch.rand(1, 8, 8, generator=gen) * 0.3
+            img[:, 2 * c:2 * c + 2, :] += 0.7
+            images.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
+            labels.append(c)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def _labels(class_labels, soft):
+    n = len(class_labels)
+    image_index = torch.arange(n).repeat(2)  # two rows (views) per image
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0]]).repeat(2 * n, 1)
+    flips = torch.zeros(2 * n, dtype=torch.bool)
+    flips[n:] = True
+    logits = None
+    if soft:
+        logits = torch.full((2 * n, 4), -2.0)
+        logits[torch.arange(2 * n), class_labels[image_index]] = 3.0
+    return EpochLabels(image_index, Views(boxes, flips), logits)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_train_student_epoch_reduces_loss(soft):
+    images, class_labels = _toy_set()
+    labels = _labels(class_labels, soft)
+    with seeded_init(0):
+        model = create_model("convnet", num_classes=4, in_channels=1, image_size=8, width=8, depth=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    losses = [train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=e, seed=0,
+                                  batch_size=8, temperature=4.0, image_size=8, norm=NORM) for e in range(8)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert scheduler.last_epoch == 8 * 4  # steps once per batch: 32 rows / 8
+    hits = count_correct(model, [(NORM.normalize(images.float() / 255), class_labels)])
+    assert hits["n"] == 16 and hits["top1"] >= 12
+
+
+def test_train_student_epoch_uses_soft_labels():
+    """Soft labels that point to the wrong class must teach the wrong class: the logits, not class_labels, count."""
+    images, class_labels = _toy_set()
+    shifted = (class_labels + 1) % 4
+    labels = _labels(shifted, soft=True)
+    with seeded_init(1):
+        model = create_model("convnet", num_classes=4, in_channels=1, image_size=8, width=8, depth=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for e in range(8):
+        train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=e, seed=0,
+                            batch_size=8, temperature=4.0, image_size=8, norm=NORM)
+    x = NORM.normalize(images.float() / 255)
+    assert count_correct(model, [(x, shifted)])["top1"] >= 12
+    assert count_correct(model, [(x, class_labels)])["top1"] <= 4
