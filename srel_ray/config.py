@@ -23,9 +23,11 @@ from srel_ray.errors import ConfigError
 class DataConfig:
     """The real dataset: where it is and how images are presented to models."""
 
-    name: str = "digits"  # digits | (more sources arrive with the real-data readers)
-    path: str | None = None  # where the data lives, for sources that are not embedded
-    image_size: int = 16  # side length models see; digits (8x8) are resized to this
+    name: str = "digits"  # digits (embedded) | parquet (image + label columns) | imagefolder (train/<class>/...)
+    path: str | None = None  # where the data lives (local path or fsspec URL), for sources that are not embedded
+    image_size: int = 16  # side length models see; images of another size are resized to this
+    channels: int = 3  # 1 (grey) or 3 (RGB) for decoded sources; digits are always grey
+    max_corrupt: int = 100  # unreadable training images tolerated (skipped and counted); more stops the run
     test_fraction: float = 0.25  # held-out share for sources without a test split
     split_seed: int = 0  # the held-out split is stable across runs, independent of ``seed``
     hflip: bool = True  # mirror images in augmentation and views; off for data that is not mirror-symmetric
@@ -33,6 +35,8 @@ class DataConfig:
     def validate(self) -> None:
         _check(self.name in DATASETS, "data.name", f"must be one of {sorted(DATASETS)}, got {self.name!r}")
         _check(self.image_size >= 8, "data.image_size", f"must be >= 8, got {self.image_size}")
+        _check(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")
+        _check(self.max_corrupt >= 0, "data.max_corrupt", f"must be >= 0, got {self.max_corrupt}")
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
 
 
@@ -99,12 +103,14 @@ class RelabelConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     batch_size: int = 256  # views per teacher forward pass
     logits_dtype: str = "float16"
+    top_k: int = 0  # 0: store all logits; k: store the k largest per view, the rest as uniform mass
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "relabel.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.views_per_epoch >= 1, "relabel.views_per_epoch", f"must be >= 1, got {self.views_per_epoch}")
         _check_scale(self.crop_scale, "relabel.crop_scale")
         _check(self.batch_size >= 1, "relabel.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.top_k >= 0, "relabel.top_k", f"must be >= 0, got {self.top_k}")
         _check(self.logits_dtype in ("float16", "float32"), "relabel.logits_dtype",
                f"must be 'float16' or 'float32', got {self.logits_dtype!r}")
 
@@ -196,7 +202,7 @@ class Config:
         return d
 
 
-DATASETS = {"digits"}
+DATASETS = {"digits", "parquet", "imagefolder"}
 TEACHER_SOURCES = {"squeeze", "torchvision", "checkpoint"}
 
 

@@ -26,7 +26,7 @@ from srel_ray.config import Config, load_config, save_config, to_dict
 from srel_ray.core.recover import freeze
 from srel_ray.core.student import count_correct
 from srel_ray.data import sets
-from srel_ray.data.real import RealDataset, load_dataset, random_real_indices
+from srel_ray.data.real import RealData, load_dataset, random_real_indices
 from srel_ray.errors import SrelError
 from srel_ray.teacher import Teacher, load_teacher, save_teacher, torchvision_teacher, torchvision_weights
 from srel_ray.tracking import Tracker, tracked_run
@@ -99,11 +99,14 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> tuple[str, object, 
     return prefix.rstrip("."), None, None
 
 
-def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealDataset:
+def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
     """Everything that can be wrong with the inputs, checked before any heavy work starts."""
     data = load_dataset(cfg.data)
+    if cfg.relabel.top_k >= data.num_classes:
+        raise SrelError(f"relabel.top_k={cfg.relabel.top_k} must be below the class count {data.num_classes} "
+                        "(0 keeps all logits)")
     if cfg.evaluate.baselines and ("relabel" in stages):
-        random_real_indices(data.train.labels, data.num_classes, cfg.recover.ipc, cfg.seed)  # enough images?
+        random_real_indices(data.labels("train"), data.num_classes, cfg.recover.ipc, cfg.seed)  # enough?
     if "squeeze" in stages and cfg.teacher.source == "checkpoint":
         _check_teacher(load_teacher(cfg.teacher.checkpoint), data)
     elif "squeeze" in stages and cfg.teacher.source == "torchvision":
@@ -118,7 +121,7 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealDatas
     return data
 
 
-def _check_teacher(teacher: Teacher, data: RealDataset) -> None:
+def _check_teacher(teacher: Teacher, data: RealData) -> None:
     teacher.check_classes(data.class_names, f"dataset {data.name!r}")
     if teacher.in_channels != data.channels:
         raise SrelError(f"the teacher takes {teacher.in_channels}-channel images, dataset {data.name!r} has "
@@ -128,7 +131,7 @@ def _check_teacher(teacher: Teacher, data: RealDataset) -> None:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-def squeeze(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
     """Produce DIR/teacher/teacher.pt: train it (Ray Train), or take a torchvision model or a checkpoint."""
     if sets.exists(run.teacher):
         return {"skipped": True, **load_teacher(run.teacher).describe()}
@@ -149,15 +152,14 @@ def squeeze(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker:
     return teacher.describe()
 
 
-def _test_accuracy(teacher: Teacher, data: RealDataset) -> dict:
+def _test_accuracy(teacher: Teacher, data: RealData) -> dict:
     model = freeze(teacher.build())
-    batches = ((teacher.norm.normalize(x.float() / 255), y)
-               for x, y in zip(data.test.images.split(256), data.test.labels.split(256)))
+    batches = ((teacher.norm.normalize(x.float() / 255), y) for x, y in data.batches("test", 256))
     counts = count_correct(model, batches)
     return {"test_top1": counts["top1"] / counts["n"], "test_top5": counts["top5"] / counts["n"]}
 
 
-def recover(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
     """Recover the condensed images with the actor pool; the manifest is written once all units are done."""
     set_dir = run.set_dir("condensed")
     if sets.exists(sets.manifest_path(set_dir)):
@@ -174,7 +176,7 @@ def recover(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker:
     return {"units": result["units"], "skipped_units": result["skipped"], "actors": result["actors"]}
 
 
-def relabel(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
     """Soft labels for the condensed set and, for the baselines, for IPC random real images per class."""
     from srel_ray.distributed.relabel import run_relabel
 
@@ -191,7 +193,9 @@ def relabel(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker:
         report[name] = run_relabel(cfg, run.teacher, info, use_gpu)
         labels = {"epochs": cfg.relabel.epochs, "views_per_epoch": cfg.relabel.views_per_epoch,
                   "crop_scale": list(cfg.relabel.crop_scale), "logits_dtype": cfg.relabel.logits_dtype,
-                  "bytes_per_image_per_epoch": _label_bytes(info, cfg)}
+                  "top_k": cfg.relabel.top_k, "bytes_per_image_per_epoch": _label_bytes(info, cfg)}
+        log.info("relabel %s: %.1f bytes of soft labels per image per epoch (Parquet, compressed)", name,
+                 labels["bytes_per_image_per_epoch"])
         _write_set_manifest(cfg, info.path, info.manifest["kind"], data, teacher, labels,
                             extra=info.manifest.get("source"))
     return report
@@ -203,19 +207,19 @@ def _label_bytes(info: sets.SetInfo, cfg: Config) -> float:
     return total / (info.num_classes * info.ipc * cfg.relabel.epochs)
 
 
-def _make_random_real(cfg: Config, run: RunDir, data: RealDataset, teacher: Teacher) -> None:
+def _make_random_real(cfg: Config, run: RunDir, data: RealData, teacher: Teacher) -> None:
     set_dir = run.set_dir("random_real")
     if sets.exists(sets.manifest_path(set_dir)):
         return
     ipc = cfg.recover.ipc
-    indices = random_real_indices(data.train.labels, data.num_classes, ipc, cfg.seed)
+    indices = random_real_indices(data.labels("train"), data.num_classes, ipc, cfg.seed)
     targets = [(c, i) for c in range(data.num_classes) for i in range(ipc)]
-    sets.write_images(set_dir, targets, data.train.images[indices])
+    sets.write_images(set_dir, targets, data.images_at("train", indices))
     _write_set_manifest(cfg, set_dir, "random_real", data, teacher,
                         extra={"train_indices": indices.tolist()})
 
 
-def _write_set_manifest(cfg: Config, set_dir: str, kind: str, data: RealDataset, teacher: Teacher,
+def _write_set_manifest(cfg: Config, set_dir: str, kind: str, data: RealData, teacher: Teacher,
                         labels: dict | None = None, extra: dict | None = None) -> None:
     sets.write_manifest(set_dir, kind=kind, dataset=data.name, class_names=data.class_names, ipc=cfg.recover.ipc,
                         channels=data.channels, image_size=cfg.data.image_size,
@@ -223,7 +227,7 @@ def _write_set_manifest(cfg: Config, set_dir: str, kind: str, data: RealDataset,
                         teacher=teacher.describe(), config=to_dict(cfg), labels=labels, source=extra)
 
 
-def evaluate(cfg: Config, run: RunDir, data: RealDataset, use_gpu: bool, tracker: Tracker) -> dict:
+def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
     """Train the condensed-set student and, with baselines on, both random-real students, all on one protocol."""
     from srel_ray.distributed.evaluate import run_student
 
@@ -283,7 +287,7 @@ def _finished(run: RunDir) -> bool:
     return all(run.stage_record(s).exists() for s in STAGES) and run.student_record("condensed").exists()
 
 
-def write_summary(cfg: Config, run: RunDir, data: RealDataset) -> dict:
+def write_summary(cfg: Config, run: RunDir, data: RealData) -> dict:
     teacher = load_teacher(run.teacher)
     students = {name: json.loads(run.student_record(name).read_text())
                 for name in STUDENTS if run.student_record(name).exists()}

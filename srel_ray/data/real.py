@@ -1,17 +1,65 @@
-"""Real labelled datasets as uint8 image tensors with an explicit class order."""
+"""Real labelled datasets with an explicit class order, read without loading a whole split into memory.
+
+Every source offers the same small interface: the class order, the label column of a split, the images at given
+row indices (the random-real baseline), and a stream of decoded batches. The Ray edge
+(``srel_ray.distributed.datasets``) builds Ray Datasets from the same sources, decoding in the data pipeline.
+"""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 from srel_ray.config import DataConfig
 from srel_ray.core.normalization import Normalization
-from srel_ray.core.seeding import STREAM_RANDOM_REAL, generator
+from srel_ray.core.seeding import STREAM_NORMALIZATION, STREAM_RANDOM_REAL, generator
 from srel_ray.errors import DataError
+
+SPLITS = ("train", "test")
+NORMALIZATION_SAMPLE = 2048  # images used to estimate the per-channel mean and std
+
+
+class RealData:
+    """A labelled image dataset: ``class_names`` (index order), ``channels``, ``image_size``, ``norm``."""
+
+    name: str
+    class_names: list[str]
+    channels: int
+    image_size: int
+    norm: Normalization
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def labels(self, split: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
+        """uint8 (N, C, S, S) images of the given rows, in the given order. ``strict``: an unreadable image is an
+        error that names it; otherwise unreadable images are left out."""
+        raise NotImplementedError
+
+    def batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) batches over a split, read and decoded as they are consumed."""
+        raise NotImplementedError
+
+    def _estimate_norm(self) -> Normalization:
+        labels = self.labels("train")
+        pick = torch.randperm(len(labels), generator=generator(STREAM_NORMALIZATION))[:NORMALIZATION_SAMPLE]
+        x = self.images_at("train", pick.sort().values, strict=False).float() / 255
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return Normalization(tuple(round(float(m), 4) for m in x.mean(dim=(0, 2, 3))),
+                             tuple(round(float(s), 4) for s in std))
+
+
+# ------------------------------------------------------------------------------------------- in memory
 
 
 @dataclass
@@ -23,29 +71,26 @@ class Split:
         return len(self.labels)
 
 
-@dataclass
-class RealDataset:
-    name: str
-    class_names: list[str]
-    train: Split
-    test: Split
-    norm: Normalization
+class InMemoryData(RealData):
+    """A dataset small enough to hold as tensors (the embedded digits set)."""
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    def __init__(self, name: str, class_names: list[str], train: Split, test: Split):
+        self.name, self.class_names, self.splits = name, class_names, {"train": train, "test": test}
+        self.channels, self.image_size = train.images.shape[1], train.images.shape[2]
+        self.norm = self._estimate_norm()
 
-    @property
-    def channels(self) -> int:
-        return self.train.images.shape[1]
+    def labels(self, split: str) -> torch.Tensor:
+        return self.splits[split].labels
 
+    def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
+        return self.splits[split].images[indices]
 
-def load_dataset(cfg: DataConfig) -> RealDataset:
-    loaders = {"digits": _load_digits}
-    return loaders[cfg.name](cfg)
+    def batches(self, split: str, batch_size: int):
+        s = self.splits[split]
+        yield from zip(s.images.split(batch_size), s.labels.split(batch_size))
 
 
-def _load_digits(cfg: DataConfig) -> RealDataset:
+def _load_digits(cfg: DataConfig) -> InMemoryData:
     """scikit-learn's handwritten digits (1,797 8x8 grey images, real data shipped with the package)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -57,16 +102,53 @@ def _load_digits(cfg: DataConfig) -> RealDataset:
     labels = torch.from_numpy(digits.target.astype(np.int64))
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=cfg.test_fraction,
                                            random_state=cfg.split_seed, stratify=labels.numpy())
-    train = Split(images[train_idx], labels[train_idx])
-    test = Split(images[test_idx], labels[test_idx])
-    return RealDataset("digits", [str(d) for d in range(10)], train, test, _normalization_of(train.images))
+    return InMemoryData("digits", [str(d) for d in range(10)], Split(images[train_idx], labels[train_idx]),
+                        Split(images[test_idx], labels[test_idx]))
 
 
-def _normalization_of(images: torch.Tensor) -> Normalization:
-    x = images.float() / 255
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return Normalization(tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std))
+# ------------------------------------------------------------------------------------------- decoding
+
+
+def decode_images(encoded: list[bytes], channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded images (PNG, JPEG, ...) -> uint8 (N, C, size, size) resized with Pillow's bilinear filter, and a
+    mask of the ones that decoded (an unreadable image leaves zeros and False, so callers count and drop it)."""
+    mode = "L" if channels == 1 else "RGB"
+    out = np.zeros((len(encoded), channels, size, size), dtype=np.uint8)
+    ok = np.ones(len(encoded), dtype=bool)
+    for i, data in enumerate(encoded):
+        try:
+            img = Image.open(io.BytesIO(data)).convert(mode)
+        except (UnidentifiedImageError, OSError):
+            ok[i] = False
+            continue
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
+        out[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return out, ok
+
+
+def decode_rows(encoded: list[bytes], channels: int, size: int, where: list[str], strict: bool) -> np.ndarray:
+    """Decode images a caller asked for by row: ``strict`` names the first unreadable one, else drops them."""
+    images, ok = decode_images(encoded, channels, size)
+    if strict and not ok.all():
+        raise DataError(f"unreadable image: {where[int(np.argmin(ok))]}")
+    return images[ok]
+
+
+# ------------------------------------------------------------------------------------------- entry points
+
+
+def load_dataset(cfg: DataConfig) -> RealData:
+    if cfg.name == "digits":
+        return _load_digits(cfg)
+    if cfg.name == "parquet":
+        from srel_ray.data.parquet import ParquetData
+
+        return ParquetData(cfg)
+    from srel_ray.data.imagefolder import ImageFolderData
+
+    return ImageFolderData(cfg)
 
 
 def random_real_indices(labels: torch.Tensor, num_classes: int, ipc: int, seed: int) -> torch.Tensor:

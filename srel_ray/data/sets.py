@@ -11,6 +11,7 @@ complete. Paths go through fsspec, so a set can live on any filesystem fsspec re
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from srel_ray.core.soft_labels import compress_topk, expand_topk
 from srel_ray.core.student import EpochLabels
 from srel_ray.core.views import Views
 from srel_ray.errors import DataError
@@ -30,8 +32,15 @@ from srel_ray.errors import DataError
 FORMAT_VERSION = 1
 
 
-def label_schema(num_classes: int, logits_dtype: str = "float16") -> pa.Schema:
+def label_schema(num_classes: int, logits_dtype: str = "float16", top_k: int = 0) -> pa.Schema:
+    """Full logits per view, or with ``top_k`` only the k largest (srel_ray.core.soft_labels)."""
     value = pa.float16() if logits_dtype == "float16" else pa.float32()
+    if top_k:
+        logits = [("topk_index", pa.list_(pa.int32() if num_classes > 32767 else pa.int16(), top_k)),
+                  ("topk_logits", pa.list_(value, top_k)),  # the k largest logits, largest first
+                  ("rest_logsumexp", value)]  # log-sum-exp of the other C - k logits
+    else:
+        logits = [("logits", pa.list_(value, num_classes))]  # the teacher's logits on this view
     return pa.schema([
         ("image_id", pa.int32()),  # class * ipc + index within class
         ("label", pa.int32()),  # the image's class index
@@ -39,7 +48,7 @@ def label_schema(num_classes: int, logits_dtype: str = "float16") -> pa.Schema:
         ("view", pa.int32()),  # 0..K-1 within the epoch
         ("top", pa.int32()), ("left", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),  # crop box (px)
         ("flip", pa.bool_()),
-        ("logits", pa.list_(value, num_classes)),  # the teacher's logits on this view
+        *logits,
     ])
 
 
@@ -141,23 +150,32 @@ def label_file(set_dir: str, epoch: int) -> str:
 
 
 def write_label_epoch(set_dir: str, epoch: int, columns: dict[str, np.ndarray], num_classes: int,
-                      logits_dtype: str) -> None:
-    """Write one label epoch (rows sorted by image id, then view) atomically."""
-    schema = label_schema(num_classes, logits_dtype)
+                      logits_dtype: str, top_k: int = 0) -> None:
+    """Write one label epoch (rows sorted by image id, then view) atomically; ``columns["logits"]`` is (R, C)."""
+    schema = label_schema(num_classes, logits_dtype, top_k)
     order = np.lexsort((columns["view"], columns["image_id"]))
+    columns = {name: np.asarray(values)[order] for name, values in columns.items()}
+    if top_k:
+        columns["topk_index"], columns["topk_logits"], columns["rest_logsumexp"] = compress_topk(columns["logits"],
+                                                                                               top_k)
     arrays = []
     for field in schema:
-        values = np.asarray(columns[field.name])[order]
-        if field.name == "logits":
-            flat = pa.array(values.astype(np.float16 if logits_dtype == "float16" else np.float32).ravel(),
-                            type=field.type.value_type)
-            arrays.append(pa.FixedSizeListArray.from_arrays(flat, num_classes))
+        values = columns[field.name]
+        if pa.types.is_fixed_size_list(field.type):
+            value_type = field.type.value_type
+            flat = pa.array(values.astype(value_type.to_pandas_dtype()).ravel(), type=value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
         else:
-            arrays.append(pa.array(values, type=field.type))
-    table = pa.Table.from_arrays(arrays, schema=schema)
+            arrays.append(pa.array(values.astype(field.type.to_pandas_dtype()), type=field.type))
+    table = pa.Table.from_arrays(arrays, schema=schema.with_metadata({"num_classes": str(num_classes)}))
     buf = io.BytesIO()
     pq.write_table(table, buf)
     write_bytes_atomic(label_file(set_dir, epoch), buf.getvalue())
+
+
+def _matrix(table: pa.Table, name: str) -> np.ndarray:
+    flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(table), -1)
 
 
 def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabels:
@@ -170,9 +188,13 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
     col = {name: table.column(name).to_numpy() for name in ("image_id", "top", "left", "height", "width", "flip")}
     boxes = torch.from_numpy(np.stack([col["top"], col["left"], col["height"], col["width"]], 1).astype(np.float32))
     logits = None
-    if not hard:
-        flat = table.column("logits").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        logits = torch.from_numpy(flat.astype(np.float32).reshape(len(table), -1))
+    if not hard and "logits" in table.column_names:
+        logits = torch.from_numpy(_matrix(table, "logits").astype(np.float32))
+    elif not hard:
+        num_classes = int(table.schema.metadata[b"num_classes"]) if table.schema.metadata else None
+        assert num_classes, f"{p}: a top-k label file must record num_classes in its schema metadata"
+        logits = torch.from_numpy(expand_topk(_matrix(table, "topk_index"), _matrix(table, "topk_logits"),
+                                              table.column("rest_logsumexp").to_numpy(), num_classes))
     return EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)),
                        Views(boxes, torch.from_numpy(col["flip"].astype(bool))), logits)
 
@@ -225,9 +247,28 @@ def write_manifest(set_dir: str, *, kind: str, dataset: str, class_names: list[s
                    "label_files": labels["epochs"] if labels else 0},
         "labels": labels or {},
         "source": source or {},
+        "checksums": checksums(set_dir),
         "config": config,
     }
     write_json_atomic(manifest_path(set_dir), manifest)
+
+
+def checksums(set_dir: str) -> dict[str, str]:
+    """sha256 of every image and label file, by path relative to the set (``verify_set`` checks them)."""
+    fs, root = _fs(set_dir)
+    files = [p for sub in ("images", "labels") if fs.exists(f"{root}/{sub}") for p in fs.find(f"{root}/{sub}")]
+    return {p[len(root) + 1:]: hashlib.sha256(fs.cat_file(p)).hexdigest()
+            for p in sorted(files) if not p.endswith(".tmp")}
+
+
+def verify_set(set_dir: str) -> None:
+    """Raise DataError naming the first file that is missing or differs from the manifest's checksum."""
+    recorded = read_set(set_dir).manifest.get("checksums", {})
+    actual = checksums(set_dir)
+    for path, digest in recorded.items():
+        if actual.get(path) != digest:
+            state = "missing" if path not in actual else "changed"
+            raise DataError(f"set {set_dir!r}: {path} is {state} since the manifest was written")
 
 
 def read_set(set_dir: str) -> SetInfo:

@@ -17,8 +17,9 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.seeding import STREAM_STUDENT_INIT, seeded_init
 from srel_ray.core.student import count_correct, train_student_epoch
 from srel_ray.data import sets
-from srel_ray.data.real import RealDataset
+from srel_ray.data.real import RealData
 from srel_ray.distributed import trainer
+from srel_ray.distributed.datasets import ray_dataset
 from srel_ray.models import create_model
 
 
@@ -62,13 +63,13 @@ def student_loop(config: dict) -> None:
             trainer.report(metrics, state, rank)
 
 
-def run_student(cfg: Config, data: RealDataset, set_dir: str, *, hard: bool, name: str, storage: Path,
+def run_student(cfg: Config, data: RealData, set_dir: str, *, hard: bool, name: str, storage: Path,
                 use_gpu: bool) -> dict:
     """Train and test one student; returns final top-1/top-5 and the per-epoch history."""
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
                    "set_dir": set_dir, "hard": hard, "threads": res.threads_per_worker}
-    datasets = {"test": trainer.split_dataset(data.test.images, data.test.labels)}
+    datasets = {"test": ray_dataset(data, "test")}
     result = trainer.fit(student_loop, loop_config, name=name, storage=storage, res=res, use_gpu=use_gpu,
                          datasets=datasets)
     history = trainer.final_state(result)["history"]

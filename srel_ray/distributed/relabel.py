@@ -105,15 +105,15 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
             buffers[int(epoch)].append({k: v[mask] for k, v in batch.items()})
             counts[int(epoch)] += int(mask.sum())
             if counts[int(epoch)] == rows_per_epoch:
-                _write_epoch(info, int(epoch), buffers.pop(int(epoch)), r.logits_dtype)
+                _write_epoch(info, int(epoch), buffers.pop(int(epoch)), r.logits_dtype, r.top_k)
                 progress.update(1)
     progress.close()
     assert not buffers, f"relabel ended with incomplete epochs {sorted(buffers)}"
     return {"epochs": r.epochs, "skipped": len(done), "workers": sorted(workers)}
 
 
-def _write_epoch(info: sets.SetInfo, epoch: int, parts: list[dict], logits_dtype: str) -> None:
+def _write_epoch(info: sets.SetInfo, epoch: int, parts: list[dict], logits_dtype: str, top_k: int) -> None:
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     box = cat.pop("box")
     columns = {**cat, "top": box[:, 0], "left": box[:, 1], "height": box[:, 2], "width": box[:, 3]}
-    sets.write_label_epoch(info.path, epoch, columns, info.num_classes, logits_dtype)
+    sets.write_label_epoch(info.path, epoch, columns, info.num_classes, logits_dtype, top_k)

@@ -12,8 +12,10 @@ from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.seeding import STREAM_TEACHER_DATA, STREAM_TEACHER_INIT, derive_seed, seeded_init
 from srel_ray.core.student import count_correct, train_teacher_epoch
-from srel_ray.data.real import RealDataset
+from srel_ray.data.real import RealData
 from srel_ray.distributed import trainer
+from srel_ray.errors import DataError
+from srel_ray.distributed.datasets import ray_dataset
 from srel_ray.models import create_model
 from srel_ray.teacher import Teacher
 
@@ -53,23 +55,30 @@ def squeeze_loop(config: dict) -> None:
         metrics = {"epoch": epoch, "train_loss": train_sums["loss"] / train_sums["n"],
                    "train_top1": train_sums["correct"] / train_sums["n"],
                    "test_top1": test["top1"] / test["n"], "test_top5": test["top5"] / test["n"]}
+        # Unreadable images are dropped in the data pipeline; an equal split may also drop up to world-1 rows.
+        metrics["skipped_images"] = max(0, config["expected_train"] - int(train_sums["n"]) - (world - 1))
         history.append(metrics)
         state = trainer.training_state(model, optimizer, scheduler, epoch, history)
         trainer.report(metrics, state, rank)
+        if metrics["skipped_images"] > cfg.data.max_corrupt:
+            return  # the driver reads the count from the history and stops the run
 
 
-def run_squeeze(cfg: Config, data: RealDataset, storage: Path, use_gpu: bool) -> Teacher:
+def run_squeeze(cfg: Config, data: RealData, storage: Path, use_gpu: bool) -> Teacher:
     """Train the teacher with ``cfg.resources.train_workers`` workers; returns it with its per-epoch history."""
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
-                   "num_classes": data.num_classes, "channels": data.channels, "threads": res.threads_per_worker}
-    datasets = {"train": trainer.split_dataset(data.train.images, data.train.labels),
-                "test": trainer.split_dataset(data.test.images, data.test.labels)}
+                   "num_classes": data.num_classes, "channels": data.channels, "threads": res.threads_per_worker,
+                   "expected_train": len(data.labels("train"))}
+    datasets = {"train": ray_dataset(data, "train"), "test": ray_dataset(data, "test")}
     result = trainer.fit(squeeze_loop, loop_config, name="squeeze", storage=storage, res=res, use_gpu=use_gpu,
                          datasets=datasets)
     state = trainer.final_state(result)
+    skipped = state["history"][-1]["skipped_images"]
+    if skipped > cfg.data.max_corrupt:
+        raise DataError(f"{skipped} training images of {data.name!r} could not be read, more than "
+                        f"data.max_corrupt={cfg.data.max_corrupt}; fix or remove them, or raise the limit")
     last = state["history"][-1]
-    return Teacher(cfg.teacher.arch, cfg.teacher.arch_kwargs, data.class_names, data.channels,
-                   cfg.data.image_size, data.norm, state["model"],
+    return Teacher(cfg.teacher.arch, cfg.teacher.arch_kwargs, data.class_names, data.channels, data.image_size, data.norm, state["model"],
                    {"test_top1": last["test_top1"], "test_top5": last["test_top5"], "epochs": cfg.teacher.epochs,
                     "history": state["history"]})

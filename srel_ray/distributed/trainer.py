@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import ray
 import ray.train
 import torch
@@ -88,12 +87,6 @@ def test_batches(shard, batch_size: int, norm) -> "iter":
     """Normalised (images, labels) batches from a Ray Data shard of uint8 images."""
     for batch in shard.iter_torch_batches(batch_size=batch_size):
         yield norm.normalize(batch["image"].float() / 255), batch["label"]
-
-
-def split_dataset(images: torch.Tensor, labels: torch.Tensor) -> "ray.data.Dataset":
-    """A Ray Dataset of uint8 images and int labels from in-memory tensors."""
-    return ray.data.from_items([{"image": np.asarray(img), "label": int(lbl)}
-                                for img, lbl in zip(images.numpy(), labels.numpy())])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

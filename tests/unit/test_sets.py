@@ -144,3 +144,20 @@ def test_remove(root):
     sets.remove(sets.join(root, "a"))
     assert not sets.exists(sets.join(root, "a", "b.json"))
     sets.remove(sets.join(root, "a"))  # removing what is gone is fine
+
+
+def test_manifest_checksums_catch_changed_and_missing_files(tmp_path):
+    set_dir = str(tmp_path / "set")
+    images = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8)
+    sets.write_images(set_dir, [(0, 0), (0, 1), (1, 0), (1, 1)], images)
+    sets.write_manifest(set_dir, kind="condensed", dataset="toy", class_names=["a", "b"], ipc=2, channels=1,
+                        image_size=6, normalization={"mean": [0.5], "std": [0.5]}, teacher={}, config={})
+    manifest = sets.read_set(set_dir).manifest
+    assert sorted(manifest["checksums"]) == [f"images/{c}/{i:05d}.png" for c in (0, 1) for i in (0, 1)]
+    sets.verify_set(set_dir)  # unchanged: passes
+    (tmp_path / "set" / "images" / "1" / "00000.png").write_bytes(sets.encode_png(images[0]))
+    with pytest.raises(DataError, match="images/1/00000.png is changed"):
+        sets.verify_set(set_dir)
+    (tmp_path / "set" / "images" / "1" / "00000.png").unlink()
+    with pytest.raises(DataError, match="images/1/00000.png is missing"):
+        sets.verify_set(set_dir)

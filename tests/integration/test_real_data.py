@@ -1,0 +1,85 @@
+"""Real data through Ray: Parquet shards read and decoded inside Ray Data, and squeeze trained from them."""
+
+import json
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import torch
+
+from srel_ray.cli import main
+from srel_ray.config import DataConfig, load_config
+from srel_ray.data.real import load_dataset
+from srel_ray.teacher import load_teacher
+
+from ..unit.test_parquet_source import NAMES, _write
+
+REPO = Path(__file__).resolve().parents[2]
+CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+
+
+def _parquet(tmp_path):
+    fs = fsspec.filesystem("file")
+    train = _write(fs, str(tmp_path), "train", 60, 0, shards=3)
+    _write(fs, str(tmp_path), "test", 15, 1)
+    return train
+
+
+def test_ray_dataset_decodes_in_the_pipeline(ray_cluster, tmp_path):
+    from srel_ray.distributed.datasets import ray_dataset
+
+    images, labels = _parquet(tmp_path)
+    data = load_dataset(DataConfig(name="parquet", path=str(tmp_path), image_size=12))
+    rows = ray_dataset(data, "train").take_all()
+    got = sorted((int(r["label"]), np.asarray(r["image"]).tobytes()) for r in rows)
+    want = sorted((int(l), img.tobytes()) for img, l in zip(images, labels))
+    assert got == want
+
+
+def test_squeeze_streams_parquet_through_ray_train(ray_cluster, tmp_path, mlflow_uri):
+    _parquet(tmp_path / "data")
+    out = tmp_path / "run"
+    code = main(["squeeze", "--config", str(REPO / "jobs/configs/cifar10.yaml"), "--out", str(out),
+                 "--set", f"data.path={tmp_path / 'data'}", "--set", "data.image_size=12",
+                 "--set", "teacher.epochs=1", "--set", "teacher.arch_kwargs={width: 8, depth: 2}",
+                 "--set", "resources.use_gpu=false", "--set", f"tracking.tracking_uri={mlflow_uri}"])
+    assert code == 0
+    teacher = load_teacher(str(out / "teacher" / "teacher.pt"))
+    assert teacher.class_names == NAMES and teacher.in_channels == 3 and teacher.image_size == 12
+    history = teacher.metrics["history"]
+    assert len(history) == 1 and 0 <= history[0]["test_top1"] <= 1
+    assert json.loads((out / "stages" / "squeeze.json").read_text())["result"]["metrics"]["epochs"] == 1
+
+
+def test_cifar10_config_reads_the_shared_copy(monkeypatch):
+    monkeypatch.chdir(REPO)  # the config's data.path is relative to the repository root
+    cfg = load_config(REPO / "jobs/configs/cifar10.yaml")
+    data = load_dataset(cfg.data)
+    assert data.class_names[:3] == ["airplane", "automobile", "bird"] and data.num_classes == 10
+    assert len(data.labels("train")) == 50_000 and len(data.labels("test")) == 10_000
+    x = data.images_at("test", torch.tensor([0, 9_999]))
+    assert x.shape == (2, 3, 32, 32) and x.dtype == torch.uint8
+    assert 0.4 < data.norm.mean[0] < 0.55  # CIFAR-10's red-channel mean is about 0.49
+
+
+def test_missing_cifar_path_is_one_clear_error(tmp_path, capsys):
+    code = main(["squeeze", "--config", str(REPO / "jobs/configs/cifar10.yaml"), "--out", str(tmp_path / "o"),
+                 "--set", f"data.path={tmp_path / 'absent'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "absent" in err and "train.parquet" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_imagefolder_with_too_many_corrupt_images_stops_with_a_count(ray_cluster, tmp_path, mlflow_uri, capsys):
+    """Files are read and decoded by Ray tasks; the unreadable one is dropped, counted, and over the limit."""
+    from ..unit.test_imagefolder_source import _tree
+
+    _tree(fsspec.filesystem("file"), str(tmp_path / "data"), corrupt=True)
+    code = main(["squeeze", "--config", str(REPO / "jobs/configs/cifar10.yaml"), "--out", str(tmp_path / "run"),
+                 "--set", "data.name=imagefolder", "--set", f"data.path={tmp_path / 'data'}",
+                 "--set", "data.image_size=10", "--set", "data.max_corrupt=0", "--set", "teacher.epochs=1",
+                 "--set", "teacher.arch_kwargs={width: 8, depth: 1}", "--set", "resources.use_gpu=false",
+                 "--set", f"tracking.tracking_uri={mlflow_uri}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 training images of 'imagefolder' could not be read" in err
+    assert not (tmp_path / "run" / "teacher" / "teacher.pt").exists()

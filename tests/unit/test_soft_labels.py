@@ -1,0 +1,56 @@
+"""Top-k soft labels: what is kept is exact, the rest is uniform mass, and the files round-trip."""
+
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from srel_ray.core.soft_labels import compress_topk, expand_topk
+from srel_ray.data import sets
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_topk_keeps_the_largest_probabilities_and_spreads_the_rest_evenly():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 12)) * 3
+    index, values, rest = compress_topk(logits, 3)
+    rebuilt = expand_topk(index, values, rest, 12)
+    p, q = _softmax(logits), _softmax(rebuilt.astype(np.float64))
+    for row in range(5):
+        top = np.argsort(-logits[row])[:3]
+        assert set(index[row]) == set(top)
+        np.testing.assert_allclose(q[row, top], p[row, top], rtol=1e-5)  # exact at T = 1
+        others = np.setdiff1d(np.arange(12), top)
+        np.testing.assert_allclose(q[row, others], p[row, others].sum() / 9, rtol=1e-5)  # uniform rest
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_topk_validates_k():
+    with pytest.raises(AssertionError):
+        compress_topk(np.zeros((1, 4)), 4)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_topk_label_file_round_trip_and_size(tmp_path, where):
+    root = str(tmp_path) if where == "local" else f"memory://topk-{uuid.uuid4().hex}"
+    rng = np.random.default_rng(1)
+    n, classes = 40, 100
+    logits = rng.normal(size=(n, classes)).astype(np.float32) * 4
+    columns = {"image_id": np.arange(n), "label": np.arange(n) % classes, "epoch": np.zeros(n),
+               "view": np.zeros(n), "top": np.zeros(n), "left": np.zeros(n), "height": np.full(n, 8),
+               "width": np.full(n, 8), "flip": np.zeros(n, bool), "logits": logits}
+    sets.write_label_epoch(f"{root}/full", 0, columns, classes, "float16")
+    sets.write_label_epoch(f"{root}/top5", 0, columns, classes, "float16", top_k=5)
+    full = sets.read_label_epoch(f"{root}/full", 0).logits
+    top5 = sets.read_label_epoch(f"{root}/top5", 0).logits
+    assert top5.shape == full.shape == (n, classes)
+    expected = expand_topk(*compress_topk(logits.astype(np.float16).astype(np.float32), 5), classes)
+    torch.testing.assert_close(top5, torch.from_numpy(expected), atol=2e-2, rtol=1e-2)  # fp16 storage
+    assert torch.equal(top5.argmax(1), full.argmax(1))
+    fs, path = sets._fs(root)
+    assert fs.size(f"{path}/top5/labels/epoch-00000.parquet") < fs.size(f"{path}/full/labels/epoch-00000.parquet") / 3
