@@ -23,7 +23,7 @@ from srel_ray.errors import ConfigError
 class DataConfig:
     """The real dataset: where it is and how images are presented to models."""
 
-    name: str = "digits"  # digits (embedded) | parquet (image + label columns) | imagefolder (train/<class>/...)
+    name: str = "digits"  # digits (embedded) | parquet | imagefolder (train/<class>/...) | cifar (torchvision files)
     path: str | None = None  # where the data lives (local path or fsspec URL), for sources that are not embedded
     image_size: int = 16  # side length models see; images of another size are resized to this
     channels: int = 3  # 1 (grey) or 3 (RGB) for decoded sources; digits are always grey
@@ -202,7 +202,7 @@ class Config:
         return d
 
 
-DATASETS = {"digits", "parquet", "imagefolder"}
+DATASETS = {"digits", "parquet", "imagefolder", "cifar"}
 TEACHER_SOURCES = {"squeeze", "torchvision", "checkpoint"}
 
 

@@ -146,6 +146,10 @@ def load_dataset(cfg: DataConfig) -> RealData:
         from srel_ray.data.parquet import ParquetData
 
         return ParquetData(cfg)
+    if cfg.name == "cifar":
+        from srel_ray.data.cifar import load_cifar
+
+        return load_cifar(cfg)
     from srel_ray.data.imagefolder import ImageFolderData
 
     return ImageFolderData(cfg)

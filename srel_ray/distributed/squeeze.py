@@ -70,7 +70,10 @@ def run_squeeze(cfg: Config, data: RealData, storage: Path, use_gpu: bool) -> Te
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
                    "num_classes": data.num_classes, "channels": data.channels, "threads": res.threads_per_worker,
                    "expected_train": len(data.labels("train"))}
-    datasets = {"train": ray_dataset(data, "train"), "test": ray_dataset(data, "test")}
+    # Shards often come sorted by class (the CIFAR-10 copy is): a local shuffle buffer alone would then feed
+    # single-class batches. A seeded global shuffle mixes classes; the per-epoch local buffer varies the order.
+    train = ray_dataset(data, "train", shuffle_seed=derive_seed(cfg.seed, STREAM_TEACHER_DATA))
+    datasets = {"train": train, "test": ray_dataset(data, "test")}
     result = trainer.fit(squeeze_loop, loop_config, name="squeeze", storage=storage, res=res, use_gpu=use_gpu,
                          datasets=datasets)
     state = trainer.final_state(result)
