@@ -202,9 +202,7 @@ def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
 
 
 def _label_bytes(info: sets.SetInfo, cfg: Config) -> float:
-    fs, path = sets._fs(sets.join(info.path, "labels"))
-    total = sum(fs.size(p) for p in fs.ls(path, detail=False))
-    return total / (info.num_classes * info.ipc * cfg.relabel.epochs)
+    return sets.label_bytes(info.path) / (info.num_classes * info.ipc * cfg.relabel.epochs)
 
 
 def _make_random_real(cfg: Config, run: RunDir, data: RealData, teacher: Teacher) -> None:

@@ -199,6 +199,12 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
                        Views(boxes, torch.from_numpy(col["flip"].astype(bool))), logits)
 
 
+def label_bytes(set_dir: str) -> int:
+    """Bytes of all label files of a set."""
+    fs, path = _fs(join(set_dir, "labels"))
+    return sum(fs.size(p) for p in fs.ls(path, detail=False)) if fs.exists(path) else 0
+
+
 def label_epochs_done(set_dir: str, epochs: int) -> list[int]:
     return [e for e in range(epochs) if exists(label_file(set_dir, e))]
 
