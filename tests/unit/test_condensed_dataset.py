@@ -1,9 +1,7 @@
 """CondensedDataset: a stored set as a plain PyTorch dataset, on local disk and fsspec memory."""
 
 import re
-import uuid
 
-import fsspec
 import numpy as np
 import pytest
 import torch
@@ -18,18 +16,6 @@ from srel_ray.errors import DataError
 
 CLASSES, IPC, SIZE, EPOCHS, K = ["zero", "one", "two"], 2, 8, 2, 2
 NORM = {"mean": [0.5], "std": [0.25]}
-
-
-@pytest.fixture(params=["local", "memory"])
-def root(request, tmp_path):
-    if request.param == "local":
-        yield str(tmp_path / "set")
-    else:
-        path = f"memory://srel-unit-{uuid.uuid4().hex}/set"
-        yield path
-        fs, p = fsspec.core.url_to_fs(path)
-        if fs.exists(p):
-            fs.rm(p, recursive=True)
 
 
 def _columns(epoch: int) -> dict[str, np.ndarray]:

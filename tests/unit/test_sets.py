@@ -1,6 +1,5 @@
 """The on-disk set format: PNG images, per-epoch label parquet files, manifest; on local disk and fsspec memory."""
 
-import uuid
 
 import fsspec
 import numpy as np
@@ -9,18 +8,6 @@ import torch
 
 from srel_ray.data import sets
 from srel_ray.errors import DataError
-
-
-@pytest.fixture(params=["local", "memory"])
-def root(request, tmp_path):
-    if request.param == "local":
-        yield str(tmp_path / "set")
-    else:
-        path = f"memory://srel-unit-{uuid.uuid4().hex}/set"
-        yield path
-        fs, p = fsspec.core.url_to_fs(path)
-        if fs.exists(p):
-            fs.rm(p, recursive=True)
 
 
 def _images(n, c, h=6, w=5, seed=0):
