@@ -292,5 +292,17 @@ def start_ray(num_cpus: int | None = None) -> None:
     from srel_ray.config import ResourcesConfig
     from srel_ray.distributed.cluster import start_ray as start
 
-    start(ResourcesConfig(num_cpus=num_cpus))
+    for attempt in range(3):
+        try:
+            start(ResourcesConfig(num_cpus=num_cpus))
+            break
+        except Exception as e:  # Ray waits a fixed 30 s for its raylet, too short on a saturated machine
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            print(f"Ray start-up timed out (machine busy: load {load1()}); trying again", flush=True)
+            import ray
+
+            ray.shutdown()
+    import ray.data  # configures its loggers on import: quieten them after
+
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution-plan lines
