@@ -46,10 +46,8 @@ def machine() -> dict:
                 if line.startswith("model name")), platform.processor())
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal:"))
-    import srel_ray
-
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 2**20, 1),
-            "srel_ray_imported_from": str(Path(srel_ray.__file__).parent),  # another checkout: a before/after run
+            "srel_ray_imported_from": _srel_ray_location(),  # another checkout: a before/after run
             "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "platform": platform.platform()}
 
@@ -62,7 +60,8 @@ def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
     """``benchmarks/results/<name>.json`` (or ``out``), with provenance first; written under a temporary name."""
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "git_revision": git_revision(), "command": command(), "machine": machine(),
+    record = {"benchmark": name, "git_revision": git_revision(), "command": command(), "cwd": os.getcwd(),
+              "machine": {**machine(), "ray_workers": WORKERS},
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -292,5 +291,29 @@ def start_ray(num_cpus: int | None = None) -> None:
     from srel_ray.config import ResourcesConfig
     from srel_ray.distributed.cluster import start_ray as start
 
-    start(ResourcesConfig(num_cpus=num_cpus))
+    for attempt in range(3):
+        try:
+            start(ResourcesConfig(num_cpus=num_cpus))
+            break
+        except Exception as e:  # Ray waits a fixed 30 s for its raylet, too short on a saturated machine
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            print(f"Ray start-up timed out (machine busy: load {load1()}); trying again", flush=True)
+            import ray
+
+            ray.shutdown()
+    import ray.data  # configures its loggers on import: quieten them after
+
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution-plan lines
+    # Ray puts the driver's working directory first on its workers' sys.path: a before/after run of another
+    # checkout must start from that checkout, and this records which code the workers ran.
+    WORKERS["srel_ray_imported_from"] = ray.get(ray.remote(_srel_ray_location).remote())
+
+
+WORKERS: dict[str, str] = {}
+
+
+def _srel_ray_location() -> str:
+    import srel_ray
+
+    return str(Path(srel_ray.__file__).parent)
