@@ -1,6 +1,8 @@
-"""Thin entry point for ``ray job submit --working-dir . -- python jobs/run.py <stage> --config ... --out ...``.
+"""Job entry point for the whole pipeline (squeeze, recover, relabel, evaluate): ``srel-ray run``, for Ray jobs.
 
-Same arguments as the ``srel-ray`` command; the job joins the cluster it was submitted to.
+    ray job submit --working-dir . -- python jobs/run.py --config FILE.yaml --out DIR [--set section.key=value ...]
+
+Inside a submitted job $RAY_ADDRESS names the job's cluster, and the driver joins it (srel_ray.distributed.cluster).
 """
 
 import sys
@@ -8,4 +10,4 @@ import sys
 from srel_ray.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["run", *sys.argv[1:]]))

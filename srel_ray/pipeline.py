@@ -256,7 +256,8 @@ def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
     tracker.log_artifact(run.grid)
     for s in result["stats"]:
         tracker.log_metrics({"recover.final_ce": s["ce"], "recover.final_bn": s["bn"]}, step=s["unit"])
-    return {"units": result["units"], "skipped_units": result["skipped"], "actors": result["actors"]}
+    return {"units": result["units"], "skipped_units": result["skipped"], "actors": result["actors"],
+            "unit_nodes": result["unit_nodes"]}
 
 
 def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
@@ -343,12 +344,13 @@ STAGE_FUNCTIONS = {"squeeze": squeeze, "recover": recover, "relabel": relabel, "
 def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: str) -> dict | None:
     """Check everything, then run ``stages`` in order on Ray; writes summary.json once evaluate has finished.
     ``out`` is a local folder or an fsspec URL that every Ray worker can reach."""
-    from srel_ray.distributed.cluster import resolve_use_gpu, start_ray
+    from srel_ray.distributed.cluster import check_resources, resolve_use_gpu, start_ray
 
     data = check_inputs(cfg, RunDir.at(out), stages)  # before anything is written
     run = prepare_out(cfg, out)
     start_ray(cfg.resources)
     use_gpu = resolve_use_gpu(cfg.resources)
+    check_resources(cfg.resources, use_gpu)  # requests no node can meet fail now, not after hours of squeeze
     with tracked_run(cfg, command, run.out) as tracker:
         for i, stage in enumerate(stages, 1):
             log.info("[%d/%d] %s", i, len(stages), stage)

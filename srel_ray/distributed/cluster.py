@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
+import urllib.parse
 
 import ray
 
@@ -11,6 +14,9 @@ from srel_ray.config import ResourcesConfig
 from srel_ray.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+REACH_TIMEOUT_S = 5.0  # a cluster address that does not answer within this is an error, not a hang
 
 
 def start_ray(res: ResourcesConfig) -> None:
@@ -25,36 +31,120 @@ def start_ray(res: ResourcesConfig) -> None:
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     address = res.ray_address or os.environ.get("RAY_ADDRESS")  # a submitted Ray job joins its cluster
     if address is None:
+        # "local": a new cluster even when `ray start` left one on this machine (ray.init() alone would join it).
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-        kwargs.update(num_cpus=res.num_cpus, include_dashboard=True)
-    ray.init(address=address, **kwargs)
+        kwargs.update(address="local", num_cpus=res.num_cpus, include_dashboard=True)
+    else:
+        source = "resources.ray_address" if res.ray_address else "$RAY_ADDRESS"
+        host, port = _bootstrap_endpoint(address, source)
+        _check_reachable(host, port, address, source)
+        kwargs.update(address=address)
+    ray.init(**kwargs)
     log.info("ray cluster resources: %s", ray.cluster_resources())
 
 
+def _bootstrap_endpoint(address: str, source: str) -> tuple[str, int]:
+    """Host and port that ``ray.init(address)`` would dial: ``host:port``, ``ray://host:port`` or ``auto``."""
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        # The resolution ray.init itself uses: $RAY_ADDRESS, else the cluster `ray start` recorded on this machine.
+        try:
+            address = canonicalize_bootstrap_address("auto")
+        except ConnectionError:
+            raise ConfigError(f"{source}='auto' but no Ray cluster runs on this machine; start one "
+                              "(ray start --head) or give its address as host:port") from None
+    parts = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
+    if not parts.hostname or parts.port is None:
+        raise ConfigError(f"{source}={address!r} is not a cluster address; expected host:port (the head's GCS "
+                          "port, 6379 by default), ray://host:port or auto")
+    return parts.hostname, parts.port
+
+
+def _check_reachable(host: str, port: int, address: str, source: str) -> None:
+    """Refuse an address nothing answers at: ray.init would retry it for a minute or more before failing."""
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(f"{source}={address!r}: no Ray cluster answers at {host}:{port} ({e.strerror or e}, "
+                          f"{REACH_TIMEOUT_S:.0f} s timeout); start the cluster or fix the address") from None
+
+
 def resolve_use_gpu(res: ResourcesConfig) -> bool:
-    """``use_gpu: null`` means: use GPUs when the cluster has any. Asking for GPUs it lacks is an error."""
-    gpus = ray.cluster_resources().get("GPU", 0)
+    """``use_gpu: null`` means: use GPUs when the cluster has any, counting GPU node types an autoscaler can start
+    (an autoscaling cluster often has no GPU node running yet). Asking for GPUs it can never have is an error."""
+    gpus = any(s["GPU"] > 0 for s in node_shapes())
     if res.use_gpu is None:
-        return gpus > 0
-    if res.use_gpu and gpus == 0:
+        return gpus
+    if res.use_gpu and not gpus:
         raise ConfigError("resources.use_gpu is true but the Ray cluster has no GPUs; set it to false or null")
     return res.use_gpu
 
 
-def actor_resources(res: ResourcesConfig, use_gpu: bool) -> dict:
-    """Ray resource request for one recover or relabel actor; refuses requests no node could ever meet."""
+def actor_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | None = None) -> dict:
+    """Ray resource request for one recover or relabel actor; refuses requests the cluster could never meet."""
     request = {"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor if use_gpu else 0}
-    check_fits(request["num_cpus"], request["num_gpus"],
-               "an actor (resources.cpus_per_actor, resources.gpus_per_actor)")
+    _check_fits({"CPU": request["num_cpus"], "GPU": request["num_gpus"]},
+                max(res.recover_actors, res.relabel_actors), node_shapes() if shapes is None else shapes,
+                "recover and relabel actors", "resources.cpus_per_actor, resources.gpus_per_actor, "
+                "resources.recover_actors, resources.relabel_actors")
     return request
 
 
-def check_fits(num_cpus: float, num_gpus: float, what: str) -> None:
-    """A ConfigError when no alive node has ``num_cpus`` CPUs and ``num_gpus`` GPUs (Ray would wait forever)."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not any(n.get("CPU", 0) >= num_cpus and n.get("GPU", 0) >= num_gpus for n in nodes):
-        raise ConfigError(f"no node can host {what} asking for {num_cpus} CPU and {num_gpus} GPU; "
-                          f"nodes have {[{k: n.get(k, 0) for k in ('CPU', 'GPU')} for n in nodes]}")
+def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | None = None) -> None:
+    """Before any stage starts: refuse actor and Train worker requests that the cluster can never meet, so a
+    misconfigured run fails in seconds instead of waiting forever for resources (Ray only warns of those).
+
+    ``shapes``: the nodes to check against (``node_shapes()`` format); default: the cluster this driver joined."""
+    shapes = node_shapes() if shapes is None else shapes
+    actor_resources(res, use_gpu, shapes)
+    _check_fits({"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0}, res.train_workers, shapes,
+                "Ray Train workers (squeeze, evaluate)", "resources.train_workers, resources.threads_per_worker "
+                "(CPUs per worker), one GPU per worker when GPUs are used")
+
+
+def check_fits(num_cpus: float, num_gpus: float, what: str, fields: str) -> None:
+    """A ConfigError when no node (live, or one an autoscaler may start) can host one bundle of ``num_cpus`` CPUs
+    and ``num_gpus`` GPUs: Ray would wait for it forever."""
+    _check_fits({"CPU": num_cpus, "GPU": num_gpus}, 1, node_shapes(), what, fields)
+
+
+def node_shapes() -> list[dict]:
+    """What each node offers (``name``, ``count`` of such nodes, ``CPU``, ``GPU``): the live nodes, plus every node
+    type an autoscaler may still start, with its most nodes; Ray publishes those node types in the GCS when the
+    cluster has an autoscaler (ray up, KubeRay)."""
+    import ray._private.state
+
+    shapes = [{"name": f"node {n['NodeManagerAddress']}", "count": 1, "CPU": n["Resources"].get("CPU", 0),
+               "GPU": n["Resources"].get("GPU", 0)} for n in ray.nodes() if n.get("Alive")]
+    # The same private accessor Ray Train and Ray Data use for this in Ray 2.60 (pinned in pyproject.toml).
+    config = ray._private.state.state.get_cluster_config()
+    for group in config.node_group_configs if config is not None else []:
+        if group.max_count != 0:  # -1: no limit
+            shapes.append({"name": f"node type {group.name!r} (autoscaled)",
+                           "count": group.max_count if group.max_count > 0 else math.inf,
+                           "CPU": group.resources.get("CPU", 0), "GPU": group.resources.get("GPU", 0)})
+    return shapes
+
+
+def _check_fits(request: dict, copies: int, shapes: list[dict], what: str, fields: str) -> None:
+    """``copies`` bundles of ``request``, each on one node: how many fit on each node shape, summed over nodes."""
+    def per_node(shape: dict) -> float:
+        return min((shape[k] // v for k, v in request.items() if v > 0), default=math.inf)
+
+    capacity = sum(per_node(s) * s["count"] for s in shapes if per_node(s) > 0)
+    if capacity >= copies:
+        return
+    want = ", ".join(f"{v:g} {k}" for k, v in request.items())
+    have = "; ".join(f"{s['name']}: {s['CPU']:g} CPU, {s['GPU']:g} GPU" + _count(s["count"]) for s in shapes)
+    if capacity == 0:
+        raise ConfigError(f"no node can host {what} asking for {want} each ({fields}); the cluster has: {have}")
+    raise ConfigError(f"{copies} {what} asking for {want} each cannot all be placed: the cluster holds at most "
+                      f"{capacity:g} ({fields}); the cluster has: {have}")
+
+
+def _count(count: float) -> str:
+    return "" if count == 1 else " (any number of nodes)" if math.isinf(count) else f" (up to {count:g} nodes)"
 
 
 def worker_identity() -> dict:

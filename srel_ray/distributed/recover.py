@@ -80,16 +80,16 @@ class RecoveryWorker:
 
 def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, use_gpu: bool,
                 extra_teachers: list[str] = (), class_stats: list[str] = ()) -> dict:
-    """Recover every unit not yet marked done; returns counts, per-unit stats and the actors' identities.
-    ``extra_teachers``: more teacher.pt paths (teacher.extra); ``class_stats``: per-class statistics folders, one
-    per teacher (recover.class_bn_weight > 0)."""
+    """Recover every unit not yet marked done; returns counts, per-unit stats, the actors' identities and the node
+    each unit of this call ran on. ``extra_teachers``: more teacher.pt paths (teacher.extra); ``class_stats``:
+    per-class statistics folders, one per teacher (recover.class_bn_weight > 0)."""
     units = plan_units(num_classes, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit)
     pending = [u for u in units if not sets.exists(sets.unit_marker(set_dir, u.name))]
     skipped = len(units) - len(pending)
     if skipped:
         log.info("recover: %d of %d units already done, skipping them", skipped, len(units))
     if not pending:
-        return {"units": len(units), "skipped": skipped, "stats": [], "actors": []}
+        return {"units": len(units), "skipped": skipped, "stats": [], "actors": [], "unit_nodes": {}}
 
     res = cfg.resources
     request = actor_resources(res, use_gpu)
@@ -105,5 +105,7 @@ def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, 
         stats.append(result)
     for actor in actors:
         ray.kill(actor)
-    return {"units": len(units), "skipped": skipped, "stats": sorted(stats, key=lambda s: s["unit"]),
-            "actors": identities}
+    stats.sort(key=lambda s: s["unit"])
+    # Where each unit ran (its marker holds the same): shows the work spread over the nodes of a cluster.
+    return {"units": len(units), "skipped": skipped, "stats": stats, "actors": identities,
+            "unit_nodes": {s["unit"]: s["worker"]["node_id"] for s in stats}}

@@ -61,7 +61,7 @@ def _trial_dirname(trial) -> str:
 def trial_resources(cfg: Config, use_gpu: bool) -> dict:
     res = cfg.resources
     request = {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial if use_gpu else 0}
-    check_fits(request["cpu"], request["gpu"], "a trial (resources.cpus_per_trial, resources.gpus_per_trial)")
+    check_fits(request["cpu"], request["gpu"], "a trial", "resources.cpus_per_trial, resources.gpus_per_trial")
     return request
 
 

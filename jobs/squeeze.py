@@ -1,0 +1,13 @@
+"""Job entry point for the squeeze stage: ``srel-ray squeeze``, for Ray job submission.
+
+    ray job submit --working-dir . -- python jobs/squeeze.py --config FILE.yaml --out DIR [--set section.key=value ...]
+
+Inside a submitted job $RAY_ADDRESS names the job's cluster, and the driver joins it (srel_ray.distributed.cluster).
+"""
+
+import sys
+
+from srel_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["squeeze", *sys.argv[1:]]))
