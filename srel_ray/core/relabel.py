@@ -27,3 +27,10 @@ def teacher_logits(teacher: nn.Module, pixels: torch.Tensor, batch_size: int, de
     """Logits of a frozen teacher on normalised view pixels, in chunks of ``batch_size``."""
     out = [teacher(chunk.to(device)).float().cpu() for chunk in pixels.split(batch_size)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def epoch_blocks(epochs: list[int], num_images: int, images_per_block: int) -> list[dict]:
+    """The work of ``epochs`` cut into blocks of whole images that never straddle two epochs, so an epoch's teacher
+    batches (and, to the last bit, its logits) are the same whichever other epochs a resumed run still has to do."""
+    return [{"epoch": e, "start": s, "stop": min(s + images_per_block, num_images)}
+            for e in epochs for s in range(0, num_images, images_per_block)]

@@ -25,7 +25,10 @@ def start_ray(res: ResourcesConfig) -> None:
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     address = res.ray_address or os.environ.get("RAY_ADDRESS")  # a submitted Ray job joins its cluster
     if address is None:
-        # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+        # The dashboard serves the state API that Ray Train's placement-group cleaner polls. "local" starts a new
+        # cluster even where a `ray start` (perhaps long dead) left its address in /tmp/ray/ray_current_cluster.
+        # Its processes share the driver's fate: a driver killed with SIGKILL takes them along.
+        address = "local"
         kwargs.update(num_cpus=res.num_cpus, include_dashboard=True)
     ray.init(address=address, **kwargs)
     log.info("ray cluster resources: %s", ray.cluster_resources())

@@ -59,7 +59,7 @@ def student_loop(config: dict) -> None:
         history.append(metrics)
         if "test_top1" in metrics:  # report (and checkpoint) at test points only: a report costs ~0.1 s
             state = trainer.training_state(model, optimizer, scheduler, epoch, history)
-            trainer.report(metrics, state, rank)
+            trainer.report(metrics, state, rank, start)
 
 
 def run_student(cfg: Config, data: RealData, set_dir: str, *, hard: bool, name: str, storage: str,

@@ -1,6 +1,12 @@
 """Recover on a pool of Ray actors: each holds the frozen teacher (on its own GPU when there is one) and recovers
-units taken from a shared queue. A unit writes its images under temporary names, renames them into place and then
-writes its marker, so a restarted run skips finished units and a retried unit only rewrites identical files."""
+units taken from a shared queue.
+
+Progress records, per unit, in ``<set>/.progress/``:
+    unit-NNNNNN.started.json   written when a worker starts the unit: which worker, which attempt
+    unit-NNNNNN.json           written after every image of the unit is in place: the unit is done
+A unit writes its images under temporary names and renames them into place before its done record, so a restarted
+run skips done units and a retried unit only rewrites identical files. A started record without a done record is a
+unit in flight, or one whose worker (or driver) died: it is redone, and its next attempt is counted."""
 
 from __future__ import annotations
 
@@ -24,6 +30,10 @@ def unit_marker(set_dir: str, unit: Unit) -> str:
     return sets.join(set_dir, ".progress", f"{unit.name}.json")
 
 
+def unit_started(set_dir: str, unit: Unit) -> str:
+    return sets.join(set_dir, ".progress", f"{unit.name}.started.json")
+
+
 class RecoveryWorker:
     """A Ray actor: loads the teacher once, then recovers whatever units it is handed."""
 
@@ -37,15 +47,19 @@ class RecoveryWorker:
         self.model = freeze(teacher.build()).to(self.device)
 
     def identity(self) -> dict:
-        return {**worker_identity(), "device": str(self.device)}
+        # A restarted actor keeps its actor id and gets a new process: both say who did a unit, and after what.
+        return {**worker_identity(), "actor_id": ray.get_runtime_context().get_actor_id(), "device": str(self.device)}
 
     def recover(self, unit: Unit) -> dict:
         start = time.perf_counter()
+        started = unit_started(self.set_dir, unit)
+        attempt = sets.read_json(started)["attempt"] + 1 if sets.exists(started) else 1
+        sets.write_json_atomic(started, {"unit": unit.index, "attempt": attempt, "worker": self.identity()})
         images, stats = recover_unit(self.model, unit, self.cfg.recover, seed=self.cfg.seed,
                                      image_size=self.cfg.data.image_size, norm=self.norm,
                                      hflip=self.cfg.data.hflip, device=self.device)
         sets.write_images(self.set_dir, unit.targets(), images)
-        stats.update(unit=unit.index, seconds=time.perf_counter() - start, worker=self.identity())
+        stats.update(unit=unit.index, attempt=attempt, seconds=time.perf_counter() - start, worker=self.identity())
         sets.write_json_atomic(unit_marker(self.set_dir, unit), stats)
         return stats
 
@@ -55,13 +69,19 @@ def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, 
     units = plan_units(num_classes, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit)
     pending = [u for u in units if not sets.exists(unit_marker(set_dir, u))]
     skipped = len(units) - len(pending)
+    interrupted = [u.index for u in pending if sets.exists(unit_started(set_dir, u))]
     if skipped:
         log.info("recover: %d of %d units already done, skipping them", skipped, len(units))
+    if interrupted:
+        log.info("recover: %d units were started by an earlier run and not finished, redoing them: %s",
+                 len(interrupted), interrupted)
+    summary = {"units": len(units), "skipped": skipped, "interrupted": interrupted}
     if not pending:
-        return {"units": len(units), "skipped": skipped, "stats": [], "actors": []}
+        return {**summary, "retried": [], "stats": [], "actors": []}
 
     res = cfg.resources
     request = actor_resources(res, use_gpu)
+    # A dead actor is restarted and its unit retried on it (the retry rewrites the same files).
     actor_cls = ray.remote(max_restarts=3, max_task_retries=3, **request)(RecoveryWorker)
     n_actors = min(res.recover_actors, len(pending))
     actors = [actor_cls.remote(to_dict(cfg), teacher_path, set_dir, res.threads_per_worker) for _ in range(n_actors)]
@@ -73,5 +93,9 @@ def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, 
         stats.append(result)
     for actor in actors:
         ray.kill(actor)
-    return {"units": len(units), "skipped": skipped, "stats": sorted(stats, key=lambda s: s["unit"]),
-            "actors": identities}
+    stats.sort(key=lambda s: s["unit"])
+    # Attempts count across runs: a unit interrupted by a dead driver and redone here is a retry too.
+    retried = [s["unit"] for s in stats if s["attempt"] > 1]
+    if retried:
+        log.info("recover: units %s needed more than one attempt (a worker or the driver died)", retried)
+    return {**summary, "retried": retried, "stats": stats, "actors": identities}

@@ -2,7 +2,9 @@
 actor pool, one GPU per actor when present) -> one Parquet file per label epoch, written as each epoch completes.
 
 Rows stream in order, so epochs complete one after another and the driver holds at most one epoch of logits; an
-epoch whose file exists is skipped, so an interrupted relabel resumes where it stopped.
+epoch whose file exists is skipped, so an interrupted relabel resumes where it stopped. Blocks (and so teacher
+batches) never straddle two epochs: a resumed relabel runs, for each epoch it still has to do, the very batches an
+uninterrupted one runs, and a batch retried after its actor died is the same block.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tqdm import tqdm
 from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.recover import freeze
-from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
+from srel_ray.core.relabel import epoch_blocks, teacher_logits, view_pixels, views_for
 from srel_ray.data import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.teacher import load_teacher
@@ -27,24 +29,24 @@ from srel_ray.teacher import load_teacher
 log = logging.getLogger(__name__)
 
 
-def expand_views(batch: dict, *, set_dir: str, num_images: int, ipc: int, channels: int, epochs: list[int],
-                 k: int, image_size: int, scale: tuple[float, float], hflip: bool, seed: int, norm: dict) -> dict:
-    """Map step (CPU tasks): row ids -> K view rows each, with the view's parameters and normalised pixels."""
+def expand_views(batch: dict, *, set_dir: str, ipc: int, channels: int, k: int, image_size: int,
+                 scale: tuple[float, float], hflip: bool, seed: int, norm: dict) -> dict:
+    """Map step (CPU tasks): a block (epoch, images start..stop-1) -> K view rows per image, with the view's
+    parameters and normalised pixels."""
     normalization = Normalization(**norm)
     out = defaultdict(list)
-    for row in batch["id"]:
-        epoch = epochs[int(row) // num_images]
-        image_id = int(row) % num_images
-        label = image_id // ipc
-        image = sets.read_image(set_dir, label, image_id % ipc, channels).unsqueeze(0)
-        views = views_for(seed, image_id, epoch, k, image.shape[-2], image.shape[-1], scale, hflip)
-        out["image_id"].append(np.full(k, image_id, np.int32))
-        out["label"].append(np.full(k, label, np.int32))
-        out["epoch"].append(np.full(k, epoch, np.int32))
-        out["view"].append(np.arange(k, dtype=np.int32))
-        out["box"].append(views.boxes.numpy().astype(np.int32))
-        out["flip"].append(views.flips.numpy())
-        out["pixels"].append(view_pixels(image.expand(k, -1, -1, -1), views, image_size, normalization).numpy())
+    for epoch, start, stop in zip(batch["epoch"], batch["start"], batch["stop"]):
+        for image_id in range(int(start), int(stop)):
+            label = image_id // ipc
+            image = sets.read_image(set_dir, label, image_id % ipc, channels).unsqueeze(0)
+            views = views_for(seed, image_id, int(epoch), k, image.shape[-2], image.shape[-1], scale, hflip)
+            out["image_id"].append(np.full(k, image_id, np.int32))
+            out["label"].append(np.full(k, label, np.int32))
+            out["epoch"].append(np.full(k, epoch, np.int32))
+            out["view"].append(np.arange(k, dtype=np.int32))
+            out["box"].append(views.boxes.numpy().astype(np.int32))
+            out["flip"].append(views.flips.numpy())
+            out["pixels"].append(view_pixels(image.expand(k, -1, -1, -1), views, image_size, normalization).numpy())
     return {key: np.concatenate(parts) for key, parts in out.items()}
 
 
@@ -74,7 +76,7 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
     if done:
         log.info("relabel %s: %d of %d epochs already written, skipping them", info.path, len(done), r.epochs)
     if not pending:
-        return {"epochs": r.epochs, "skipped": len(done), "workers": []}
+        return {"epochs": r.epochs, "skipped_epochs": len(done), "workers": []}
     n_images = info.num_classes * info.ipc
     rows_per_epoch = n_images * r.views_per_epoch
     norm = info.manifest["normalization"]
@@ -82,17 +84,19 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # epochs complete in order: bounded driver memory
-    rows = n_images * len(pending)
-    rows_per_block = max(1, r.batch_size // r.views_per_epoch)  # one teacher batch per block: work spreads
-    ds = ray.data.range(rows, override_num_blocks=-(-rows // rows_per_block))  # over every labeling actor
+    images_per_block = max(1, r.batch_size // r.views_per_epoch)  # one teacher batch per block: work spreads
+    blocks = epoch_blocks(pending, n_images, images_per_block)  # over every labeling actor
+    ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
     ds = ds.map_batches(expand_views, fn_kwargs=dict(
-        set_dir=info.path, num_images=n_images, ipc=info.ipc, channels=info.channels, epochs=pending,
-        k=r.views_per_epoch, image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip,
-        seed=cfg.seed, norm=norm), batch_size=rows_per_block, num_cpus=1)
+        set_dir=info.path, ipc=info.ipc, channels=info.channels, k=r.views_per_epoch,
+        image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip, seed=cfg.seed, norm=norm),
+        batch_size=1, num_cpus=1)
+    # batch_size=None: each block is one batch, so batches follow the blocks above and never mix epochs.
     ds = ds.map_batches(TeacherLabeler, fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker),
-                        batch_size=r.batch_size, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
+                        batch_size=None, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
                         num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
-    # Ray Data restarts a dead pool actor and retries its batches by default (max_restarts=-1).
+    # Ray Data restarts a dead pool actor and retries its unfinished batches (max_restarts=-1 and
+    # max_task_retries=-1 by default); a retried batch is the same block, so it gives the same rows once.
 
     buffers: dict[int, list[dict]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
@@ -104,12 +108,13 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
             mask = batch["epoch"] == epoch
             buffers[int(epoch)].append({k: v[mask] for k, v in batch.items()})
             counts[int(epoch)] += int(mask.sum())
+            assert counts[int(epoch)] <= rows_per_epoch, f"epoch {epoch}: more label rows than views (duplicates)"
             if counts[int(epoch)] == rows_per_epoch:
                 _write_epoch(info, int(epoch), buffers.pop(int(epoch)), r.logits_dtype, r.top_k)
                 progress.update(1)
     progress.close()
     assert not buffers, f"relabel ended with incomplete epochs {sorted(buffers)}"
-    return {"epochs": r.epochs, "skipped": len(done), "workers": sorted(workers)}
+    return {"epochs": r.epochs, "skipped_epochs": len(done), "workers": sorted(workers)}
 
 
 def _write_epoch(info: sets.SetInfo, epoch: int, parts: list[dict], logits_dtype: str, top_k: int) -> None:
