@@ -18,10 +18,12 @@ re-running a command resumes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -191,13 +193,16 @@ def _check_teacher(teacher: Teacher, data: RealData) -> None:
 def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
     """Produce DIR/teacher/teacher.pt: train it (Ray Train), or take a torchvision model or a checkpoint."""
     if sets.exists(run.teacher):
+        log.info("squeeze: the teacher is already at %s, skipping the stage", run.teacher)
         _save_extra_teachers(cfg, run, data, load_teacher(run.teacher))
         return {"skipped": True, **load_teacher(run.teacher).describe()}
     source = cfg.teacher.source
+    resumed = {}
     if source == "squeeze":
         from srel_ray.distributed.squeeze import run_squeeze
 
-        teacher = run_squeeze(cfg, data, run.ray_storage, use_gpu)
+        with _resumable(run, "squeeze", cfg.teacher.epochs) as resumed:
+            teacher = run_squeeze(cfg, data, run.ray_storage, use_gpu)
         tracker.log_history(teacher.metrics.get("history", []), prefix="teacher.")
     else:
         if source == "checkpoint":
@@ -208,7 +213,7 @@ def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
         teacher.metrics = {**teacher.metrics, **_test_accuracy(teacher, data)}
     save_teacher(teacher, run.teacher)
     _save_extra_teachers(cfg, run, data, teacher)
-    return teacher.describe()
+    return {**teacher.describe(), **resumed}
 
 
 def _save_extra_teachers(cfg: Config, run: RunDir, data: RealData, main: Teacher) -> None:
@@ -239,6 +244,7 @@ def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
     """Recover the condensed images with the actor pool; the manifest is written once all units are done."""
     set_dir = run.set_dir("condensed")
     if sets.exists(sets.manifest_path(set_dir)):
+        log.info("recover: the condensed set at %s is complete, skipping the stage", set_dir)
         return {"skipped": True}
     from srel_ray.distributed.recover import run_recover
 
@@ -256,8 +262,8 @@ def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
     tracker.log_artifact(run.grid)
     for s in result["stats"]:
         tracker.log_metrics({"recover.final_ce": s["ce"], "recover.final_bn": s["bn"]}, step=s["unit"])
-    return {"units": result["units"], "skipped_units": result["skipped"], "actors": result["actors"],
-            "unit_nodes": result["unit_nodes"]}
+    return {"units": result["units"], "skipped_units": result["skipped"], "interrupted_units": result["interrupted"],
+            "retried_units": result["retried"], "actors": result["actors"], "unit_nodes": result["unit_nodes"]}
 
 
 def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
@@ -272,7 +278,8 @@ def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
         info = sets.read_set(run.set_dir(name))
         teacher.check_classes(info.class_names, f"set {info.path!r}")
         if info.label_epochs == cfg.relabel.epochs:
-            report[name] = {"skipped": True}
+            log.info("relabel %s: all %d label epochs are written, skipping the set", name, cfg.relabel.epochs)
+            report[name] = {"skipped": True, "epochs": cfg.relabel.epochs, "skipped_epochs": cfg.relabel.epochs}
             continue
         report[name] = run_relabel(cfg, run.teacher, info, use_gpu, extra_teachers=run.extra_teachers(cfg))
         labels = {"epochs": cfg.relabel.epochs, "views_per_epoch": cfg.relabel.views_per_epoch,
@@ -292,6 +299,7 @@ def _label_bytes(info: sets.SetInfo, cfg: Config) -> float:
 def _make_random_real(cfg: Config, run: RunDir, data: RealData, teacher: Teacher) -> None:
     set_dir = run.set_dir("random_real")
     if sets.exists(sets.manifest_path(set_dir)):
+        log.info("relabel: the random-real images at %s are complete, skipping their selection", set_dir)
         return
     ipc = cfg.recover.ipc
     indices = random_real_indices(data.labels("train"), data.num_classes, ipc, cfg.seed)
@@ -314,25 +322,48 @@ def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: T
     from srel_ray.distributed.evaluate import run_student
 
     names = list(STUDENTS) if cfg.evaluate.baselines else ["condensed"]
-    results, trained = {}, 0
+    done = [name for name in names if sets.exists(run.student_record(name))]
+    if done:
+        log.info("evaluate: %d of %d students already trained, skipping them: %s", len(done), len(names),
+                 ", ".join(done))
+    results, resumed = {}, {}
     for name in names:
         record = run.student_record(name)
-        if sets.exists(record):
+        if name in done:
             results[name] = sets.read_json(record)
-            log.info("evaluate: the %s student finished in an earlier run, skipping it", name)
             continue
-        trained += 1
         set_name, hard = STUDENTS[name]
         info = sets.read_set(run.set_dir(set_name))
         if info.label_epochs != cfg.relabel.epochs:
             raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
         log.info("evaluate: training the %s student", name)
-        result = run_student(cfg, data, info.path, hard=hard, name=f"student-{name}", storage=run.ray_storage,
-                             use_gpu=use_gpu)
+        with _resumable(run, f"student-{name}", cfg.evaluate.epochs) as resumed[name]:
+            result = run_student(cfg, data, info.path, hard=hard, name=f"student-{name}", storage=run.ray_storage,
+                                 use_gpu=use_gpu)
         tracker.log_history(result["history"], prefix=f"student.{name}.")
         sets.write_json_atomic(record, result)
         results[name] = result
-    return {**{name: {"top1": r["top1"], "top5": r["top5"]} for name, r in results.items()}, "skipped": trained == 0}
+    return {**{name: {"top1": r["top1"], "top5": r["top5"]} for name, r in results.items()},
+            "skipped_students": done, "resumed": resumed, "skipped": len(done) == len(names)}
+
+
+@contextlib.contextmanager
+def _resumable(run: RunDir, name: str, epochs: int) -> Iterator[dict]:
+    """Around one Ray Train fit: says how many epochs an earlier command had checkpointed (they are skipped) and
+    whether workers died during this fit and were restarted from a checkpoint; fills the yielded dict with both."""
+    from srel_ray.distributed.trainer import checkpoint_progress
+
+    before = checkpoint_progress(run.ray_storage, name)
+    if before["epochs"]:
+        log.info("%s: %d of %d epochs already trained (checkpoint in %s), skipping them", name, before["epochs"],
+                 epochs, sets.join(run.ray_storage, name))
+    report = {"skipped_epochs": before["epochs"]}
+    yield report
+    after = checkpoint_progress(run.ray_storage, name)
+    report["restarted_at_epoch"] = after["start_epoch"] if after["start_epoch"] > before["epochs"] else None
+    if report["restarted_at_epoch"] is not None:
+        log.info("%s: training workers died and were restarted from the checkpoint of epoch %d", name,
+                 after["start_epoch"] - 1)
 
 
 STAGE_FUNCTIONS = {"squeeze": squeeze, "recover": recover, "relabel": relabel, "evaluate": evaluate}

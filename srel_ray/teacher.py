@@ -7,6 +7,7 @@ A teacher comes from squeeze (trained here), from torchvision by name with pretr
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 
 import fsspec
@@ -60,7 +61,10 @@ def save_teacher(teacher: Teacher, path: str) -> None:
     payload = {"format_version": 1, "arch": teacher.arch, "arch_kwargs": teacher.arch_kwargs,
                "class_names": teacher.class_names, "in_channels": teacher.in_channels,
                "image_size": teacher.image_size, "norm": {"mean": list(teacher.norm.mean), "std": list(teacher.norm.std)},
-               "state_dict": teacher.state_dict, "metrics": teacher.metrics}
+               # Through JSON: pickle's bytes depend on which strings are shared objects, and a history restored
+               # from a Ray Train checkpoint shares fewer than one built in one process. Canonical, the same
+               # teacher gives the same file however its training was interrupted.
+               "state_dict": teacher.state_dict, "metrics": json.loads(json.dumps(teacher.metrics))}
     buf = io.BytesIO()
     torch.save(payload, buf)
     _write_atomic(path, buf.getvalue())

@@ -53,3 +53,10 @@ def view_rows(images_uint8: torch.Tensor, image_ids: list[int], labels: list[int
 def mean_logits(per_teacher: list[torch.Tensor]) -> torch.Tensor:
     """Several teachers' logits on the same views -> their mean (EDC labels with an ensemble of teachers)."""
     return torch.stack(per_teacher).mean(0)
+
+
+def epoch_blocks(epochs: list[int], num_images: int, images_per_block: int) -> list[dict]:
+    """The work of ``epochs`` cut into blocks of whole images that never straddle two epochs, so an epoch's teacher
+    batches (and, to the last bit, its logits) are the same whichever other epochs a resumed run still has to do."""
+    return [{"epoch": e, "start": s, "stop": min(s + images_per_block, num_images)}
+            for e in epochs for s in range(0, num_images, images_per_block)]

@@ -164,6 +164,12 @@ def unit_marker(set_dir: str, unit_name: str) -> str:
     return join(set_dir, ".progress", f"{unit_name}.json")
 
 
+def unit_started(set_dir: str, unit_name: str) -> str:
+    """The record a worker writes when it starts a recovery unit (which worker, which attempt): with no marker
+    beside it, the unit is in flight or its worker (or the driver) died."""
+    return join(set_dir, ".progress", f"{unit_name}.started.json")
+
+
 def image_id(label: int, index: int, ipc: int) -> int:
     return label * ipc + index
 

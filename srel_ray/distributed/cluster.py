@@ -31,8 +31,10 @@ def start_ray(res: ResourcesConfig) -> None:
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     address = res.ray_address or os.environ.get("RAY_ADDRESS")  # a submitted Ray job joins its cluster
     if address is None:
-        # "local": a new cluster even when `ray start` left one on this machine (ray.init() alone would join it).
-        # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+        # "local": a new cluster even where a `ray start` (perhaps long dead) left its address in
+        # /tmp/ray/ray_current_cluster (ray.init() alone would join it). Its processes share the driver's fate: a
+        # driver killed with SIGKILL takes them along. The dashboard serves the state API that Ray Train's
+        # placement-group cleaner polls.
         kwargs.update(address="local", num_cpus=res.num_cpus, include_dashboard=True)
     else:
         source = "resources.ray_address" if res.ray_address else "$RAY_ADDRESS"

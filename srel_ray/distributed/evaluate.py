@@ -58,7 +58,7 @@ def student_loop(config: dict) -> None:
             state = trainer.training_state(model, optimizer, scheduler, epoch, history)
             if ema is not None:
                 state["ema"] = ema.state_dict()
-            trainer.report(metrics, state, rank)
+            trainer.report(metrics, state, rank, start)
 
 
 def run_student(cfg: Config, data: RealData, set_dir: str, *, hard: bool, name: str, storage: str,

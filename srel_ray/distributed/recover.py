@@ -1,6 +1,12 @@
 """Recover on a pool of Ray actors: each holds the frozen teacher (on its own GPU when there is one) and recovers
-units taken from a shared queue. A unit writes its images under temporary names, renames them into place and then
-writes its marker, so a restarted run skips finished units and a retried unit only rewrites identical files.
+units taken from a shared queue.
+
+Progress records, per unit, in ``<set>/.progress/``:
+    unit-NNNNNN.started.json   written when a worker starts the unit: which worker, which attempt
+    unit-NNNNNN.json           written after every image of the unit is in place: the unit is done
+A unit writes its images under temporary names and renames them into place before its done record, so a restarted
+run skips done units and a retried unit only rewrites identical files. A started record without a done record is a
+unit in flight, or one whose worker (or driver) died: it is redone, and its next attempt is counted.
 
 With real-image initialisation or per-class matching an actor reads, per unit, only what the unit's classes need:
 their real images (srel_ray.data.class_images) and their per-class statistics files."""
@@ -45,7 +51,8 @@ class RecoveryWorker:
         self._rded: dict[int, torch.Tensor] = {}  # class -> its ipc RDED images (units of one class share them)
 
     def identity(self) -> dict:
-        return {**worker_identity(), "device": str(self.device)}
+        # A restarted actor keeps its actor id and gets a new process: both say who did a unit, and after what.
+        return {**worker_identity(), "actor_id": ray.get_runtime_context().get_actor_id(), "device": str(self.device)}
 
     def _init_images(self, unit: Unit) -> torch.Tensor | None:
         """The unit's starting images in ``unit.targets()`` order, read from its own classes only."""
@@ -65,6 +72,9 @@ class RecoveryWorker:
 
     def recover(self, unit: Unit) -> dict:
         start = time.perf_counter()
+        started = sets.unit_started(self.set_dir, unit.name)
+        attempt = sets.read_json(started)["attempt"] + 1 if sets.exists(started) else 1
+        sets.write_json_atomic(started, {"unit": unit.index, "attempt": attempt, "worker": self.identity()})
         stats_per_teacher = None
         if self.cfg.recover.class_bn_weight and self.cfg.recover.iterations:
             stats_per_teacher = [load_class_stats(d, list(unit.classes)) for d in self.class_stats_dirs]
@@ -73,7 +83,7 @@ class RecoveryWorker:
                                      hflip=self.cfg.data.hflip, device=self.device, extra_teachers=self.extra,
                                      init=self._init_images(unit), class_stats=stats_per_teacher)
         sets.write_images(self.set_dir, unit.targets(), images)
-        stats.update(unit=unit.index, seconds=time.perf_counter() - start, worker=self.identity())
+        stats.update(unit=unit.index, attempt=attempt, seconds=time.perf_counter() - start, worker=self.identity())
         sets.write_json_atomic(sets.unit_marker(self.set_dir, unit.name), stats)
         return stats
 
@@ -86,13 +96,19 @@ def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, 
     units = plan_units(num_classes, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit)
     pending = [u for u in units if not sets.exists(sets.unit_marker(set_dir, u.name))]
     skipped = len(units) - len(pending)
+    interrupted = [u.index for u in pending if sets.exists(sets.unit_started(set_dir, u.name))]
     if skipped:
         log.info("recover: %d of %d units already done, skipping them", skipped, len(units))
+    if interrupted:
+        log.info("recover: %d units were started by an earlier run and not finished, redoing them: %s",
+                 len(interrupted), interrupted)
+    summary = {"units": len(units), "skipped": skipped, "interrupted": interrupted}
     if not pending:
-        return {"units": len(units), "skipped": skipped, "stats": [], "actors": [], "unit_nodes": {}}
+        return {**summary, "retried": [], "stats": [], "actors": [], "unit_nodes": {}}
 
     res = cfg.resources
     request = actor_resources(res, use_gpu)
+    # A dead actor is restarted and its unit retried on it (the retry rewrites the same files).
     actor_cls = ray.remote(max_restarts=3, max_task_retries=3, **request)(RecoveryWorker)
     n_actors = min(res.recover_actors, len(pending))
     actors = [actor_cls.remote(to_dict(cfg), teacher_path, set_dir, res.threads_per_worker, tuple(extra_teachers),
@@ -106,6 +122,10 @@ def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, 
     for actor in actors:
         ray.kill(actor)
     stats.sort(key=lambda s: s["unit"])
+    # Attempts count across runs: a unit interrupted by a dead driver and redone here is a retry too.
+    retried = [s["unit"] for s in stats if s["attempt"] > 1]
+    if retried:
+        log.info("recover: units %s needed more than one attempt (a worker or the driver died)", retried)
     # Where each unit ran (its marker holds the same): shows the work spread over the nodes of a cluster.
-    return {"units": len(units), "skipped": skipped, "stats": stats, "actors": identities,
+    return {**summary, "retried": retried, "stats": stats, "actors": identities,
             "unit_nodes": {s["unit"]: s["worker"]["node_id"] for s in stats}}

@@ -4,7 +4,9 @@ On a CPU-only cluster Ray Data fuses the map step into the labeling actors (its 
 ``MapBatches(expand_views)->MapBatches(TeacherLabeler)``): each actor decodes, renders and labels its blocks.
 
 Rows stream in order, so epochs complete one after another and the driver holds at most one epoch of logits; an
-epoch whose file exists is skipped, so an interrupted relabel resumes where it stopped.
+epoch whose file exists is skipped, so an interrupted relabel resumes where it stopped. Blocks (and so teacher
+batches) never straddle two epochs: a resumed relabel runs, for each epoch it still has to do, the very batches an
+uninterrupted one runs, and a batch retried after its actor died is the same block.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tqdm import tqdm
 from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.recover import freeze
-from srel_ray.core.relabel import mean_logits, teacher_logits, view_rows
+from srel_ray.core.relabel import epoch_blocks, mean_logits, teacher_logits, view_rows
 from srel_ray.data import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.teacher import load_teacher
@@ -29,17 +31,18 @@ from srel_ray.teacher import load_teacher
 log = logging.getLogger(__name__)
 
 
-def expand_views(batch: dict, *, set_dir: str, num_images: int, ipc: int, channels: int, epochs: list[int],
-                 k: int, image_size: int, scale: tuple[float, float], hflip: bool, seed: int, norm: dict) -> dict:
-    """Map step: row ids -> K view rows each, with the view's parameters and normalised pixels; the block's views
-    are rendered in one batched call."""
-    rows = np.asarray(batch["id"], dtype=np.int64)
-    epoch = np.asarray(epochs, dtype=np.int64)[rows // num_images]
-    image_id = rows % num_images
-    label = image_id // ipc
-    images = sets.read_images_at(set_dir, list(zip(label.tolist(), (image_id % ipc).tolist())), channels)
-    return view_rows(images, image_id.tolist(), label.tolist(), epoch.tolist(), k=k, image_size=image_size,
-                     scale=scale, hflip=hflip, seed=seed, norm=Normalization(**norm))
+def expand_views(batch: dict, *, set_dir: str, ipc: int, channels: int, k: int, image_size: int,
+                 scale: tuple[float, float], hflip: bool, seed: int, norm: dict) -> dict:
+    """Map step: blocks (epoch, images start..stop-1) -> K view rows per image, with the view's parameters and
+    normalised pixels; the block's views are rendered in one batched call."""
+    image_ids, epochs = [], []
+    for epoch, start, stop in zip(batch["epoch"], batch["start"], batch["stop"]):
+        image_ids += range(int(start), int(stop))
+        epochs += [int(epoch)] * (int(stop) - int(start))
+    labels = [i // ipc for i in image_ids]
+    images = sets.read_images_at(set_dir, [(c, i % ipc) for c, i in zip(labels, image_ids)], channels)
+    return view_rows(images, image_ids, labels, epochs, k=k, image_size=image_size, scale=scale, hflip=hflip,
+                     seed=seed, norm=Normalization(**norm))
 
 
 class TeacherLabeler:
@@ -75,7 +78,7 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
     if done:
         log.info("relabel %s: %d of %d epochs already written, skipping them", info.path, len(done), r.epochs)
     if not pending:
-        return {"epochs": r.epochs, "skipped": len(done), "workers": []}
+        return {"epochs": r.epochs, "skipped_epochs": len(done), "workers": []}
     n_images = info.num_classes * info.ipc
     rows_per_epoch = n_images * r.views_per_epoch
     norm = info.manifest["normalization"]
@@ -83,18 +86,20 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # epochs complete in order: bounded driver memory
-    rows = n_images * len(pending)
-    rows_per_block = max(1, r.batch_size // r.views_per_epoch)  # one teacher batch per block: work spreads
-    ds = ray.data.range(rows, override_num_blocks=-(-rows // rows_per_block))  # over every labeling actor
+    images_per_block = max(1, r.batch_size // r.views_per_epoch)  # one teacher batch per block: work spreads
+    blocks = epoch_blocks(pending, n_images, images_per_block)  # over every labeling actor
+    ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
     ds = ds.map_batches(expand_views, fn_kwargs=dict(
-        set_dir=info.path, num_images=n_images, ipc=info.ipc, channels=info.channels, epochs=pending,
-        k=r.views_per_epoch, image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip,
-        seed=cfg.seed, norm=norm), batch_size=rows_per_block, num_cpus=1)
+        set_dir=info.path, ipc=info.ipc, channels=info.channels, k=r.views_per_epoch,
+        image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip, seed=cfg.seed, norm=norm),
+        batch_size=1, num_cpus=1)
+    # batch_size=None: each block is one batch, so batches follow the blocks above and never mix epochs.
     ds = ds.map_batches(TeacherLabeler,
                         fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker, tuple(extra_teachers)),
-                        batch_size=r.batch_size, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
+                        batch_size=None, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
                         num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
-    # Ray Data restarts a dead pool actor and retries its batches by default (max_restarts=-1).
+    # Ray Data restarts a dead pool actor and retries its unfinished batches (max_restarts=-1 and
+    # max_task_retries=-1 by default); a retried batch is the same block, so it gives the same rows once.
 
     buffers: dict[int, list[dict]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
@@ -106,12 +111,13 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
             mask = batch["epoch"] == epoch
             buffers[int(epoch)].append({k: v[mask] for k, v in batch.items()})
             counts[int(epoch)] += int(mask.sum())
+            assert counts[int(epoch)] <= rows_per_epoch, f"epoch {epoch}: more label rows than views (duplicates)"
             if counts[int(epoch)] == rows_per_epoch:
                 _write_epoch(info, int(epoch), buffers.pop(int(epoch)), r.logits_dtype, r.top_k)
                 progress.update(1)
     progress.close()
     assert not buffers, f"relabel ended with incomplete epochs {sorted(buffers)}"
-    return {"epochs": r.epochs, "skipped": len(done), "workers": sorted(workers)}
+    return {"epochs": r.epochs, "skipped_epochs": len(done), "workers": sorted(workers)}
 
 
 def _write_epoch(info: sets.SetInfo, epoch: int, parts: list[dict], logits_dtype: str, top_k: int) -> None:

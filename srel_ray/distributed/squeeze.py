@@ -58,7 +58,7 @@ def squeeze_loop(config: dict) -> None:
         metrics["skipped_images"] = max(0, config["expected_train"] - int(train_sums["n"]) - (world - 1))
         history.append(metrics)
         state = trainer.training_state(model, optimizer, scheduler, epoch, history)
-        trainer.report(metrics, state, rank)
+        trainer.report(metrics, state, rank, start)
         if metrics["skipped_images"] > cfg.data.max_corrupt:
             return  # the driver reads the count from the history and stops the run
 

@@ -14,15 +14,22 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from srel_ray.config import ResourcesConfig
+from srel_ray.data import sets
 
 
 def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage: str, res: ResourcesConfig,
         use_gpu: bool, datasets: dict, max_failures: int = 3) -> ray.train.Result:
     """Run ``loop`` on ``res.train_workers`` workers. Same ``name`` and ``storage`` resume the last checkpoint.
     ``storage`` is an absolute local path or a URL that Ray's storage layer reaches (pyarrow: s3://, gs://, file://)."""
+    # Blocks reach the workers in a fixed order (read and decode tasks may finish in any order; the splitter then
+    # deals them out by a fixed rule), so the seeded shuffles downstream see the same input in every execution:
+    # a run resumed from a checkpoint trains exactly the epochs an uninterrupted one would have.
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
+        dataset_config=ray.train.DataConfig(execution_options=ingest),
         scaling_config=ScalingConfig(num_workers=res.train_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": res.threads_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),
@@ -31,6 +38,17 @@ def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage: 
         datasets=datasets,
     )
     return trainer.fit()
+
+
+def checkpoint_progress(storage: str, name: str) -> dict:
+    """What the Train run ``name`` under ``storage`` has checkpointed: ``epochs`` trained (0 without a checkpoint)
+    and ``start_epoch``, the epoch its last worker group started at. A group starts after the epochs restored from
+    a checkpoint, so ``start_epoch`` above the epochs done before a fit means workers died and were restarted."""
+    path = sets.join(storage, name)
+    if not sets.exists(sets.join(path, "checkpoint_manager_snapshot.json")):  # written with the first checkpoint
+        return {"epochs": 0, "start_epoch": 0}
+    metrics = ray.train.Result.from_path(path).metrics
+    return {"epochs": metrics["epoch"] + 1, "start_epoch": metrics.get("start_epoch", 0)}
 
 
 def worker_setup(threads: int) -> tuple[int, int, torch.device]:
@@ -67,8 +85,10 @@ def final_state(result: ray.train.Result) -> dict:
         return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
 
 
-def report(metrics: dict, state: dict | None, rank: int) -> None:
-    """Every rank reports; rank 0 attaches ``state`` as the checkpoint when given."""
+def report(metrics: dict, state: dict | None, rank: int, start_epoch: int) -> None:
+    """Every rank reports; rank 0 attaches ``state`` as the checkpoint when given. ``start_epoch`` (the epoch this
+    worker group started at) goes with the metrics only, so the saved history is the same after a restart."""
+    metrics = {**metrics, "start_epoch": start_epoch}
     if state is None or rank != 0:
         ray.train.report(metrics)
         return

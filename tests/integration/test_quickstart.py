@@ -2,9 +2,7 @@
 
 import json
 
-import mlflow
 import pyarrow.parquet as pq
-import yaml
 from mlflow.tracking import MlflowClient
 
 from srel_ray.config import load_config

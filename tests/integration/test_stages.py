@@ -1,7 +1,6 @@
 """Stages on the shared Ray cluster: reproducibility across actor counts, resume, GPU placement, squeeze resume."""
 
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest

@@ -1,0 +1,121 @@
+"""Fault injection for the failure tests: catch a real process in the middle of its work, freeze it (SIGSTOP), check
+that it is still in the middle, then kill it (SIGKILL); otherwise let it go on (SIGCONT) and wait for the next
+chance. The check runs on a frozen process, so a kill that lands after the work finished cannot pass for one that
+landed in the middle of it, however loaded the machine is."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+POLL_S = 0.01
+
+
+def title(pid: int) -> str:
+    """The process title: Ray names a worker ``ray::<Class>.<method>`` while it runs an actor task, ``ray::<Class>``
+    (or ``ray::IDLE``) between tasks. Empty once the process is gone."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline()).strip()
+    except psutil.Error:
+        return ""
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its parent to reap it counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def ray_workers(prefix: str) -> list[int]:
+    """Live workers of the Ray cluster this test process started (its descendants) whose title starts with
+    ``prefix``; another engineer's cluster on the same machine is never among them."""
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if title(p.pid).startswith(prefix) and not gone(p.pid)]
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file written by another process, or None while it is absent or half-written (Ray's own snapshot
+    files are not written atomically)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class KillInTheMiddle:
+    """Around a run (``with KillInTheMiddle(find, in_the_middle) as k: ...``), a thread waits for ``find()`` to
+    name a process at work, freezes it, and kills it if ``in_the_middle(pid)`` still holds on the frozen process.
+    ``killed`` is the pid it killed (None if it never got the chance: the test must then fail)."""
+
+    def __init__(self, find: Callable[[], int | None], in_the_middle: Callable[[int], bool]):
+        self.find, self.in_the_middle = find, in_the_middle
+        self.killed: int | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._done.is_set() and self.killed is None:
+                pid = self.find()
+                if pid is not None and self._try(pid):
+                    self.killed = pid
+                time.sleep(POLL_S)
+        except BaseException as e:  # surfaced in the test thread by __exit__
+            self.error = e
+
+    def _try(self, pid: int) -> bool:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        try:
+            middle = self.in_the_middle(pid)
+        finally:
+            os.kill(pid, signal.SIGKILL if middle else signal.SIGCONT)
+        return middle
+
+    def __enter__(self) -> "KillInTheMiddle":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition``; a deadline only so a broken run fails instead of hanging (no duration is asserted)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def kill_driver_when(cmd: list[str], env: dict, log: Path, condition: Callable[[], bool],
+                     timeout_s: float = 900) -> list[int]:
+    """Start ``cmd`` (a driver that starts its own local Ray cluster), SIGKILL it as soon as ``condition()`` holds,
+    and wait until every process it had started is gone; returns their pids. Fails if it finished first."""
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: condition() or driver.poll() is not None, timeout_s, f"the moment to kill {cmd[3]}")
+        assert driver.poll() is None, f"the driver ended (rc {driver.returncode}) before the kill:\n" + \
+            log.read_text()[-3000:]
+        family = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    wait_until(lambda: all(gone(pid) for pid in family), 120, "the killed driver's Ray processes to exit")
+    return family
