@@ -32,7 +32,7 @@ from srel_ray.data import sets
 # The processes each stage starts (an actor of the stage before can linger while Ray tears it down: not counted),
 # and the ones every stage shares.
 ROLES = {"recover": ("RecoveryWorker", "driver", "raylet", "gcs_server"),
-         "relabel": ("MapWorker", "ReadRange", "driver", "raylet", "gcs_server")}
+         "relabel": ("MapWorker", "driver", "raylet", "gcs_server")}
 
 
 def make_config(ipc: int, iterations: int, epochs: int) -> Config:

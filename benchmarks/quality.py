@@ -102,13 +102,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs(path: Path, text: str) -> None:
-    block = f"{BEGIN}\n{text}\n{END}"
+def write_block(path: Path, begin: str, end: str, heading: str, text: str) -> None:
+    """Put ``text`` between the ``begin``/``end`` markers of ``path`` (appended under ``heading`` if absent)."""
+    block = f"{begin}\n{text}\n{end}"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
     else:
-        new = old.rstrip() + "\n\n## Quality: condensed set against random real images (CIFAR-10)\n\n" + block + "\n"
+        new = old.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(new)
     tmp.replace(path)
@@ -120,7 +121,7 @@ def write_results(path: Path, docs: Path, results: dict) -> None:
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(path)
     text = markdown(results)
-    write_docs(docs, text)
+    write_block(docs, BEGIN, END, "## Quality: condensed set against random real images (CIFAR-10)", text)
     print(text)
 
 

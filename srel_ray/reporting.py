@@ -153,6 +153,87 @@ def plot_cost_growth(growth: dict, axes=None):
     return axes
 
 
+# ------------------------------------------------------------------------------------------- tables
+
+
+def throughput_markdown(recover: dict | None, relabel: dict | None, growth: dict | None) -> str:
+    """The throughput and cost section of docs/benchmarks.md, from the three results (each may be missing)."""
+
+    def med(s: dict, scale: float = 1.0, fmt: str = ".2f") -> str:
+        return f"{scale * s['median']:{fmt}} ({scale * s['min']:{fmt}} to {scale * s['max']:{fmt}}, n={s['n']})"
+
+    lines = []
+    if recover:
+        s, st = recover["summary"], recover["setup"]
+        rate = s["image_iterations_per_second"]
+        t = st["teacher"]
+        lines += [
+            "### Recovery: bare PyTorch loop against srel_ray's actor pool", "",
+            f"`{recover['command']}` at git `{recover['git_revision'][:12]}` ({recover['finished'][:10]}); "
+            f"teacher {t['arch']} width {t['width']} depth {t['depth']} ({t['input'][1]} px, "
+            f"{t['num_classes']} classes), batches of {st['batch']} images, {st['iterations']} iterations per unit, "
+            f"{st['units']} units ({st['image_iterations_per_run']:,} image-iterations per run), one torch thread per "
+            f"worker, {st['repeats']} interleaved repeats. Wall time includes starting the actors, loading the "
+            "teacher and writing the PNGs.", "",
+            "| variant | image-iterations / s (median) |", "|---|---|",
+            *[f"| {k} | {v:.1f} |" for k, v in rate.items()], "",
+            f"- Overhead of srel_ray with 1 actor over the bare loop, whole run: {med(s['overhead_1_actor_over_bare'], 100)} % "
+            f"(target < 5 %). Per unit, inside the actor: {s['unit_seconds_in_actor']['median']:.2f} s against "
+            f"{s['unit_seconds_bare']['median']:.2f} s bare (medians); fixed cost per run (actor start, teacher load): "
+            f"{s['fixed_seconds_per_run']['median']:.2f} s.",
+            f"- Speed-up of 2 actors over 1: {med(s['speedup_2_actors_over_1'])} (target > 1.8) on 2 cores that also "
+            "run the driver and Ray's daemons.",
+            f"- Outputs identical (bare, 1 actor, 2 actors): {s['outputs_identical_bare_1_actor_2_actors']}.",
+            f"- Compute against the floor: the teacher's forward + backward is {s['flops_per_image_iteration'] / 1e6:.0f} "
+            f"MFLOP per image-iteration; the bare loop achieves {s['achieved_gflops_bare']:.1f} GFLOP/s against a "
+            f"1024^3 fp32 matrix multiply at {s['gemm_gflops_1_thread']['median']:.1f} GFLOP/s on one thread: "
+            f"{100 * s['compute_fraction_of_gemm_rate']:.0f} % of the machine's matrix-multiply rate.", ""]
+    if relabel:
+        s, st = relabel["summary"], relabel["setup"]
+        small, large = st["epochs"]
+        lines += [
+            "### Relabel: bare loop against the Ray Data pipeline", "",
+            f"`{relabel['command']}` at git `{relabel['git_revision'][:12]}` ({relabel['finished'][:10]}); "
+            f"{st['set']} ({st['images']} images), {small} and {large} label epochs, {st['views_per_epoch']} view per "
+            f"image per epoch, teacher batches of {st['batch_size']}, {st['logits_dtype']} logits, one teacher thread "
+            f"and {st['relabel_actors']} labeling actor, {st['repeats']} interleaved repeats.", "",
+            "| variant | views / s (median) |", "|---|---|",
+            *[f"| {k} | {v:.1f} |" for k, v in s["views_per_second"].items()], "",
+            f"- Per view (the slope between the two epoch counts): {s['ms_per_view_marginal']['bare']['median']:.2f} ms "
+            f"bare, {s['ms_per_view_marginal']['srel_ray']['median']:.2f} ms srel_ray: marginal overhead "
+            f"{med(s['marginal_overhead_per_view'], 100)} % (target < 10 %).",
+            f"- Fixed cost (the intercept): {s['fixed_seconds']['bare']['median']:.2f} s bare, "
+            f"{s['fixed_seconds']['srel_ray']['median']:.2f} s srel_ray (Ray Data plan, actor start, teacher load); "
+            f"whole-run overhead {100 * s[f'overhead_{small}_epochs']['median']:.0f} % at {small} epochs, "
+            f"{100 * s[f'overhead_{large}_epochs']['median']:.0f} % at {large}.",
+            f"- Labels identical (views and logits): {s['agreement_bare_vs_srel_ray']['views_identical']}, max "
+            f"|logit difference| {s['agreement_bare_vs_srel_ray']['max_abs_logit_difference']:g}.", ""]
+    if growth:
+        s, st = growth["summary"], growth["setup"]
+        lines += ["### How cost grows", "",
+                  f"`{growth['command']}` at git `{growth['git_revision'][:12]}` ({growth['finished'][:10]}); "
+                  f"{st['recover_iterations']} recovery iterations per unit of {st['unit']}, {st['label_epochs']} "
+                  f"label epochs, {st['actors']} actor of {st['threads_per_worker']} thread, {st['repeats']} repeats; "
+                  "median seconds (CPU seconds of all the run's processes in brackets).", "",
+                  "| stage | growing | points (images: seconds) | seconds per image | fixed seconds | r^2 |",
+                  "|---|---|---|---|---|---|"]
+        for stage in ("recover", "relabel"):
+            for axis in ("ipc", "classes"):
+                g = s["growth"][axis][stage]
+                pts = ", ".join(f"{p['images']}: {p['median_seconds']:.1f} ({p['median_cpu_seconds']:.1f})"
+                                if "median_cpu_seconds" in p else f"{p['images']}: {p['median_seconds']:.1f}"
+                                for p in g["points"])
+                lines.append(f"| {stage} | {axis} | {pts} | {g['fit']['seconds_per_image']:.3f} | "
+                             f"{g['fit']['fixed_seconds']:.1f} | {g['fit']['r2']:.3f} |")
+        peaks = s["peak_rss_mb"]
+        lines += ["", "Peak resident memory (MB, largest over all points): " + "; ".join(
+            f"{stage}: " + ", ".join(f"{role} {mb:.0f}" for role, mb in roles.items() if mb is not None)
+            for stage, roles in peaks.items()) + ".",
+            "Soft-label bytes per image per epoch: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in s["label_bytes_per_image_per_epoch"].items()) + ".", ""]
+    return "\n".join(lines).rstrip()
+
+
 def _axes(ax):
     if ax is not None:
         return ax

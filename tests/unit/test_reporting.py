@@ -91,3 +91,38 @@ def test_notebook_runs_without_ray_and_draws_every_figure(tmp_path):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "no quality result" not in text and "quality_cifar10.json" in text
     assert text.strip().endswith("[]"), "the notebook imported Ray or torch"
+
+
+def test_throughput_markdown_quotes_the_measured_medians_and_targets(results):
+    text = reporting.throughput_markdown(results["recover"], results["relabel"], results["growth"])
+    recover, relabel = results["recover"]["summary"], results["relabel"]["summary"]
+    for variant, rate in recover["image_iterations_per_second"].items():
+        assert f"| {variant} | {rate:.1f} |" in text
+    assert f"{100 * recover['overhead_1_actor_over_bare']['median']:.2f} (" in text and "(target < 5 %)" in text
+    assert f"{recover['speedup_2_actors_over_1']['median']:.2f} (" in text and "(target > 1.8)" in text
+    assert f"{100 * relabel['marginal_overhead_per_view']['median']:.2f} (" in text and "(target < 10 %)" in text
+    growth = results["growth"]["summary"]["growth"]
+    fit = growth["classes"]["relabel"]["fit"]
+    assert f"| relabel | classes | " in text and f"| {fit['seconds_per_image']:.3f} | {fit['fixed_seconds']:.1f} |" in text
+    assert results["recover"]["command"] in text and results["growth"]["git_revision"][:12] in text
+    # Each section is optional: a missing result leaves its section out.
+    only_relabel = reporting.throughput_markdown(None, results["relabel"], None)
+    assert only_relabel.startswith("### Relabel") and "### Recovery" not in only_relabel
+
+
+def test_report_script_writes_between_its_markers_and_keeps_the_rest(tmp_path):
+    import subprocess
+    import sys
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nkept above\n\n<!-- throughput-benchmark:begin -->\nold\n"
+                    "<!-- throughput-benchmark:end -->\n\nkept below\n")
+    for _ in range(2):  # rewriting replaces the block, it does not add a second one
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), "--results", str(FIXTURE),
+                        "--docs", str(docs)], check=True, capture_output=True)
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nkept above\n") and text.rstrip().endswith("kept below")
+    assert "old" not in text and text.count("### Recovery") == 1 and text.count("throughput-benchmark:begin") == 1
+    empty = subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), "--results", str(tmp_path),
+                            "--docs", str(docs)], capture_output=True, text=True)
+    assert empty.returncode != 0 and "no throughput results in" in empty.stderr

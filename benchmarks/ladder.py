@@ -1,0 +1,182 @@
+"""Method ladder on the quality benchmark's protocol: what each of EDC's choices, RDED and CDA buys.
+
+    python benchmarks/ladder.py --out runs/bench-quality [--ipc 10 50] [--seeds 0 1] [--steps edc rded ...]
+                                [--run-set section.key=value ...]
+
+Runs inside the folder of ``benchmarks/quality.py --out`` and reuses its teacher, and its ``sre2l`` runs (the ladder's
+first step is exactly the quality benchmark's condensed run), so both tables line up: same teacher, student,
+epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run with.
+
+Each step is ``srel_ray.methods.LADDER``'s overrides applied after the protocol config and ``--run-set``. A step is
+compared with random real images relabelled by the teacher under the step's own student protocol (relabel and
+evaluate settings): the baseline students are trained once per distinct protocol, by the first step that needs
+them, and shared by every later step with the same protocol. Every run folder resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from quality import REPO, git_revision, spread, write_block
+
+from srel_ray.config import load_config, to_dict
+from srel_ray.methods import LADDER
+from srel_ray.pipeline import STAGES, run_stages
+
+BEGIN, END = "<!-- method-ladder:begin -->", "<!-- method-ladder:end -->"
+STEPS = [name for name, _ in LADDER]
+
+
+def slug(step: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", step.lower()).strip("-")
+
+
+def protocol_key(cfg) -> str:
+    """What the baseline students depend on: the seed (which random images), IPC, the relabel and student settings."""
+    d = to_dict(cfg)
+    return json.dumps({"seed": d["seed"], "ipc": d["recover"]["ipc"], "relabel": d["relabel"],
+                       "evaluate": {k: v for k, v in d["evaluate"].items() if k != "baselines"}}, sort_keys=True)
+
+
+def markdown(results: dict) -> str:
+    def pct(s: dict | None) -> str:
+        return "n/a" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})"
+
+    lines = [f"Measured {results['date']} at git `{results['git_revision']}`, same teacher, student and budget as the "
+             "quality table above:", "", "```", results["command"], "```", "",
+             "Each row adds to the one before it down to `+ student-side choices`; `edc`, `rded` and `cda` are the "
+             "presets (overrides: `srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real "
+             "images relabelled by the teacher and trained under that row's own student protocol.",
+             "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
+                                            "finished; rows show what has.**", "",
+             "| IPC | step | condensed | random real + teacher labels (same protocol) | condensed − baseline | "
+             "step − previous step |", "|---|---|---|---|---|---|"]
+    for ipc_rows in results["summary"]:
+        previous = None
+        for row in ipc_rows["steps"]:
+            c, b = row["condensed"], row["random_real_soft"]
+            gap = f"{100 * (c['mean'] - b['mean']):+.2f}" if b else "n/a"
+            delta = "" if previous is None or row["step"] in ("rded", "cda") else \
+                f"{100 * (c['mean'] - previous):+.2f}"
+            lines.append(f"| {ipc_rows['ipc']} | {row['step']} | {pct(c)} | {pct(b)} | {gap} | {delta} |")
+            if row["step"] not in ("rded", "cda"):
+                previous = c["mean"]
+    lines += ["", "Seconds per stage of each run (recover includes the per-class statistics pass where a step uses "
+              "them; evaluate includes the baseline students where the run trained them):", "",
+              "| IPC | seed | step | condensed | " + " | ".join(STAGES) + " |", "|---|---|---|---|" + "---|" * len(STAGES)]
+    for r in results["runs"]:
+        lines.append(f"| {r['ipc']} | {r['seed']} | {r['step']} | {100 * r['condensed']:.2f} | "
+                     + " | ".join(f"{r['seconds'][s]:.0f}" for s in STAGES) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=REPO / "jobs/configs/cifar10_quality.yaml")
+    p.add_argument("--out", type=Path, required=True, help="the quality benchmark's --out (its teacher is reused)")
+    p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS, metavar="STEP",
+                   help=f"which rows, in this order (default all: {STEPS})")
+    p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="the quality benchmark's --run-set values")
+    p.add_argument("--dry-run", action="store_true", help="print the runs (and which train baselines) and stop")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/ladder_cifar10.json")
+    p.add_argument("--docs", type=Path, default=REPO / "docs/benchmarks.md")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    out = args.out.resolve()
+    teacher_pt = out / "teacher" / "teacher" / "teacher.pt"
+    if not teacher_pt.exists():
+        raise SystemExit(f"ladder: no teacher at {teacher_pt}: run benchmarks/quality.py --out {args.out} first")
+    steps = dict(LADDER)
+    tracking = [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
+
+    def config(ipc: int, seed: int, step: str, *extra: str):
+        return load_config(args.config, args.run_overrides + tracking + [
+            f"seed={seed}", f"recover.ipc={ipc}", "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
+            *steps[step], *extra])
+
+    # The quality runs (the sre2l step) trained the baselines of the plain protocol already.
+    baselines: dict[str, float] = {}  # protocol key -> random real + teacher labels top-1
+    for ipc in args.ipc:
+        for seed in args.seeds:
+            summary = out / f"ipc{ipc}-seed{seed}" / "summary.json"
+            if summary.exists():
+                baselines[protocol_key(config(ipc, seed, "sre2l"))] = \
+                    json.loads(summary.read_text())["baseline_random_soft_top1"]
+    # Every config loaded before any work, so a bad --run-set fails first. The baselines of a protocol belong to the
+    # first LADDER step that has it (whatever --steps says, so every folder always gets the same config); a step
+    # whose owner was not asked for brings its owner along, run just before it.
+    plan = []
+    for ipc in args.ipc:
+        for seed in args.seeds:
+            keys = {step: protocol_key(config(ipc, seed, step)) for step in STEPS}
+            owner = {}
+            for step in STEPS:
+                owner.setdefault(keys[step], step)
+            wanted = []
+            for step in args.steps:
+                first = owner[keys[step]]
+                if keys[step] not in baselines and first not in wanted and first != step:
+                    logging.info("ladder: %r needs the baselines of %r, running it too", step, first)
+                    wanted.append(first)
+                if step not in wanted:
+                    wanted.append(step)
+            for step in wanted:
+                if step == "sre2l":  # exactly the quality benchmark's run, in its folder
+                    cfg, folder = config(ipc, seed, step), out / f"ipc{ipc}-seed{seed}"
+                else:
+                    trains = owner[keys[step]] == step and keys[step] not in baselines
+                    cfg = config(ipc, seed, step, f"evaluate.baselines={str(trains).lower()}")
+                    folder = out / "ladder" / f"{slug(step)}-ipc{ipc}-seed{seed}"
+                plan.append((ipc, seed, step, keys[step], cfg, folder))
+
+    for ipc, seed, step, key, cfg, folder in plan:
+        trains = "quality benchmark run" if step == "sre2l" else \
+            "trains the baselines" if cfg.evaluate.baselines else "baseline shared"
+        print(f"IPC {ipc:3d} seed {seed} {step:28s} {trains:22s} {folder}")
+    if args.dry_run:
+        return
+
+    runs = []
+    for ipc, seed, step, key, cfg, folder in plan:
+        logging.info("=== %s, IPC %d, seed %d: %s ===", step, ipc, seed, folder)
+        summary = run_stages(cfg, folder, STAGES, "run")
+        if cfg.evaluate.baselines:
+            baselines[key] = summary["baseline_random_soft_top1"]
+        runs.append({"ipc": ipc, "seed": seed, "step": step, "condensed": summary["student_top1"],
+                     "random_real_soft": baselines[key], "seconds": summary["seconds"], "out": str(folder)})
+        results = {
+            "git_revision": git_revision(),
+            "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d"),
+            "steps": {s: steps[s] for s in args.steps},
+            "complete": len(runs) == len(plan),
+            "runs": runs,
+            "summary": [{"ipc": i, "steps": [
+                {"step": s, "condensed": spread([r["condensed"] for r in rs]),
+                 "random_real_soft": spread([r["random_real_soft"] for r in rs])}
+                for s in STEPS if (rs := [r for r in runs if r["ipc"] == i and r["step"] == s])]}
+                for i in args.ipc if any(r["ipc"] == i for r in runs)],
+        }
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.results.with_name(args.results.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(args.results)
+        text = markdown(results)
+        write_block(args.docs, BEGIN, END, "## Method ladder on the same protocol (CIFAR-10)", text)
+        print(text)
+    print(f"\nresults: {args.results}\ndocs: {args.docs}\nrun folders: {out}")
+
+
+if __name__ == "__main__":
+    main()
