@@ -9,7 +9,8 @@ input (3 x 32 x 32, 10 classes); throughput does not depend on its weights. Unit
 
 Variants, interleaved and repeated (the machine is shared): ``bare`` (the loop below: load the teacher, optimise
 each unit, save PNGs; the shape of the reference SRe2L loop, with the same view, roll and BN-loss functions as
-srel_ray), ``srel_ray_1_actor`` and ``srel_ray_2_actors`` (``run_recover`` on a local Ray cluster started once,
+srel_ray), ``bare_2_processes`` (that loop in two warm processes side by side, each taking half the units, no
+Ray: how far this machine's two cores scale on their own), ``srel_ray_1_actor`` and ``srel_ray_2_actors`` (``run_recover`` on a local Ray cluster started once,
 actors started, the teacher loaded and the images written inside each measurement) and ``gemm`` (a 1024^3 fp32
 matrix multiply on one thread: the machine's floor). Writes benchmarks/results/recover_throughput.json.
 """
@@ -21,6 +22,8 @@ import io
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import common
@@ -47,8 +50,9 @@ def make_config(ipc: int, iterations: int, actors: int) -> Config:
     }).validate()
 
 
-def bare_recover(teacher_path: str, cfg: Config, out: Path) -> dict:
-    """The whole recovery in one process, written out plainly: what one would run without srel_ray."""
+def bare_recover(teacher_path: str, cfg: Config, out: Path, part: tuple[int, int] = (0, 1)) -> dict:
+    """The whole recovery in one process, written out plainly: what one would run without srel_ray.
+    ``part`` (i, n): only every n-th unit from the i-th (one of n processes running side by side)."""
     r = cfg.recover
     teacher = load_teacher(teacher_path)
     model, norm, size = teacher.build().eval(), teacher.norm, cfg.data.image_size
@@ -56,7 +60,7 @@ def bare_recover(teacher_path: str, cfg: Config, out: Path) -> dict:
         p.requires_grad_(False)
     bn = BNStatsMatcher(model)
     unit_seconds = []
-    for unit in plan_units(teacher.num_classes, r.ipc, r.classes_per_unit, r.ipc_per_unit):
+    for unit in plan_units(teacher.num_classes, r.ipc, r.classes_per_unit, r.ipc_per_unit)[part[0]::part[1]]:
         began = time.perf_counter()
         gen = generator(cfg.seed, STREAM_RECOVER, unit.index)
         targets = torch.tensor([c for c, _ in unit.targets()])
@@ -80,6 +84,17 @@ def bare_recover(teacher_path: str, cfg: Config, out: Path) -> dict:
         unit_seconds.append(time.perf_counter() - began)
     bn.remove()
     return {"unit_seconds": unit_seconds}
+
+
+def bare_in_processes(pool: ProcessPoolExecutor, teacher_path: str, cfg: Config, out: Path, n: int) -> dict:
+    """The bare loop in ``n`` already started processes, each taking every n-th unit: what this machine gives two
+    independent single-thread loops, with no Ray at all (the ceiling for the 2-actor speed-up)."""
+    parts = [f.result() for f in [pool.submit(bare_recover, teacher_path, cfg, out, (i, n)) for i in range(n)]]
+    return {"unit_seconds": [u for p in parts for u in p["unit_seconds"]]}
+
+
+def _started(_: int) -> None:
+    time.sleep(1.0)  # holds its worker, so that the pool starts all of them before the timing
 
 
 def srel_ray_recover(teacher_path: str, cfg: Config, set_dir: Path, num_classes: int) -> dict:
@@ -155,6 +170,9 @@ def main() -> None:
     configs = {a: make_config(args.ipc, args.iterations, a) for a in (1, 2)}
     image_iterations = teacher.num_classes * args.ipc * args.iterations
     common.start_ray()
+    # Two warm single-thread processes for the bare loop run side by side (spawned: they import this module).
+    pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,))
+    list(pool.map(_started, range(2)))
     counter = iter(range(10**6))
 
     def fresh(name: str) -> Path:
@@ -162,13 +180,16 @@ def main() -> None:
 
     variants = {
         "bare": lambda: bare_recover(teacher_path, configs[1], fresh("bare")),
+        "bare_2_processes": lambda: bare_in_processes(pool, teacher_path, configs[1], fresh("bare2"), 2),
         "srel_ray_1_actor": lambda: srel_ray_recover(teacher_path, configs[1], fresh("ray1"), teacher.num_classes),
         "srel_ray_2_actors": lambda: srel_ray_recover(teacher_path, configs[2], fresh("ray2"), teacher.num_classes),
         "gemm": gemm,
     }
     print(f"recover: {image_iterations} image-iterations per run, {args.repeats} repeats; work in {work}")
     samples = common.interleaved(variants, args.repeats, max_busy=args.max_busy, wait=args.wait)
-    identical = _same_images(work / "bare-0", next(work.glob("ray1-*")), next(work.glob("ray2-*")))
+    pool.shutdown()
+    identical = _same_images(work / "bare-0", next(work.glob("bare2-*")), next(work.glob("ray1-*")),
+                             next(work.glob("ray2-*")))
     flops_per_image_iteration, top_ops = step_flops_and_profile(teacher_path, configs[1])
     shutil.rmtree(work)
 
@@ -177,7 +198,9 @@ def main() -> None:
     gemm_gflops_cpu = common.spread([s["gflops_per_cpu_second"] for s in samples["gemm"]])
     per_repeat = [{"overhead_1_actor": samples["srel_ray_1_actor"][r]["seconds"] / samples["bare"][r]["seconds"] - 1,
                    "speedup_2_over_1": samples["srel_ray_1_actor"][r]["seconds"]
-                   / samples["srel_ray_2_actors"][r]["seconds"]} for r in range(args.repeats)]
+                   / samples["srel_ray_2_actors"][r]["seconds"],
+                   "speedup_bare_2_processes": samples["bare"][r]["seconds"] / samples["bare_2_processes"][r]["seconds"]}
+                  for r in range(args.repeats)]
     unit_bare = common.spread([u for s in samples["bare"] for u in s["unit_seconds"]])
     unit_ray = common.spread([u for s in samples["srel_ray_1_actor"] for u in s["unit_seconds"]])
     fixed = common.spread([s["seconds"] - s["busiest_actor_seconds"] for v in ("srel_ray_1_actor", "srel_ray_2_actors")
@@ -186,13 +209,14 @@ def main() -> None:
     # a shared machine also counts waiting for a core). The bare loop is the driver process alone; srel_ray is
     # every process of the run (driver, Ray's daemons, actors), so Ray's own work counts against it.
     cpu = {name: common.spread([s["driver_cpu_seconds" if name == "bare" else "cpu_seconds"] / image_iterations * 1e3
-                                for s in samples[name]]) for name in rate}
+                                for s in samples[name]]) for name in rate if name != "bare_2_processes"}
     achieved = flops_per_image_iteration * rate["bare"]["median"] / 1e9
     achieved_cpu = flops_per_image_iteration / (cpu["bare"]["median"] / 1e3) / 1e9  # per CPU second of the loop
     summary = {
         "image_iterations_per_second": {k: v["median"] for k, v in rate.items()},
         "overhead_1_actor_over_bare": common.spread([p["overhead_1_actor"] for p in per_repeat]),
         "speedup_2_actors_over_1": common.spread([p["speedup_2_over_1"] for p in per_repeat]),
+        "speedup_bare_2_processes_over_bare": common.spread([p["speedup_bare_2_processes"] for p in per_repeat]),
         "targets": {"overhead_1_actor_over_bare": "< 0.05", "speedup_2_actors_over_1": "> 1.8"},
         "cpu_seconds_per_1000_image_iterations": cpu,
         "cpu_overhead_1_actor_over_bare": cpu["srel_ray_1_actor"]["median"] / cpu["bare"]["median"] - 1,
@@ -206,7 +230,7 @@ def main() -> None:
         "achieved_gflops_per_cpu_second_bare": achieved_cpu,
         "gemm_gflops_per_cpu_second": gemm_gflops_cpu,
         "compute_fraction_of_gemm_rate_cpu": achieved_cpu / gemm_gflops_cpu["median"],
-        "cpu_seconds_by_role": {name: common.cpu_by_role(samples[name]) for name in rate},
+        "cpu_seconds_by_role": {name: common.cpu_by_role(samples[name]) for name in cpu},
         "step_top_ops": top_ops,
     }
     setup = {"teacher": {"arch": "convnet", "width": args.width, "depth": 3, "weights": "random init (seeded)",
@@ -217,6 +241,7 @@ def main() -> None:
     common.write_result("recover_throughput", {"setup": setup, "summary": summary, "rates": rate,
                                                "per_repeat": per_repeat, "samples": samples}, args.out)
     for key in ("image_iterations_per_second", "overhead_1_actor_over_bare", "speedup_2_actors_over_1",
+                "speedup_bare_2_processes_over_bare",
                 "fixed_seconds_per_run", "cpu_overhead_1_actor_over_bare", "compute_fraction_of_gemm_rate_cpu",
                 "outputs_identical_bare_1_actor_2_actors"):
         print(f"{key}: {summary[key]}")

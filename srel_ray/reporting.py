@@ -182,7 +182,9 @@ def throughput_markdown(recover: dict | None, relabel: dict | None, growth: dict
             f"{s['unit_seconds_bare']['median']:.2f} s bare (medians); fixed cost per run (actor start, teacher load): "
             f"{s['fixed_seconds_per_run']['median']:.2f} s.",
             f"- Speed-up of 2 actors over 1: {med(s['speedup_2_actors_over_1'])} (target > 1.8) on 2 cores that also "
-            "run the driver and Ray's daemons.",
+            "run the driver and Ray's daemons" + (
+                f"; two bare loops in two processes without Ray reach {med(s['speedup_bare_2_processes_over_bare'])} "
+                "over one, the machine's own ceiling." if "speedup_bare_2_processes_over_bare" in s else "."),
             f"- Outputs identical (bare, 1 actor, 2 actors): {s['outputs_identical_bare_1_actor_2_actors']}.",
             f"- Compute against the floor: the teacher's forward + backward is {s['flops_per_image_iteration'] / 1e6:.0f} "
             f"MFLOP per image-iteration; the bare loop achieves {s['achieved_gflops_bare']:.1f} GFLOP/s against a "
