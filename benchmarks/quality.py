@@ -41,7 +41,9 @@ BEGIN, END = "<!-- quality-benchmark:begin -->", "<!-- quality-benchmark:end -->
 
 def git_revision() -> str:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+    # The files the benchmarks write themselves do not make the code "uncommitted".
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!docs/benchmarks.md", ":!benchmarks/results"], cwd=REPO,
                            capture_output=True, text=True).stdout
     return rev.strip() + ("+uncommitted" if dirty.strip() else "")
 
