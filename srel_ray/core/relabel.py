@@ -60,3 +60,14 @@ def epoch_blocks(epochs: list[int], num_images: int, images_per_block: int) -> l
     batches (and, to the last bit, its logits) are the same whichever other epochs a resumed run still has to do."""
     return [{"epoch": e, "start": s, "stop": min(s + images_per_block, num_images)}
             for e in epochs for s in range(0, num_images, images_per_block)]
+
+
+def pad_rows(columns: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """``columns`` grown to exactly ``rows`` rows by repeating its last row, with a boolean ``pad`` column that
+    marks the copies. Every relabel block then holds the same number of rows, so batches of that size follow the
+    blocks exactly (Ray Data needs a batch size for GPU actors, and one that bundles a short block with the next
+    would mix two epochs in one teacher batch); the copies are labelled and dropped."""
+    n = len(next(iter(columns.values())))
+    assert 0 < n <= rows, (n, rows)
+    index = np.minimum(np.arange(rows), n - 1)
+    return {**{k: v[index] for k, v in columns.items()}, "pad": np.arange(rows) >= n}

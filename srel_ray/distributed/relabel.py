@@ -23,7 +23,7 @@ from tqdm import tqdm
 from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.recover import freeze
-from srel_ray.core.relabel import epoch_blocks, mean_logits, teacher_logits, view_rows
+from srel_ray.core.relabel import epoch_blocks, mean_logits, pad_rows, teacher_logits, view_rows
 from srel_ray.data import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.teacher import load_teacher
@@ -32,17 +32,17 @@ log = logging.getLogger(__name__)
 
 
 def expand_views(batch: dict, *, set_dir: str, ipc: int, channels: int, k: int, image_size: int,
-                 scale: tuple[float, float], hflip: bool, seed: int, norm: dict) -> dict:
-    """Map step: blocks (epoch, images start..stop-1) -> K view rows per image, with the view's parameters and
-    normalised pixels; the block's views are rendered in one batched call."""
+                 scale: tuple[float, float], hflip: bool, seed: int, norm: dict, rows: int) -> dict:
+    """Map step: a block (epoch, images start..stop-1) -> K view rows per image, with the view's parameters and
+    normalised pixels, padded to ``rows`` rows (``pad`` marks the copies); the views are rendered in one call."""
     image_ids, epochs = [], []
     for epoch, start, stop in zip(batch["epoch"], batch["start"], batch["stop"]):
         image_ids += range(int(start), int(stop))
         epochs += [int(epoch)] * (int(stop) - int(start))
     labels = [i // ipc for i in image_ids]
     images = sets.read_images_at(set_dir, [(c, i % ipc) for c, i in zip(labels, image_ids)], channels)
-    return view_rows(images, image_ids, labels, epochs, k=k, image_size=image_size, scale=scale, hflip=hflip,
-                     seed=seed, norm=Normalization(**norm))
+    return pad_rows(view_rows(images, image_ids, labels, epochs, k=k, image_size=image_size, scale=scale,
+                              hflip=hflip, seed=seed, norm=Normalization(**norm)), rows)
 
 
 class TeacherLabeler:
@@ -86,17 +86,22 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # epochs complete in order: bounded driver memory
-    images_per_block = max(1, r.batch_size // r.views_per_epoch)  # one teacher batch per block: work spreads
-    blocks = epoch_blocks(pending, n_images, images_per_block)  # over every labeling actor
+    # One teacher batch per block, so work spreads over every labeling actor; blocks of an epoch as equal as
+    # possible, so padding the short one costs less than one image per block.
+    cap = max(1, r.batch_size // r.views_per_epoch)
+    images_per_block = -(-n_images // -(-n_images // cap))
+    blocks = epoch_blocks(pending, n_images, images_per_block)
+    rows_per_block = images_per_block * r.views_per_epoch
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
     ds = ds.map_batches(expand_views, fn_kwargs=dict(
         set_dir=info.path, ipc=info.ipc, channels=info.channels, k=r.views_per_epoch,
-        image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip, seed=cfg.seed, norm=norm),
-        batch_size=1, num_cpus=1)
-    # batch_size=None: each block is one batch, so batches follow the blocks above and never mix epochs.
+        image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip, seed=cfg.seed, norm=norm,
+        rows=rows_per_block), batch_size=1, num_cpus=1)
+    # Every block has exactly rows_per_block rows (padded), so batches of that size are the blocks above: they
+    # never mix epochs, even where Ray Data splits a large block and bundles the pieces again.
     ds = ds.map_batches(TeacherLabeler,
                         fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker, tuple(extra_teachers)),
-                        batch_size=None, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
+                        batch_size=rows_per_block, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
                         num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
     # Ray Data restarts a dead pool actor and retries its unfinished batches (max_restarts=-1 and
     # max_task_retries=-1 by default); a retried batch is the same block, so it gives the same rows once.
@@ -107,6 +112,8 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
     progress = tqdm(total=len(pending), desc=f"relabel {info.path.rsplit('/', 1)[-1]}", unit="epoch")
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         workers.update(batch.pop("worker").tolist())
+        keep = ~batch.pop("pad")  # the copies that filled a short block
+        batch = {k: v[keep] for k, v in batch.items()}
         for epoch in np.unique(batch["epoch"]):
             mask = batch["epoch"] == epoch
             buffers[int(epoch)].append({k: v[mask] for k, v in batch.items()})

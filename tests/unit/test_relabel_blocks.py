@@ -16,3 +16,17 @@ def test_an_epoch_has_the_same_blocks_in_a_resumed_run():
     everything = epoch_blocks(list(range(4)), num_images=20, images_per_block=7)
     resumed = epoch_blocks([2, 3], num_images=20, images_per_block=7)
     assert resumed == [b for b in everything if b["epoch"] in (2, 3)]
+
+
+def test_a_short_block_is_padded_with_copies_of_its_last_row_and_marked():
+    import numpy as np
+
+    from srel_ray.core.relabel import pad_rows
+
+    columns = {"image_id": np.array([5, 5, 6, 6]), "pixels": np.arange(8.0).reshape(4, 2)}
+    padded = pad_rows(columns, 7)
+    assert padded["image_id"].tolist() == [5, 5, 6, 6, 6, 6, 6]
+    assert padded["pixels"][4:].tolist() == [[6.0, 7.0]] * 3
+    assert padded["pad"].tolist() == [False] * 4 + [True] * 3
+    full = pad_rows(columns, 4)
+    assert not full["pad"].any() and full["pixels"].tolist() == columns["pixels"].tolist()
