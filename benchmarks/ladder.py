@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,17 +58,19 @@ def markdown(results: dict) -> str:
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
                                             "finished; rows show what has.**", "",
              "| IPC | step | condensed | random real + teacher labels (same protocol) | condensed − baseline | "
-             "step − previous step |", "|---|---|---|---|---|---|"]
+             "step − previous step (same seeds) |", "|---|---|---|---|---|---|"]
     for ipc_rows in results["summary"]:
-        previous = None
+        previous = None  # the last ladder step's {seed: top-1}
         for row in ipc_rows["steps"]:
             c, b = row["condensed"], row["random_real_soft"]
             gap = f"{100 * (c['mean'] - b['mean']):+.2f}" if b else "n/a"
-            delta = "" if previous is None or row["step"] in ("rded", "cda") else \
-                f"{100 * (c['mean'] - previous):+.2f}"
+            mine = dict(zip(row["seeds"], c["values"]))
+            paired = sorted(set(mine) & set(previous or {}))  # the same seeds on both rows
+            delta = "" if not paired or row["step"] in ("rded", "cda") else \
+                f"{100 * statistics.fmean(mine[s] - previous[s] for s in paired):+.2f} (n={len(paired)})"
             lines.append(f"| {ipc_rows['ipc']} | {row['step']} | {pct(c)} | {pct(b)} | {gap} | {delta} |")
             if row["step"] not in ("rded", "cda"):
-                previous = c["mean"]
+                previous = mine
     lines += ["", "Seconds per stage of each run (recover includes the per-class statistics pass where a step uses "
               "them; evaluate includes the baseline students where the run trained them):", "",
               "| IPC | seed | step | condensed | " + " | ".join(STAGES) + " |", "|---|---|---|---|" + "---|" * len(STAGES)]
@@ -163,7 +166,7 @@ def main() -> None:
             "complete": len(runs) == len(plan),
             "runs": runs,
             "summary": [{"ipc": i, "steps": [
-                {"step": s, "condensed": spread([r["condensed"] for r in rs]),
+                {"step": s, "seeds": [r["seed"] for r in rs], "condensed": spread([r["condensed"] for r in rs]),
                  "random_real_soft": spread([r["random_real_soft"] for r in rs])}
                 for s in STEPS if (rs := [r for r in runs if r["ipc"] == i and r["step"] == s])]}
                 for i in args.ipc if any(r["ipc"] == i for r in runs)],

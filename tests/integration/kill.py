@@ -96,13 +96,13 @@ class KillInTheMiddle:
             raise self.error
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
     """Poll ``condition``; a deadline only so a broken run fails instead of hanging (no duration is asserted)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what} after {timeout_s:.0f} s")
-        time.sleep(0.05)
+        time.sleep(interval_s)
 
 
 def kill_driver_when(cmd: list[str], env: dict, log: Path, condition: Callable[[], bool],
@@ -111,9 +111,14 @@ def kill_driver_when(cmd: list[str], env: dict, log: Path, condition: Callable[[
     and wait until every process it had started is gone; returns their pids. Fails if it finished first."""
     with open(log, "w") as out:
         driver = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(lambda: condition() or driver.poll() is not None, timeout_s, f"the moment to kill {cmd[3]}")
+        # Polled often and frozen at once: a driver whose actors ran ahead writes the remaining label epochs within
+        # milliseconds of the first. Frozen, it writes nothing more, so the condition is checked on what stays.
+        wait_until(lambda: condition() or driver.poll() is not None, timeout_s, f"the moment to kill {cmd[3]}",
+                   interval_s=0.005)
         assert driver.poll() is None, f"the driver ended (rc {driver.returncode}) before the kill:\n" + \
             log.read_text()[-3000:]
+        driver.send_signal(signal.SIGSTOP)
+        assert condition(), "the driver got past the moment to kill it before it could be frozen"
         family = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
         driver.send_signal(signal.SIGKILL)
         driver.wait()

@@ -49,7 +49,9 @@ class LocalCluster:
         self.head_cpus = head_cpus
         self.workers = workers
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **(env or {})}
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                    # The dashboard gets 60 s by default to start, which a head starting on a busy machine can miss.
+                    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300", **(env or {})}
         self.env.pop("RAY_ADDRESS", None)
         self.gcs_port = free_port()
         self.dashboard_port = free_port()

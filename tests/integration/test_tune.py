@@ -92,7 +92,7 @@ def mlflow_server(tmp_path):
                              "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a hang guard: on a busy 2-core machine the server took over 3 min to answer
     while True:
         try:
             urllib.request.urlopen(uri + "/health", timeout=2).close()
