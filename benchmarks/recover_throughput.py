@@ -1,24 +1,29 @@
 """Recovery throughput: a bare single-process PyTorch loop against srel_ray's recover actor pool with one and with
 two actors (one torch thread each), and the recovery step's compute against the machine's matrix-multiply rate.
 
-    python benchmarks/recover_throughput.py [--width 128] [--ipc 20] [--iterations 10] [--repeats 3]
+    python benchmarks/recover_throughput.py [--width 128] [--ipc 40] [--iterations 20] [--repeats 3]
 
 Teacher: a randomly initialised BN ConvNet (depth 3, width 128 as in jobs/configs/cifar10.yaml) on CIFAR-10-shaped
 input (3 x 32 x 32, 10 classes); throughput does not depend on its weights. Units as in that config: 10 classes x
-10 images = batches of 100 images, so ``--ipc 20`` gives two units, one per actor when there are two.
+10 images = batches of 100 images, so ``--ipc 40`` gives four units, two per actor when there are two.
 
-Variants, interleaved and repeated (the machine is shared): ``bare`` (the loop below: load the teacher, optimise
-each unit, save PNGs; the shape of the reference SRe2L loop, with the same view, roll and BN-loss functions as
-srel_ray), ``bare_2_processes`` (that loop in two warm processes side by side, each taking half the units, no
-Ray: how far this machine's two cores scale on their own), ``srel_ray_1_actor`` and ``srel_ray_2_actors`` (``run_recover`` on a local Ray cluster started once,
-actors started, the teacher loaded and the images written inside each measurement) and ``gemm`` (a 1024^3 fp32
-matrix multiply on one thread: the machine's floor). Writes benchmarks/results/recover_throughput.json.
+Variants, interleaved and repeated (the machine is shared). Every variant starts cold, as a recovery run by hand
+does: ``bare`` is the loop below (load the teacher, optimise each unit, save PNGs; the shape of the reference
+SRe2L script, with the same view, roll and BN-loss functions as srel_ray) in a new Python process, timed from its
+spawn to its end; ``bare_2_processes`` is that loop in two new processes side by side, each taking half the units
+(no Ray: how far this machine's two cores scale on their own); ``srel_ray_1_actor`` and ``srel_ray_2_actors`` are
+``run_recover`` on a local Ray cluster started once, timed from the call to its return (the actors are started,
+the teacher loaded and the images written inside each measurement); ``gemm`` is a 1024^3 fp32 matrix multiply
+on one thread, the machine's floor. Besides whole runs, the unit seconds measured inside each process give the
+steady state (every unit but a process's first, which also warms its allocator and kernels) and so the fixed
+cost per run. Writes benchmarks/results/recover_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import tempfile
 import time
@@ -83,29 +88,31 @@ def bare_recover(teacher_path: str, cfg: Config, out: Path, part: tuple[int, int
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(out / str(c) / f"{i:05d}.png")
         unit_seconds.append(time.perf_counter() - began)
     bn.remove()
-    return {"unit_seconds": unit_seconds}
+    return {"unit_seconds": unit_seconds, "pid": os.getpid()}
 
 
-def bare_in_processes(pool: ProcessPoolExecutor, teacher_path: str, cfg: Config, out: Path, n: int) -> dict:
-    """The bare loop in ``n`` already started processes, each taking every n-th unit: what this machine gives two
-    independent single-thread loops, with no Ray at all (the ceiling for the 2-actor speed-up)."""
-    parts = [f.result() for f in [pool.submit(bare_recover, teacher_path, cfg, out, (i, n)) for i in range(n)]]
-    return {"unit_seconds": [u for p in parts for u in p["unit_seconds"]]}
-
-
-def _started(_: int) -> None:
-    time.sleep(1.0)  # holds its worker, so that the pool starts all of them before the timing
+def bare_in_new_processes(teacher_path: str, cfg: Config, out: Path, n: int) -> dict:
+    """The bare loop in ``n`` new processes, each taking every n-th unit (a recovery started by hand, ``n`` times
+    side by side): spawning them, importing torch and loading the teacher count, as they do for a user."""
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        parts = [f.result() for f in [pool.submit(bare_recover, teacher_path, cfg, out, (i, n)) for i in range(n)]]
+    return {"unit_seconds": [u for p in parts for u in p["unit_seconds"]],
+            "warm_unit_seconds": [u for p in parts for u in p["unit_seconds"][1:]],
+            "workers": n}
 
 
 def srel_ray_recover(teacher_path: str, cfg: Config, set_dir: Path, num_classes: int) -> dict:
     from srel_ray.distributed.recover import run_recover
 
     result = run_recover(cfg, teacher_path, str(set_dir), num_classes, use_gpu=False)
-    per_actor: dict[int, float] = {}
+    # pid -> (unit, seconds): the pool hands out units in order, so an actor's first unit has its lowest index
+    per_actor: dict[int, list[tuple[int, float]]] = {}
     for s in result["stats"]:
-        per_actor[s["worker"]["pid"]] = per_actor.get(s["worker"]["pid"], 0.0) + s["seconds"]
-    return {"unit_seconds": [s["seconds"] for s in result["stats"]], "busiest_actor_seconds": max(per_actor.values()),
-            "actors": len(result["actors"])}
+        per_actor.setdefault(s["worker"]["pid"], []).append((s["unit"], s["seconds"]))
+    warm = [sec for units in per_actor.values() for _, sec in sorted(units)[1:]]
+    return {"unit_seconds": [s["seconds"] for s in result["stats"]], "warm_unit_seconds": warm,
+            "workers": len(result["actors"])}
 
 
 def gemm() -> dict:
@@ -155,13 +162,16 @@ def step_flops_and_profile(teacher_path: str, cfg: Config) -> tuple[float, list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--ipc", type=int, default=20, help="images per class; 10 per unit")
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--ipc", type=int, default=40, help="images per class; 10 per unit")
+    parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-busy", type=float, default=0.5, help="wait for other work to take fewer cores")
     parser.add_argument("--wait", type=float, default=30.0, help="... for at most this many seconds")
     parser.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/...)")
     args = parser.parse_args()
+    if args.ipc % 20 or args.ipc < 40:
+        parser.error(f"--ipc must be a multiple of 20 and at least 40 (two units per actor or process of the 2-worker "
+                     f"variants, so each has a warm unit), got {args.ipc}")
     torch.set_num_threads(1)  # the bare loop and the GEMM run at the thread count of one actor
 
     work = Path(tempfile.mkdtemp(prefix="srel-bench-recover-"))
@@ -170,25 +180,21 @@ def main() -> None:
     configs = {a: make_config(args.ipc, args.iterations, a) for a in (1, 2)}
     image_iterations = teacher.num_classes * args.ipc * args.iterations
     common.start_ray()
-    # Two warm single-thread processes for the bare loop run side by side (spawned: they import this module).
-    pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,))
-    list(pool.map(_started, range(2)))
     counter = iter(range(10**6))
 
     def fresh(name: str) -> Path:
         return work / f"{name}-{next(counter)}"
 
     variants = {
-        "bare": lambda: bare_recover(teacher_path, configs[1], fresh("bare")),
-        "bare_2_processes": lambda: bare_in_processes(pool, teacher_path, configs[1], fresh("bare2"), 2),
+        "bare": lambda: bare_in_new_processes(teacher_path, configs[1], fresh("bare"), 1),
+        "bare_2_processes": lambda: bare_in_new_processes(teacher_path, configs[1], fresh("bare2"), 2),
         "srel_ray_1_actor": lambda: srel_ray_recover(teacher_path, configs[1], fresh("ray1"), teacher.num_classes),
         "srel_ray_2_actors": lambda: srel_ray_recover(teacher_path, configs[2], fresh("ray2"), teacher.num_classes),
         "gemm": gemm,
     }
     print(f"recover: {image_iterations} image-iterations per run, {args.repeats} repeats; work in {work}")
     samples = common.interleaved(variants, args.repeats, max_busy=args.max_busy, wait=args.wait)
-    pool.shutdown()
-    identical = _same_images(work / "bare-0", next(work.glob("bare2-*")), next(work.glob("ray1-*")),
+    identical = _same_images(next(work.glob("bare-*")), next(work.glob("bare2-*")), next(work.glob("ray1-*")),
                              next(work.glob("ray2-*")))
     flops_per_image_iteration, top_ops = step_flops_and_profile(teacher_path, configs[1])
     shutil.rmtree(work)
@@ -201,17 +207,18 @@ def main() -> None:
                    / samples["srel_ray_2_actors"][r]["seconds"],
                    "speedup_bare_2_processes": samples["bare"][r]["seconds"] / samples["bare_2_processes"][r]["seconds"]}
                   for r in range(args.repeats)]
-    unit_bare = common.spread([u for s in samples["bare"] for u in s["unit_seconds"]])
-    unit_ray = common.spread([u for s in samples["srel_ray_1_actor"] for u in s["unit_seconds"]])
-    fixed = common.spread([s["seconds"] - s["busiest_actor_seconds"] for v in ("srel_ray_1_actor", "srel_ray_2_actors")
-                           for s in samples[v]])
-    # CPU seconds per 1000 image-iterations: what the work costs whatever else runs on the machine (wall time on
-    # a shared machine also counts waiting for a core). The bare loop is the driver process alone; srel_ray is
-    # every process of the run (driver, Ray's daemons, actors), so Ray's own work counts against it.
-    cpu = {name: common.spread([s["driver_cpu_seconds" if name == "bare" else "cpu_seconds"] / image_iterations * 1e3
-                                for s in samples[name]]) for name in rate if name != "bare_2_processes"}
-    achieved = flops_per_image_iteration * rate["bare"]["median"] / 1e9
-    achieved_cpu = flops_per_image_iteration / (cpu["bare"]["median"] / 1e3) / 1e9  # per CPU second of the loop
+    # Steady state: the units after each process's first; the rest of a run's wall time is its fixed cost (process
+    # or actor start, torch import, teacher load, the first unit's warm-up beyond a warm unit, scheduling).
+    warm = {name: common.spread([u for s in samples[name] for u in s["warm_unit_seconds"]]) for name in rate}
+    fixed = {name: common.spread([s["seconds"] - len(s["unit_seconds"]) / s["workers"] * warm[name]["median"]
+                                  for s in samples[name]]) for name in rate}
+    # CPU seconds per 1000 image-iterations: what the work costs whatever else runs on the machine (wall time on a
+    # shared machine also counts waiting for a core). Every process below the benchmark counts, Ray's daemons
+    # included (they idle beside the bare variants too); cpu_seconds_by_role splits it.
+    cpu = {name: common.spread([s["cpu_seconds"] / image_iterations * 1e3 for s in samples[name]]) for name in rate}
+    # The loop's own rate: a warm unit's work over its seconds (one thread, nothing else in that process). Its CPU
+    # time equals its wall time on an idle core; on a busy machine compare with the GEMM's rate per CPU second.
+    achieved = achieved_cpu = flops_per_image_iteration * args.iterations * 100 / warm["bare"]["median"] / 1e9
     summary = {
         "image_iterations_per_second": {k: v["median"] for k, v in rate.items()},
         "overhead_1_actor_over_bare": common.spread([p["overhead_1_actor"] for p in per_repeat]),
@@ -220,7 +227,8 @@ def main() -> None:
         "targets": {"overhead_1_actor_over_bare": "< 0.05", "speedup_2_actors_over_1": "> 1.8"},
         "cpu_seconds_per_1000_image_iterations": cpu,
         "cpu_overhead_1_actor_over_bare": cpu["srel_ray_1_actor"]["median"] / cpu["bare"]["median"] - 1,
-        "unit_seconds_bare": unit_bare, "unit_seconds_in_actor": unit_ray,
+        "warm_unit_seconds": warm,
+        "steady_state_overhead_1_actor_over_bare": warm["srel_ray_1_actor"]["median"] / warm["bare"]["median"] - 1,
         "fixed_seconds_per_run": fixed,
         "outputs_identical_bare_1_actor_2_actors": identical,
         "flops_per_image_iteration": flops_per_image_iteration,
@@ -241,7 +249,7 @@ def main() -> None:
     common.write_result("recover_throughput", {"setup": setup, "summary": summary, "rates": rate,
                                                "per_repeat": per_repeat, "samples": samples}, args.out)
     for key in ("image_iterations_per_second", "overhead_1_actor_over_bare", "speedup_2_actors_over_1",
-                "speedup_bare_2_processes_over_bare",
+                "speedup_bare_2_processes_over_bare", "steady_state_overhead_1_actor_over_bare",
                 "fixed_seconds_per_run", "cpu_overhead_1_actor_over_bare", "compute_fraction_of_gemm_rate_cpu",
                 "outputs_identical_bare_1_actor_2_actors"):
         print(f"{key}: {summary[key]}")

@@ -173,14 +173,17 @@ def throughput_markdown(recover: dict | None, relabel: dict | None, growth: dict
             f"teacher {t['arch']} width {t['width']} depth {t['depth']} ({t['input'][1]} px, "
             f"{t['num_classes']} classes), batches of {st['batch']} images, {st['iterations']} iterations per unit, "
             f"{st['units']} units ({st['image_iterations_per_run']:,} image-iterations per run), one torch thread per "
-            f"worker, {st['repeats']} interleaved repeats. Wall time includes starting the actors, loading the "
-            "teacher and writing the PNGs.", "",
+            f"worker, {st['repeats']} interleaved repeats. Every run starts cold: the bare loop in a new process "
+            "(spawn, torch import, teacher load, PNGs), srel_ray with new actors (start, teacher load, PNGs).", "",
             "| variant | image-iterations / s (median) |", "|---|---|",
             *[f"| {k} | {v:.1f} |" for k, v in rate.items()], "",
             f"- Overhead of srel_ray with 1 actor over the bare loop, whole run: {med(s['overhead_1_actor_over_bare'], 100)} % "
-            f"(target < 5 %). Per unit, inside the actor: {s['unit_seconds_in_actor']['median']:.2f} s against "
-            f"{s['unit_seconds_bare']['median']:.2f} s bare (medians); fixed cost per run (actor start, teacher load): "
-            f"{s['fixed_seconds_per_run']['median']:.2f} s.",
+            f"(target < 5 %). Steady state (a unit after a process's first): "
+            f"{s['warm_unit_seconds']['srel_ray_1_actor']['median']:.2f} s per unit in the actor against "
+            f"{s['warm_unit_seconds']['bare']['median']:.2f} s bare "
+            f"({100 * s['steady_state_overhead_1_actor_over_bare']:+.1f} %); fixed cost per run (process or actor "
+            f"start, teacher load, first-unit warm-up): {s['fixed_seconds_per_run']['bare']['median']:.2f} s bare, "
+            f"{s['fixed_seconds_per_run']['srel_ray_1_actor']['median']:.2f} s with 1 actor.",
             f"- Speed-up of 2 actors over 1: {med(s['speedup_2_actors_over_1'])} (target > 1.8) on 2 cores that also "
             "run the driver and Ray's daemons" + (
                 f"; two bare loops in two processes without Ray reach {med(s['speedup_bare_2_processes_over_bare'])} "

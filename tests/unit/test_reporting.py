@@ -115,14 +115,14 @@ def test_report_script_writes_between_its_markers_and_keeps_the_rest(tmp_path):
     import sys
 
     docs = tmp_path / "benchmarks.md"
-    docs.write_text("# Benchmarks\n\nkept above\n\n<!-- throughput-benchmark:begin -->\nold\n"
+    docs.write_text("# Benchmarks\n\nkept above\n\n<!-- throughput-benchmark:begin -->\nstale block text\n"
                     "<!-- throughput-benchmark:end -->\n\nkept below\n")
     for _ in range(2):  # rewriting replaces the block, it does not add a second one
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), "--results", str(FIXTURE),
                         "--docs", str(docs)], check=True, capture_output=True)
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nkept above\n") and text.rstrip().endswith("kept below")
-    assert "old" not in text and text.count("### Recovery") == 1 and text.count("throughput-benchmark:begin") == 1
+    assert "stale block text" not in text and text.count("### Recovery") == 1 and text.count("throughput-benchmark:begin") == 1
     empty = subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), "--results", str(tmp_path),
                             "--docs", str(docs)], capture_output=True, text=True)
     assert empty.returncode != 0 and "no throughput results in" in empty.stderr
