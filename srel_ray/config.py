@@ -127,7 +127,9 @@ class RecoverConfig:
     crop_milestone: float = 1.0  # share of the iterations over which it anneals
     rded_pool: int = 300  # RDED: real candidate images per class (capped at the class size)
     rded_crops: int = 5  # RDED: random square crops scored per candidate image
-    rded_factor: int = 1  # RDED: stitch factor x factor crops per image, each at 1/factor resolution
+    # RDED: stitch factor x factor crops per image, each at 1/factor resolution. None: RDED's published choice for
+    # the input size (its scripts): 2 from 128 px up (ImageNet and its subsets), 1 below (CIFAR, Tiny-ImageNet).
+    rded_factor: int | None = None
     rded_crop_scale: tuple[float, float] = (0.08, 1.0)  # RDED: area range of the candidate crops
 
     def validate(self) -> None:
@@ -149,7 +151,8 @@ class RecoverConfig:
                f"must be in (0, 1], got {self.crop_milestone}")
         _check(self.rded_pool >= 1, "recover.rded_pool", f"must be >= 1, got {self.rded_pool}")
         _check(self.rded_crops >= 1, "recover.rded_crops", f"must be >= 1, got {self.rded_crops}")
-        _check(self.rded_factor >= 1, "recover.rded_factor", f"must be >= 1, got {self.rded_factor}")
+        _check(self.rded_factor is None or self.rded_factor >= 1, "recover.rded_factor",
+               f"must be >= 1 (or null: by image size), got {self.rded_factor}")
         _check_scale(self.rded_crop_scale, "recover.rded_crop_scale")
         _check(self.lr > 0, "recover.lr", f"must be > 0, got {self.lr}")
         _check(self.bn_weight >= 0, "recover.bn_weight", f"must be >= 0, got {self.bn_weight}")
@@ -302,6 +305,11 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
+    def __post_init__(self) -> None:
+        # Defaults that depend on other sections, made concrete here so the saved config says what ran.
+        if self.recover.rded_factor is None:
+            self.recover.rded_factor = 2 if self.data.image_size >= RDED_STITCH_FROM_PX else 1
+
     def validate(self) -> "Config":
         from srel_ray.methods import METHODS
 
@@ -326,6 +334,7 @@ class Config:
 
 
 DATASETS = {"digits", "parquet", "imagefolder", "cifar"}
+RDED_STITCH_FROM_PX = 128  # RDED's scripts stitch 2 x 2 crops per image from this input size up, none below
 RECOVER_INITS = ("noise", "real", "rded")
 CROP_CURRICULA = ("none", "step", "linear", "cosine")
 TEACHER_SOURCES = {"squeeze", "torchvision", "checkpoint"}

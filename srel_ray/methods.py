@@ -22,10 +22,11 @@ PRESETS: dict[str, dict[str, dict]] = {
         "recover": {"crop_curriculum": "cosine", "crop_min_start": 1.0, "crop_milestone": 1.0},
     },
     # RDED (Sun et al.): no optimisation. Score random square crops of real images by the teacher's loss, keep the
-    # lowest-loss crop of each candidate image and the best candidates, stitch 2x2 of them per image at half
-    # resolution. Labels come from the teacher (the relabel stage) as for every method.
+    # lowest-loss crop of each candidate image and the best candidates; from 128 px up, stitch 2x2 of them per image
+    # at half resolution (recover.rded_factor's default follows the input size, as RDED's scripts do). Labels come
+    # from the teacher (the relabel stage) as for every method.
     "rded": {
-        "recover": {"init": "rded", "iterations": 0, "rded_factor": 2},
+        "recover": {"init": "rded", "iterations": 0},
     },
     # EDC (Shao et al.): start from RDED-selected real crops with half SRe2L's iterations and a lower step size,
     # match 0.5 global + 0.5 per-class BN statistics, flatness regularisation; student side: cosine stretched over

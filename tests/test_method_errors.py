@@ -19,7 +19,7 @@ def test_unknown_method(capsys, tmp_path):
 
 
 def test_rded_needs_enough_candidates_per_class(capsys, tmp_path):
-    code, err = run(capsys, tmp_path, "method=rded", "recover.rded_pool=7")  # ipc 2 x 2^2 = 8 crops per class
+    code, err = run(capsys, tmp_path, "method=rded", "recover.rded_factor=2", "recover.rded_pool=7")  # 2 x 2^2 = 8
     assert code == 2 and "RDED needs ipc * rded_factor^2 = 8" in err and "rded_pool=7" in err
     assert not (tmp_path / "o").exists()
 

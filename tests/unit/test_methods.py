@@ -29,11 +29,22 @@ def test_the_presets_say_what_the_methods_are():
     assert edc.recover.class_bn_weight == 0.5 and edc.recover.flatness_weight > 0
     assert edc.evaluate.lr_stretch == 2.0 and edc.evaluate.ema_decay == 0.99
     assert edc.evaluate.batch_size < default.evaluate.batch_size and edc.relabel.crop_scale == (0.5, 1.0)
-    assert rded.recover.iterations == 0 and rded.recover.init == "rded" and rded.recover.rded_factor == 2
+    assert rded.recover.iterations == 0 and rded.recover.init == "rded"
     assert cda.recover.crop_curriculum == "cosine" and cda.recover.crop_min_start == 1.0
     # Student-side choices are off everywhere but in edc.
     for cfg in (rded, cda):
         assert (cfg.evaluate.lr_stretch, cfg.evaluate.ema_decay) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("image_size, factor", [(16, 1), (64, 1), (127, 1), (128, 2), (224, 2)])
+def test_rded_stitches_from_128_px_up_unless_told(image_size, factor):
+    """RDED's published scripts: no stitching for CIFAR and Tiny-ImageNet, 2 x 2 for ImageNet and its subsets. The
+    saved config holds the number, and an explicit value wins."""
+    cfg = load_config(overrides=["method=rded", f"data.image_size={image_size}"])
+    assert cfg.recover.rded_factor == factor
+    assert f"rded_factor: {factor}" in config_yaml(cfg)
+    assert load_config(overrides=["method=rded", f"data.image_size={image_size}", "recover.rded_factor=3"]
+                       ).recover.rded_factor == 3
 
 
 def test_explicit_values_win_over_the_preset(tmp_path):
@@ -149,7 +160,7 @@ def test_the_ladder_steps_resolve_as_documented():
     # edc = the previous step + RDED-selected starting images + the flatness term.
     assert diff("+ student-side choices", "edc") == {"method", "recover.init", "recover.flatness_weight"}
     assert steps["edc"]["recover.init"] == "rded" and steps["edc"]["recover.iterations"] == 500
-    assert diff("sre2l", "rded") == {"method", "recover.init", "recover.iterations", "recover.rded_factor"}
+    assert diff("sre2l", "rded") == {"method", "recover.init", "recover.iterations"}
     assert diff("sre2l", "cda") == {"method", "recover.crop_curriculum"}
     # The fixed protocol (teacher, student, epochs, seed, data) is the same on every step.
     for name in steps:
