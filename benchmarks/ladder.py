@@ -5,7 +5,12 @@
 
 Runs inside the folder of ``benchmarks/quality.py --out`` and reuses its teacher, and its ``sre2l`` runs (the ladder's
 first step is exactly the quality benchmark's condensed run), so both tables line up: same teacher, student,
-epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run with.
+epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run with. Where a quality run's folder
+is gone, its row in the quality results file stands in for the ``sre2l`` step (and the plain protocol's baseline)
+when that file's protocol is exactly this one.
+
+The results file accumulates: runs of an earlier invocation for other (IPC, seed, step) are kept, each with the
+command and revision that produced it, so IPC 10 and IPC 50 can be run by separate invocations.
 
 Each step is ``srel_ray.methods.LADDER``'s overrides applied after the protocol config and ``--run-set``. A step is
 compared with random real images relabelled by the teacher under the step's own student protocol (relabel and
@@ -25,11 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-from quality import REPO, git_revision, spread, write_block
+from quality import REPO, file_sha256, git_revision, spread, write_block
 
-from srel_ray.config import load_config, to_dict
+from srel_ray.config import from_dict, load_config, to_dict
 from srel_ray.methods import LADDER
 from srel_ray.pipeline import STAGES, run_stages
+from srel_ray.teacher import load_teacher
 
 BEGIN, END = "<!-- method-ladder:begin -->", "<!-- method-ladder:end -->"
 STEPS = [name for name, _ in LADDER]
@@ -46,20 +52,76 @@ def protocol_key(cfg) -> str:
                        "evaluate": {k: v for k, v in d["evaluate"].items() if k != "baselines"}}, sort_keys=True)
 
 
+def teacher_of(path: Path) -> dict:
+    return {"sha256": file_sha256(path), "test_top1": load_teacher(str(path)).metrics["test_top1"]}
+
+
+def previous_runs(path: Path) -> list[dict]:
+    """The runs an earlier invocation recorded in the results file, each with the command and teacher that made it."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    return [{"command": old["command"], "git_revision": old["git_revision"], "date": old["date"],
+             "teacher": old.get("teacher"), **r} for r in old["runs"]]
+
+
+def grouped(runs: list[dict]) -> list[dict]:
+    """Rows of the table: per IPC and teacher (runs with different teachers are never averaged together), per step
+    in ladder order, the condensed and baseline accuracies over seeds."""
+    def teacher_key(r: dict) -> str:
+        return r["teacher"]["sha256"] or str(r["teacher"]["test_top1"])
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["ipc"], teacher_key(r)), []).append(r)
+    return [{"ipc": ipc, "teacher": members[0]["teacher"], "steps": [
+        {"step": s, "seeds": [r["seed"] for r in rs], "condensed": spread([r["condensed"] for r in rs]),
+         "random_real_soft": spread([r["random_real_soft"] for r in rs])}
+        for s in STEPS if (rs := [r for r in members if r["step"] == s])]}
+        for (ipc, _), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1][0]["date"]))]
+
+
+def quality_rows(path: Path, config, teacher: dict) -> dict[tuple[int, int], dict]:
+    """(IPC, seed) -> the quality benchmark's condensed run as a ladder ``sre2l`` run, for the runs of ``path`` made
+    with ``teacher`` (the same file) whose protocol is this ladder's sre2l step exactly (the file records one
+    protocol; options it predates are off)."""
+    if not path.exists():
+        return {}
+    quality = json.loads(path.read_text())
+    rows = {}
+    if quality["teacher"].get("sha256") != teacher["sha256"]:
+        return rows  # made with another teacher (or one the file cannot name)
+    for r in quality["runs"]:
+        recorded = dict(quality["protocol"], seed=r["seed"], recover={**quality["protocol"]["recover"], "ipc": r["ipc"]})
+        if from_dict(recorded).identity() != config(r["ipc"], r["seed"], "sre2l").identity():
+            continue
+        rows[r["ipc"], r["seed"]] = {
+            "ipc": r["ipc"], "seed": r["seed"], "step": "sre2l", "condensed": r["top1"]["condensed"],
+            "random_real_soft": r["top1"]["random_real_soft"], "seconds": r["seconds"], "out": r["out"],
+            "command": quality["command"], "git_revision": quality["git_revision"], "date": quality["date"],
+            "teacher": teacher}
+    return rows
+
+
 def markdown(results: dict) -> str:
     def pct(s: dict | None) -> str:
         return "n/a" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})"
 
-    lines = [f"Measured {results['date']} at git `{results['git_revision']}`, same teacher, student and budget as the "
-             "quality table above:", "", "```", results["command"], "```", "",
+    made_by = sorted({(r["date"], r["git_revision"], r["command"]) for r in results["runs"]})
+    lines = ["Same student and budget as the quality table above, and its teacher where the test top-1 agrees (a "
+             "re-squeezed teacher starts a new group of rows: runs of different teachers are never averaged "
+             "together); measured by:", "", "```",
+             *[f"# {date}, git {rev}\n{command}" for date, rev, command in made_by], "```", "",
              "Each row adds to the one before it down to `+ student-side choices`; `edc`, `rded` and `cda` are the "
              "presets (overrides: `srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real "
              "images relabelled by the teacher and trained under that row's own student protocol.",
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
                                             "finished; rows show what has.**", "",
-             "| IPC | step | condensed | random real + teacher labels (same protocol) | condensed − baseline | "
-             "step − previous step (same seeds) |", "|---|---|---|---|---|---|"]
+             "| IPC | teacher (test top-1) | step | condensed | random real + teacher labels (same protocol) | "
+             "condensed − baseline | step − previous step (same seeds) |", "|---|---|---|---|---|---|---|"]
     for ipc_rows in results["summary"]:
+        t = ipc_rows["teacher"]
+        teacher = f"{100 * t['test_top1']:.2f} %" + (f" (`{t['sha256'][:8]}`)" if t["sha256"] else "")
         previous = None  # the last ladder step's {seed: top-1}
         for row in ipc_rows["steps"]:
             c, b = row["condensed"], row["random_real_soft"]
@@ -68,7 +130,7 @@ def markdown(results: dict) -> str:
             paired = sorted(set(mine) & set(previous or {}))  # the same seeds on both rows
             delta = "" if not paired or row["step"] in ("rded", "cda") else \
                 f"{100 * statistics.fmean(mine[s] - previous[s] for s in paired):+.2f} (n={len(paired)})"
-            lines.append(f"| {ipc_rows['ipc']} | {row['step']} | {pct(c)} | {pct(b)} | {gap} | {delta} |")
+            lines.append(f"| {ipc_rows['ipc']} | {teacher} | {row['step']} | {pct(c)} | {pct(b)} | {gap} | {delta} |")
             if row["step"] not in ("rded", "cda"):
                 previous = mine
     lines += ["", "Seconds per stage of each run (recover includes the per-class statistics pass where a step uses "
@@ -92,6 +154,8 @@ def main() -> None:
                    help="the quality benchmark's --run-set values")
     p.add_argument("--dry-run", action="store_true", help="print the runs (and which train baselines) and stop")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/ladder_cifar10.json")
+    p.add_argument("--quality-results", type=Path, default=REPO / "benchmarks/results/quality_cifar10.json",
+                   help="the quality benchmark's results: its rows stand in for sre2l runs whose folder is gone")
     p.add_argument("--docs", type=Path, default=REPO / "docs/benchmarks.md")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -108,7 +172,10 @@ def main() -> None:
             f"seed={seed}", f"recover.ipc={ipc}", "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
             *steps[step], *extra])
 
-    # The quality runs (the sre2l step) trained the baselines of the plain protocol already.
+    # The quality runs (the sre2l step) trained the baselines of the plain protocol already: from their folders, or
+    # from the quality results file where a folder is gone and that file's protocol is exactly this one.
+    teacher = teacher_of(teacher_pt)
+    recorded = quality_rows(args.quality_results, config, teacher)
     baselines: dict[str, float] = {}  # protocol key -> random real + teacher labels top-1
     for ipc in args.ipc:
         for seed in args.seeds:
@@ -116,6 +183,8 @@ def main() -> None:
             if summary.exists():
                 baselines[protocol_key(config(ipc, seed, "sre2l"))] = \
                     json.loads(summary.read_text())["baseline_random_soft_top1"]
+            elif (ipc, seed) in recorded:
+                baselines[protocol_key(config(ipc, seed, "sre2l"))] = recorded[ipc, seed]["random_real_soft"]
     # Every config loaded before any work, so a bad --run-set fails first. The baselines of a protocol belong to the
     # first LADDER step that has it (whatever --steps says, so every folder always gets the same config); a step
     # whose owner was not asked for brings its owner along, run just before it.
@@ -150,26 +219,30 @@ def main() -> None:
     if args.dry_run:
         return
 
+    planned = {(ipc, seed, step) for ipc, seed, step, *_ in plan}
+    earlier = [r for r in previous_runs(args.results) if (r["ipc"], r["seed"], r["step"]) not in planned]
+    made_by = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"), "teacher": teacher,
+               "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])}
     runs = []
     for ipc, seed, step, key, cfg, folder in plan:
         logging.info("=== %s, IPC %d, seed %d: %s ===", step, ipc, seed, folder)
-        summary = run_stages(cfg, folder, STAGES, "run")
-        if cfg.evaluate.baselines:
-            baselines[key] = summary["baseline_random_soft_top1"]
-        runs.append({"ipc": ipc, "seed": seed, "step": step, "condensed": summary["student_top1"],
-                     "random_real_soft": baselines[key], "seconds": summary["seconds"], "out": str(folder)})
+        if step == "sre2l" and not (folder / "summary.json").exists() and (ipc, seed) in recorded:
+            logging.info("ladder: sre2l IPC %d seed %d from %s (its folder is gone)", ipc, seed, args.quality_results)
+            runs.append(recorded[ipc, seed])
+        else:
+            summary = run_stages(cfg, folder, STAGES, "run")
+            if cfg.evaluate.baselines:
+                baselines[key] = summary["baseline_random_soft_top1"]
+            runs.append({"ipc": ipc, "seed": seed, "step": step, "condensed": summary["student_top1"],
+                         "random_real_soft": baselines[key], "seconds": summary["seconds"], "out": str(folder),
+                         **made_by})
+        done = earlier + runs
         results = {
-            "git_revision": git_revision(),
-            "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"),
-            "steps": {s: steps[s] for s in args.steps},
+            **made_by,
+            "steps": dict(LADDER),
             "complete": len(runs) == len(plan),
-            "runs": runs,
-            "summary": [{"ipc": i, "steps": [
-                {"step": s, "seeds": [r["seed"] for r in rs], "condensed": spread([r["condensed"] for r in rs]),
-                 "random_real_soft": spread([r["random_real_soft"] for r in rs])}
-                for s in STEPS if (rs := [r for r in runs if r["ipc"] == i and r["step"] == s])]}
-                for i in args.ipc if any(r["ipc"] == i for r in runs)],
+            "runs": sorted(done, key=lambda r: (r["ipc"], r["seed"], STEPS.index(r["step"]))),
+            "summary": grouped(done),
         }
         args.results.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.results.with_name(args.results.name + ".tmp")

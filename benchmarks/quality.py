@@ -17,6 +17,7 @@ Every run folder resumes, so an interrupted benchmark continues where it stopped
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -56,6 +57,11 @@ def squeeze_once(config: Path, overrides: list[str], out: Path) -> tuple[Path, d
     teacher = load_teacher(str(out / "teacher" / "teacher.pt"))
     logging.info("teacher %s: test top-1 %.4f (%.0f s)", out, teacher.metrics["test_top1"], time.perf_counter() - began)
     return out / "teacher" / "teacher.pt", teacher.describe(), record["seconds"]
+
+
+def file_sha256(path: Path) -> str:
+    """Which teacher made a result: runs compared with each other must share it (benchmarks/ladder.py checks)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def spread(values: list[float]) -> dict:
@@ -175,7 +181,8 @@ def main() -> None:
                 "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
                 "teacher": {"arch": teacher["arch"], "arch_kwargs": base.teacher.arch_kwargs,
-                            "epochs": base.teacher.epochs, "test_top1": teacher["metrics"]["test_top1"]},
+                            "epochs": base.teacher.epochs, "test_top1": teacher["metrics"]["test_top1"],
+                            "sha256": file_sha256(teacher_pt)},
                 "teacher_seconds": teacher_seconds,
                 "train_images": len(data.labels("train")),
                 "test_images": len(data.labels("test")),
