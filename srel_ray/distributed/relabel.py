@@ -30,8 +30,6 @@ from srel_ray.teacher import load_teacher
 
 log = logging.getLogger(__name__)
 
-ACTOR_START_TIMEOUT_S = 1800  # an autoscaler adding GPU nodes for the pool takes minutes, not half an hour
-
 
 def expand_views(batch: dict, *, set_dir: str, ipc: int, channels: int, k: int, image_size: int,
                  scale: tuple[float, float], hflip: bool, seed: int, norm: dict, rows: int) -> dict:
@@ -88,10 +86,6 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # epochs complete in order: bounded driver memory
-    # Every labeling actor holds its teacher before the first block, as the recovery pool waits for its actors:
-    # otherwise the first actor up can take all the blocks of a short relabel while the others still start.
-    # Requests the cluster can never meet were refused before any stage (srel_ray.distributed.cluster).
-    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     # One teacher batch per block, so work spreads over every labeling actor; blocks of an epoch as equal as
     # possible, so padding the short one costs less than one image per block.
     cap = max(1, r.batch_size // r.views_per_epoch)
