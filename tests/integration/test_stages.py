@@ -64,7 +64,10 @@ def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, q
 
 
 def test_each_actor_gets_its_own_gpu(quickstart_run, mlflow_uri, tmp_path):
-    """The cluster declares 2 logical GPUs: two recover actors and two relabel actors each hold a different one."""
+    """The cluster declares 2 logical GPUs: two recover actors each hold a different one, and every relabel actor
+    that labelled holds one of its own. (Which relabel actors label is Ray Data's choice: a block goes to the least
+    busy actor, so when rendering is slower than labelling, as on this test cluster with one CPU for rendering,
+    the first actor can take every block.)"""
     out = tmp_path / "gpu"
     args = _reuse_teacher(quickstart_run, mlflow_uri, "resources.use_gpu=true", "resources.gpus_per_actor=1",
                           "resources.cpus_per_actor=0.5", "resources.recover_actors=2",
@@ -77,8 +80,9 @@ def test_each_actor_gets_its_own_gpu(quickstart_run, mlflow_uri, tmp_path):
     assert len(gpu_ids) == 2 and all(len(g) == 1 for g in gpu_ids) and len(set(gpu_ids)) == 2
     assert [a["cuda_visible_devices"] for a in actors] == [g[0] for g in gpu_ids]
     workers = json.loads((out / "stages" / "relabel.json").read_text())["result"]["condensed"]["workers"]
-    relabel_gpus = [w.split("|")[1] for w in workers]
-    assert len(relabel_gpus) == 2 and len(set(relabel_gpus)) == 2 and all(relabel_gpus)
+    gpus_by_pid = {w.split("|")[2]: w.split("|")[1] for w in workers}  # worker = node|gpus|pid|device
+    assert gpus_by_pid and all(g in {"0", "1"} for g in gpus_by_pid.values())  # exactly one GPU each
+    assert len(set(gpus_by_pid.values())) == len(gpus_by_pid)
 
 
 def test_squeeze_resumes_from_last_checkpoint(ray_cluster, tmp_path):
