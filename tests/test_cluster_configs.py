@@ -363,3 +363,17 @@ def test_requests_a_cluster_cannot_meet_are_refused(override, message):
     cfg = load_config(REPO / "jobs" / "configs" / "imagenet1k.yaml", [override])
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_resources(cfg.resources, use_gpu=True, shapes=CLUSTER_SHAPES["aws.yaml"]())
+
+
+def test_gpu_relabel_leaves_a_cpu_to_render_views():
+    """GPU labelers hold their CPUs; the view-rendering tasks need one more, or relabel would wait forever."""
+    node = [{"name": "node a", "count": 1, "CPU": 2, "GPU": 2}]
+    res = load_config(overrides=["resources.relabel_actors=2", "resources.recover_actors=2",
+                                 "resources.cpus_per_actor=1"]).resources
+    with pytest.raises(ConfigError, match=re.escape("2 relabel actors asking for 1 CPU each hold 2 of the "
+                                                    "cluster's 2 CPUs")):
+        check_resources(res, use_gpu=True, shapes=node)
+    check_resources(res, use_gpu=False, shapes=node)  # on CPUs the rendering runs inside the actors
+    check_resources(load_config(overrides=["resources.relabel_actors=2", "resources.cpus_per_actor=0.5"]).resources,
+                    use_gpu=True, shapes=node)
+

@@ -103,6 +103,15 @@ def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | No
     _check_fits({"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0}, res.train_workers, shapes,
                 "Ray Train workers (squeeze, evaluate)", "resources.train_workers, resources.threads_per_worker "
                 "(CPUs per worker), one GPU per worker when GPUs are used")
+    if use_gpu:
+        # With GPU labelers, relabel renders views in CPU tasks (1 CPU each) beside the actors; with every CPU held
+        # by the actors no view could ever be rendered, and the stage would wait forever.
+        cpus = sum(s["CPU"] * s["count"] for s in shapes if s["CPU"] > 0)
+        held = res.relabel_actors * res.cpus_per_actor
+        if cpus < held + 1:
+            raise ConfigError(f"{res.relabel_actors} relabel actors asking for {res.cpus_per_actor:g} CPU each hold "
+                              f"{held:g} of the cluster's {cpus:g} CPUs, leaving less than the 1 CPU that rendering "
+                              "views needs (resources.relabel_actors, resources.cpus_per_actor)")
 
 
 def check_fits(num_cpus: float, num_gpus: float, what: str, fields: str) -> None:
