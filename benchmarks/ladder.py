@@ -33,7 +33,7 @@ from pathlib import Path
 from quality import REPO, file_sha256, git_revision, spread, write_block
 
 from srel_ray.config import from_dict, load_config, to_dict
-from srel_ray.methods import LADDER
+from srel_ray.methods import LADDER, LADDER_CHAIN
 from srel_ray.pipeline import STAGES, run_stages
 from srel_ray.teacher import load_teacher
 
@@ -113,8 +113,9 @@ def markdown(results: dict) -> str:
              "together); measured by:", "", "```",
              *[f"# {date}, git {rev}\n{command}" for date, rev, command in made_by], "```", "",
              "Each row adds to the one before it down to `+ student-side choices`; `edc`, `rded` and `cda` are the "
-             "presets (overrides: `srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real "
-             "images relabelled by the teacher and trained under that row's own student protocol.",
+             "presets, and `rded + student-side choices` is RDED's images under EDC's student recipe (overrides: "
+             "`srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real images relabelled "
+             "by the teacher and trained under that row's own student protocol.",
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
                                             "finished; rows show what has.**", "",
              "| IPC | teacher (test top-1) | step | condensed | random real + teacher labels (same protocol) | "
@@ -128,10 +129,10 @@ def markdown(results: dict) -> str:
             gap = f"{100 * (c['mean'] - b['mean']):+.2f}" if b else "n/a"
             mine = dict(zip(row["seeds"], c["values"]))
             paired = sorted(set(mine) & set(previous or {}))  # the same seeds on both rows
-            delta = "" if not paired or row["step"] in ("rded", "cda") else \
+            delta = "" if not paired or row["step"] not in LADDER_CHAIN else \
                 f"{100 * statistics.fmean(mine[s] - previous[s] for s in paired):+.2f} (n={len(paired)})"
             lines.append(f"| {ipc_rows['ipc']} | {teacher} | {row['step']} | {pct(c)} | {pct(b)} | {gap} | {delta} |")
-            if row["step"] not in ("rded", "cda"):
+            if row["step"] in LADDER_CHAIN:
                 previous = mine
     lines += ["", "Seconds per stage of each run (recover includes the per-class statistics pass where a step uses "
               "them; evaluate includes the baseline students where the run trained them):", "",

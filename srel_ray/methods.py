@@ -55,8 +55,11 @@ LADDER: list[tuple[str, list[str]]] = [
     ("edc", ["method=edc", "recover.iterations=500", "recover.lr=0.05", "evaluate.batch_size=16",
              "relabel.crop_scale=[0.5, 1.0]"]),
     ("rded", ["method=rded", "recover.iterations=0"]),
+    ("rded + student-side choices", ["method=rded", "recover.iterations=0", *_STUDENT]),
     ("cda", ["method=cda"]),
 ]
+# The steps that add to the one before them (the others are methods of their own, compared with the baseline only).
+LADDER_CHAIN = ("sre2l", "+ real init", "+ category-aware matching", "+ student-side choices", "edc")
 
 
 def preset_overrides(raw: dict) -> list[str]:

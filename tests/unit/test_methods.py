@@ -148,7 +148,7 @@ def test_the_ladder_steps_resolve_as_documented():
     protocol = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "cifar10_quality.yaml"
     steps = {name: _flat(load_config(protocol, overrides)) for name, overrides in LADDER}
     assert list(steps) == ["sre2l", "+ real init", "+ category-aware matching", "+ student-side choices", "edc",
-                           "rded", "cda"]
+                           "rded", "rded + student-side choices", "cda"]
 
     def diff(a, b):
         return {k for k in steps[a] if steps[a][k] != steps[b][k]}
@@ -162,6 +162,8 @@ def test_the_ladder_steps_resolve_as_documented():
     assert steps["edc"]["recover.init"] == "rded" and steps["edc"]["recover.iterations"] == 500
     assert diff("sre2l", "rded") == {"method", "recover.init", "recover.iterations"}
     assert diff("sre2l", "cda") == {"method", "recover.crop_curriculum"}
+    # RDED's images under EDC's student recipe: the rded row with exactly step 4's student-side keys.
+    assert diff("rded", "rded + student-side choices") == diff("+ category-aware matching", "+ student-side choices")
     # The fixed protocol (teacher, student, epochs, seed, data) is the same on every step.
     for name in steps:
         for key in ("seed", "data.path", "teacher.arch", "teacher.epochs", "evaluate.arch", "evaluate.epochs",
