@@ -9,8 +9,9 @@ epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run 
 is gone, its row in the quality results file stands in for the ``sre2l`` step (and the plain protocol's baseline)
 when that file's protocol is exactly this one.
 
-The results file accumulates: runs of an earlier invocation for other (IPC, seed, step) are kept, each with the
-command and revision that produced it, so IPC 10 and IPC 50 can be run by separate invocations.
+The results file accumulates: runs of an earlier invocation are kept, each with the command and revision that
+produced it, until this invocation records the same (IPC, seed, step) again, so IPC 10 and IPC 50 can be run by
+separate invocations and an interrupted one loses nothing.
 
 Each step is ``srel_ray.methods.LADDER``'s overrides applied after the protocol config and ``--run-set``. A step is
 compared with random real images relabelled by the teacher under the step's own student protocol (relabel and
@@ -220,8 +221,7 @@ def main() -> None:
     if args.dry_run:
         return
 
-    planned = {(ipc, seed, step) for ipc, seed, step, *_ in plan}
-    earlier = [r for r in previous_runs(args.results) if (r["ipc"], r["seed"], r["step"]) not in planned]
+    earlier = previous_runs(args.results)  # replaced one by one as this invocation records the same runs
     made_by = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"), "teacher": teacher,
                "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])}
     runs = []
@@ -237,7 +237,8 @@ def main() -> None:
             runs.append({"ipc": ipc, "seed": seed, "step": step, "condensed": summary["student_top1"],
                          "random_real_soft": baselines[key], "seconds": summary["seconds"], "out": str(folder),
                          **made_by})
-        done = earlier + runs
+        mine = {(r["ipc"], r["seed"], r["step"]) for r in runs}
+        done = [r for r in earlier if (r["ipc"], r["seed"], r["step"]) not in mine] + runs
         results = {
             **made_by,
             "steps": dict(LADDER),
