@@ -15,6 +15,7 @@ RESULT_FILES = {
     "recover": "recover_throughput.json",
     "relabel": "relabel_throughput.json",
     "growth": "cost_growth.json",
+    "ladder": "ladder_cifar10.json",
 }
 STUDENTS = {
     "condensed": "condensed set (soft labels)",
@@ -25,7 +26,7 @@ STAGES = ("squeeze", "recover", "relabel", "evaluate")
 
 
 def load_results(folder: str | Path) -> dict[str, dict]:
-    """The results present in ``folder``, by name (``quality``, ``recover``, ``relabel``, ``growth``)."""
+    """The results present in ``folder``, by name (``quality``, ``recover``, ``relabel``, ``growth``, ``ladder``)."""
     folder = Path(folder)
     return {name: json.loads((folder / file).read_text()) for name, file in RESULT_FILES.items()
             if (folder / file).is_file()}
@@ -95,6 +96,44 @@ def plot_stage_times(quality: dict, ax=None):
     ax.set_title("time per stage")
     ax.legend()
     return ax
+
+
+# ------------------------------------------------------------------------------------------- method ladder
+
+
+def ladder_rows(ladder: dict) -> dict[int, list[dict]]:
+    """Per IPC, the ladder steps of the newest teacher measured at that IPC (runs of different teachers are never
+    mixed): step name, condensed and baseline (random real + teacher labels under the step's student protocol)
+    top-1 as {mean, std, n}."""
+    newest: dict[int, dict] = {}
+    for group in ladder["summary"]:  # benchmarks/ladder.py orders the groups of an IPC by date
+        newest[group["ipc"]] = group
+    return {ipc: [{"step": s["step"], "condensed": s["condensed"], "baseline": s["random_real_soft"]}
+                  for s in newest[ipc]["steps"]] for ipc in sorted(newest)}
+
+
+def plot_ladder(ladder: dict, axes=None):
+    """One panel per IPC: each step's condensed set beside its own random-real baseline (mean +- std over seeds),
+    steps top to bottom in ladder order."""
+    import matplotlib.pyplot as plt
+
+    rows = ladder_rows(ladder)
+    if axes is None:
+        _, axes = plt.subplots(1, max(1, len(rows)), figsize=(6 * max(1, len(rows)), 4), squeeze=False)
+        axes = list(axes[0])
+    height = 0.4
+    for ax, (ipc, steps) in zip(axes, rows.items()):
+        y = list(range(len(steps)))
+        for offset, key, label in ((-height / 2, "condensed", "condensed"),
+                                   (height / 2, "baseline", "random real, teacher labels (same student)")):
+            ax.barh([i + offset for i in y], [100 * s[key]["mean"] for s in steps], height=height,
+                    xerr=[100 * s[key]["std"] for s in steps], capsize=2, label=label)
+        ax.set_yticks(y, [s["step"] for s in steps])
+        ax.invert_yaxis()
+        ax.set_xlabel("test top-1 (%)")
+        ax.set_title(f"method ladder, IPC {ipc}")
+        ax.legend(loc="lower right", fontsize="small")
+    return axes
 
 
 # ------------------------------------------------------------------------------------------- throughput

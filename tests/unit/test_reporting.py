@@ -30,7 +30,7 @@ def _close_figures():
 
 
 def test_load_results_finds_every_file_and_skips_missing_ones(results, tmp_path):
-    assert sorted(results) == ["growth", "quality", "recover", "relabel"]
+    assert sorted(results) == ["growth", "ladder", "quality", "recover", "relabel"]
     (tmp_path / "recover_throughput.json").write_text((FIXTURE / "recover_throughput.json").read_text())
     assert list(reporting.load_results(tmp_path)) == ["recover"]
     assert reporting.describe({}) == "no benchmark results found"
@@ -56,6 +56,20 @@ def test_stage_seconds_average_over_seeds(results):
     ax = reporting.plot_stage_times(results["quality"])
     heights = [patch.get_height() for patch in ax.patches]
     assert heights[:2] == pytest.approx([119.0 / 60, 120.0 / 60])  # squeeze bars of IPC 10 and 50 come first
+
+
+def test_ladder_draws_the_newest_teacher_of_each_ipc_beside_its_own_baseline(results):
+    rows = reporting.ladder_rows(results["ladder"])
+    assert list(rows) == [10, 50]
+    # IPC 10 has an older teacher's sre2l run (20 %) too: only the newest teacher's rows are drawn, never mixed.
+    assert [r["step"] for r in rows[10]] == ["sre2l", "edc"]
+    assert rows[10][0]["condensed"]["mean"] == pytest.approx(0.34) and rows[10][0]["condensed"]["n"] == 2
+    assert rows[10][1]["baseline"]["mean"] == pytest.approx(0.46)
+    axes = reporting.plot_ladder(results["ladder"])
+    assert [ax.get_title() for ax in axes] == ["method ladder, IPC 10", "method ladder, IPC 50"]
+    widths = [p.get_width() for p in axes[0].patches]  # condensed bars of each step, then the baselines
+    assert widths == pytest.approx([34.0, 47.0, 43.0, 46.0])
+    assert [t.get_text() for t in axes[1].get_yticklabels()] == ["sre2l", "edc"]
 
 
 def test_throughput_rows_cover_every_variant(results):
@@ -87,7 +101,7 @@ def test_notebook_runs_without_ray_and_draws_every_figure(tmp_path):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # accuracy, stage times, throughput and cost growth (one figure each)
+    assert len(images) == 5  # accuracy, stage times, ladder, throughput and cost growth (one figure each)
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "no quality result" not in text and "quality_cifar10.json" in text
     assert text.strip().endswith("[]"), "the notebook imported Ray or torch"
