@@ -1,7 +1,7 @@
 """Method ladder on the quality benchmark's protocol: what each of EDC's choices, RDED and CDA buys.
 
     python benchmarks/ladder.py --out runs/bench-quality [--ipc 10 50] [--seeds 0 1] [--steps edc rded ...]
-                                [--run-set section.key=value ...]
+                                [--run-set section.key=value ...] [--extra-teacher other/teacher.pt ...]
 
 Runs inside the folder of ``benchmarks/quality.py --out`` and reuses its teacher, and its ``sre2l`` runs (the ladder's
 first step is exactly the quality benchmark's condensed run), so both tables line up: same teacher, student,
@@ -16,7 +16,9 @@ separate invocations and an interrupted one loses nothing.
 Each step is ``srel_ray.methods.LADDER``'s overrides applied after the protocol config and ``--run-set``. A step is
 compared with random real images relabelled by the teacher under the step's own student protocol (relabel and
 evaluate settings): the baseline students are trained once per distinct protocol, by the first step that needs
-them, and shared by every later step with the same protocol. Every run folder resumes.
+them, and shared by every later step with the same protocol. Every run folder resumes. The ``edc + several
+teachers`` row runs only with ``--extra-teacher`` (e.g. a teacher squeezed with another seed): its baselines are
+relabelled by all the teachers, as its condensed set is.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 from quality import REPO, file_sha256, git_revision, spread, write_block
 
 from srel_ray.config import from_dict, load_config, to_dict
-from srel_ray.methods import LADDER, LADDER_CHAIN
+from srel_ray.methods import LADDER, LADDER_CHAIN, LADDER_NEEDS_EXTRA_TEACHERS
 from srel_ray.pipeline import STAGES, run_stages
 from srel_ray.teacher import load_teacher
 
@@ -47,9 +49,10 @@ def slug(step: str) -> str:
 
 
 def protocol_key(cfg) -> str:
-    """What the baseline students depend on: the seed (which random images), IPC, the relabel and student settings."""
+    """What the baseline students depend on: the seed (which random images), IPC, the teachers that label them, the
+    relabel and student settings."""
     d = to_dict(cfg)
-    return json.dumps({"seed": d["seed"], "ipc": d["recover"]["ipc"], "relabel": d["relabel"],
+    return json.dumps({"seed": d["seed"], "ipc": d["recover"]["ipc"], "relabel": d["relabel"], "teacher": d["teacher"],
                        "evaluate": {k: v for k, v in d["evaluate"].items() if k != "baselines"}}, sort_keys=True)
 
 
@@ -104,6 +107,15 @@ def quality_rows(path: Path, config, teacher: dict) -> dict[tuple[int, int], dic
     return rows
 
 
+def extra_teacher_lines(runs: list[dict]) -> list[str]:
+    """A sentence per set of extra teachers the runs used (the rows of LADDER_NEEDS_EXTRA_TEACHERS)."""
+    used = {json.dumps(r["extra_teachers"], sort_keys=True) for r in runs if r.get("extra_teachers")}
+    return [f"`{', '.join(LADDER_NEEDS_EXTRA_TEACHERS)}` adds teacher.extra = " + ", ".join(
+        f"{100 * t['test_top1']:.2f} % (`{t['sha256'][:8]}`)" for t in json.loads(u)) + ": recovery cycles through "
+        "the teachers and relabel averages their logits, for the condensed set and that row's baselines alike."
+        for u in sorted(used)]
+
+
 def markdown(results: dict) -> str:
     def pct(s: dict | None) -> str:
         return "n/a" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})"
@@ -116,7 +128,7 @@ def markdown(results: dict) -> str:
              "Each row adds to the one before it down to `+ student-side choices`; `edc`, `rded` and `cda` are the "
              "presets, and `rded + student-side choices` is RDED's images under EDC's student recipe (overrides: "
              "`srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real images relabelled "
-             "by the teacher and trained under that row's own student protocol.",
+             "by the teacher and trained under that row's own student protocol.", *extra_teacher_lines(results["runs"]),
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
                                             "finished; rows show what has.**", "",
              "| IPC | teacher (test top-1) | step | condensed | random real + teacher labels (same protocol) | "
@@ -150,8 +162,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="the quality benchmark's --out (its teacher is reused)")
     p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS, metavar="STEP",
-                   help=f"which rows, in this order (default all: {STEPS})")
+    p.add_argument("--steps", nargs="+", default=None, choices=STEPS, metavar="STEP",
+                   help=f"which rows, in this order (default all of {STEPS}; those that need extra teachers only "
+                        "when --extra-teacher is given)")
+    p.add_argument("--extra-teacher", type=Path, action="append", default=[], metavar="TEACHER_PT",
+                   help=f"a teacher.pt that the {list(LADDER_NEEDS_EXTRA_TEACHERS)} rows add as teacher.extra "
+                        "(repeat for more), e.g. one squeezed with another seed")
     p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="the quality benchmark's --run-set values")
     p.add_argument("--dry-run", action="store_true", help="print the runs (and which train baselines) and stop")
@@ -166,13 +182,23 @@ def main() -> None:
     teacher_pt = out / "teacher" / "teacher" / "teacher.pt"
     if not teacher_pt.exists():
         raise SystemExit(f"ladder: no teacher at {teacher_pt}: run benchmarks/quality.py --out {args.out} first")
+    extra_teachers = [path.resolve() for path in args.extra_teacher]
+    for path in extra_teachers:
+        if not path.is_file():
+            raise SystemExit(f"ladder: --extra-teacher {path}: no such file (a teacher.pt written by squeeze)")
+    available = [s for s in STEPS if extra_teachers or s not in LADDER_NEEDS_EXTRA_TEACHERS]
+    if args.steps is None:
+        args.steps = available
+    elif missing := [s for s in args.steps if s not in available]:
+        raise SystemExit(f"ladder: steps {missing} need --extra-teacher TEACHER_PT (another teacher.pt to add)")
+    extra_set = "teacher.extra=" + json.dumps([{"source": "checkpoint", "checkpoint": str(p)} for p in extra_teachers])
     steps = dict(LADDER)
     tracking = [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
 
     def config(ipc: int, seed: int, step: str, *extra: str):
         return load_config(args.config, args.run_overrides + tracking + [
             f"seed={seed}", f"recover.ipc={ipc}", "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
-            *steps[step], *extra])
+            *steps[step], *([extra_set] if step in LADDER_NEEDS_EXTRA_TEACHERS else []), *extra])
 
     # The quality runs (the sre2l step) trained the baselines of the plain protocol already: from their folders, or
     # from the quality results file where a folder is gone and that file's protocol is exactly this one.
@@ -193,9 +219,9 @@ def main() -> None:
     plan = []
     for ipc in args.ipc:
         for seed in args.seeds:
-            keys = {step: protocol_key(config(ipc, seed, step)) for step in STEPS}
+            keys = {step: protocol_key(config(ipc, seed, step)) for step in available}
             owner = {}
-            for step in STEPS:
+            for step in available:
                 owner.setdefault(keys[step], step)
             wanted = []
             for step in args.steps:
@@ -224,6 +250,7 @@ def main() -> None:
     earlier = previous_runs(args.results)  # replaced one by one as this invocation records the same runs
     made_by = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"), "teacher": teacher,
                "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])}
+    extra_described = [teacher_of(path) for path in extra_teachers]
     runs = []
     for ipc, seed, step, key, cfg, folder in plan:
         logging.info("=== %s, IPC %d, seed %d: %s ===", step, ipc, seed, folder)
@@ -237,6 +264,8 @@ def main() -> None:
             runs.append({"ipc": ipc, "seed": seed, "step": step, "condensed": summary["student_top1"],
                          "random_real_soft": baselines[key], "seconds": summary["seconds"], "out": str(folder),
                          **made_by})
+            if step in LADDER_NEEDS_EXTRA_TEACHERS:
+                runs[-1]["extra_teachers"] = extra_described
         mine = {(r["ipc"], r["seed"], r["step"]) for r in runs}
         done = [r for r in earlier if (r["ipc"], r["seed"], r["step"]) not in mine] + runs
         results = {

@@ -47,17 +47,24 @@ _REAL_INIT = ["recover.init=real", "recover.iterations=500", "recover.lr=0.05"]
 _CLASS_MATCHING = ["recover.class_bn_weight=0.5"]
 _STUDENT = ["evaluate.lr_stretch=2.0", "evaluate.batch_size=16", "evaluate.ema_decay=0.99",
             "relabel.crop_scale=[0.5, 1.0]"]
+_EDC = ["method=edc", "recover.iterations=500", "recover.lr=0.05", "evaluate.batch_size=16",
+        "relabel.crop_scale=[0.5, 1.0]"]
 LADDER: list[tuple[str, list[str]]] = [
     ("sre2l", ["method=sre2l"]),
     ("+ real init", ["method=sre2l", *_REAL_INIT]),
     ("+ category-aware matching", ["method=sre2l", *_REAL_INIT, *_CLASS_MATCHING]),
     ("+ student-side choices", ["method=sre2l", *_REAL_INIT, *_CLASS_MATCHING, *_STUDENT]),
-    ("edc", ["method=edc", "recover.iterations=500", "recover.lr=0.05", "evaluate.batch_size=16",
-             "relabel.crop_scale=[0.5, 1.0]"]),
+    ("edc", _EDC),
     ("rded", ["method=rded", "recover.iterations=0"]),
     ("rded + student-side choices", ["method=rded", "recover.iterations=0", *_STUDENT]),
     ("cda", ["method=cda"]),
+    # The edc row with more teachers (teacher.extra): recovery cycles through them, relabel averages their logits for
+    # the condensed set and the baselines alike. Which checkpoints is the caller's (benchmarks/ladder.py
+    # --extra-teacher), so the overrides here are edc's.
+    ("edc + several teachers", _EDC),
 ]
+# Ladder steps that need extra teacher checkpoints given to them (as teacher.extra) to mean anything.
+LADDER_NEEDS_EXTRA_TEACHERS = ("edc + several teachers",)
 # The steps that add to the one before them (the others are methods of their own, compared with the baseline only).
 LADDER_CHAIN = ("sre2l", "+ real init", "+ category-aware matching", "+ student-side choices", "edc")
 

@@ -148,7 +148,7 @@ def test_the_ladder_steps_resolve_as_documented():
     protocol = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "cifar10_quality.yaml"
     steps = {name: _flat(load_config(protocol, overrides)) for name, overrides in LADDER}
     assert list(steps) == ["sre2l", "+ real init", "+ category-aware matching", "+ student-side choices", "edc",
-                           "rded", "rded + student-side choices", "cda"]
+                           "rded", "rded + student-side choices", "cda", "edc + several teachers"]
 
     def diff(a, b):
         return {k for k in steps[a] if steps[a][k] != steps[b][k]}
@@ -164,6 +164,10 @@ def test_the_ladder_steps_resolve_as_documented():
     assert diff("sre2l", "cda") == {"method", "recover.crop_curriculum"}
     # RDED's images under EDC's student recipe: the rded row with exactly step 4's student-side keys.
     assert diff("rded", "rded + student-side choices") == diff("+ category-aware matching", "+ student-side choices")
+    # EDC with several teachers is the edc row; what it adds (teacher.extra) is the caller's checkpoints.
+    from srel_ray.methods import LADDER_NEEDS_EXTRA_TEACHERS
+    assert LADDER_NEEDS_EXTRA_TEACHERS == ("edc + several teachers",)
+    assert diff("edc", "edc + several teachers") == set()
     # The fixed protocol (teacher, student, epochs, seed, data) is the same on every step.
     for name in steps:
         for key in ("seed", "data.path", "teacher.arch", "teacher.epochs", "evaluate.arch", "evaluate.epochs",
