@@ -109,11 +109,11 @@ def quality_rows(path: Path, config, teacher: dict) -> dict[tuple[int, int], dic
 
 def extra_teacher_lines(runs: list[dict]) -> list[str]:
     """A sentence per set of extra teachers the runs used (the rows of LADDER_NEEDS_EXTRA_TEACHERS)."""
-    used = {json.dumps(r["extra_teachers"], sort_keys=True) for r in runs if r.get("extra_teachers")}
-    return [f"`{', '.join(LADDER_NEEDS_EXTRA_TEACHERS)}` adds teacher.extra = " + ", ".join(
-        f"{100 * t['test_top1']:.2f} % (`{t['sha256'][:8]}`)" for t in json.loads(u)) + ": recovery cycles through "
-        "the teachers and relabel averages their logits, for the condensed set and that row's baselines alike."
-        for u in sorted(used)]
+    used = {tuple(f"{100 * t['test_top1']:.2f} % (`{t['sha256'][:8]}`)" for t in r["extra_teachers"])
+            for r in runs if r.get("extra_teachers")}
+    return [f"`{', '.join(LADDER_NEEDS_EXTRA_TEACHERS)}` adds teacher.extra = {', '.join(teachers)}: recovery "
+            "cycles through the teachers and relabel averages their logits, for the condensed set and that row's "
+            "baselines alike." for teachers in sorted(used)]
 
 
 def markdown(results: dict) -> str:
