@@ -62,6 +62,9 @@ LADDER: list[tuple[str, list[str]]] = [
     # the condensed set and the baselines alike. Which checkpoints is the caller's (benchmarks/ladder.py
     # --extra-teacher), so the overrides here are edc's.
     ("edc + several teachers", _EDC),
+    # The edc row with the recovery of EDC's own CIFAR-10 script (Branch_CIFAR_10/recover/recover.sh): 75 iterations
+    # (not ImageNet's "half of SRe2L's") starting from random real images of the class (not RDED crops).
+    ("edc, CIFAR-10 script recovery", [*_EDC, "recover.init=real", "recover.iterations=75"]),
 ]
 # Ladder steps that need extra teacher checkpoints given to them (as teacher.extra) to mean anything.
 LADDER_NEEDS_EXTRA_TEACHERS = ("edc + several teachers",)

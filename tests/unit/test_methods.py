@@ -148,7 +148,8 @@ def test_the_ladder_steps_resolve_as_documented():
     protocol = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "cifar10_quality.yaml"
     steps = {name: _flat(load_config(protocol, overrides)) for name, overrides in LADDER}
     assert list(steps) == ["sre2l", "+ real init", "+ category-aware matching", "+ student-side choices", "edc",
-                           "rded", "rded + student-side choices", "cda", "edc + several teachers"]
+                           "rded", "rded + student-side choices", "cda", "edc + several teachers",
+                           "edc, CIFAR-10 script recovery"]
 
     def diff(a, b):
         return {k for k in steps[a] if steps[a][k] != steps[b][k]}
@@ -168,6 +169,10 @@ def test_the_ladder_steps_resolve_as_documented():
     from srel_ray.methods import LADDER_NEEDS_EXTRA_TEACHERS
     assert LADDER_NEEDS_EXTRA_TEACHERS == ("edc + several teachers",)
     assert diff("edc", "edc + several teachers") == set()
+    # EDC's CIFAR-10 script: the edc row recovering 75 iterations from random real images.
+    assert diff("edc", "edc, CIFAR-10 script recovery") == {"recover.init", "recover.iterations"}
+    assert steps["edc, CIFAR-10 script recovery"]["recover.init"] == "real"
+    assert steps["edc, CIFAR-10 script recovery"]["recover.iterations"] == 75
     # The fixed protocol (teacher, student, epochs, seed, data) is the same on every step.
     for name in steps:
         for key in ("seed", "data.path", "teacher.arch", "teacher.epochs", "evaluate.arch", "evaluate.epochs",
