@@ -65,6 +65,8 @@ LADDER: list[tuple[str, list[str]]] = [
     # The edc row with the recovery of EDC's own CIFAR-10 script (Branch_CIFAR_10/recover/recover.sh): 75 iterations
     # (not ImageNet's "half of SRe2L's") starting from random real images of the class (not RDED crops).
     ("edc, CIFAR-10 script recovery", [*_EDC, "recover.init=real", "recover.iterations=75"]),
+    # Which of that row's two changes matters: the edc row (RDED crops) with only the script's 75 iterations.
+    ("edc at 75 iterations", [*_EDC, "recover.iterations=75"]),
 ]
 # Ladder steps that need extra teacher checkpoints given to them (as teacher.extra) to mean anything.
 LADDER_NEEDS_EXTRA_TEACHERS = ("edc + several teachers",)
