@@ -126,20 +126,25 @@ def markdown(results: dict) -> str:
              "together); measured by:", "", "```",
              *[f"# {date}, git {rev}\n{command}" for date, rev, command in made_by], "```", "",
              "Each row adds to the one before it down to `+ student-side choices`; `edc`, `rded` and `cda` are the "
-             "presets, and `rded + student-side choices` is RDED's images under EDC's student recipe (overrides: "
+             "presets, `rded + student-side choices` is RDED's images under EDC's student recipe, `edc, CIFAR-10 script "
+             "recovery` is the edc row recovering as EDC's own CIFAR-10 script does (75 iterations from random real "
+             "images) and `edc at 75 iterations` that row from RDED crops (overrides: "
              "`srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real images relabelled "
              "by the teacher and trained under that row's own student protocol.", *extra_teacher_lines(results["runs"]),
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
                                             "finished; rows show what has.**", "",
              "| IPC | teacher (test top-1) | step | condensed | random real + teacher labels (same protocol) | "
-             "condensed − baseline | step − previous step (same seeds) |", "|---|---|---|---|---|---|---|"]
+             "condensed − baseline (per seed: min to max) | step − previous step (same seeds) |", "|---|---|---|---|---|---|---|"]
     for ipc_rows in results["summary"]:
         t = ipc_rows["teacher"]
         teacher = f"{100 * t['test_top1']:.2f} %" + (f" (`{t['sha256'][:8]}`)" if t["sha256"] else "")
         previous = None  # the last ladder step's {seed: top-1}
         for row in ipc_rows["steps"]:
             c, b = row["condensed"], row["random_real_soft"]
-            gap = f"{100 * (c['mean'] - b['mean']):+.2f}" if b else "n/a"
+            # Every run's baseline is its own seed's random real images: the differences pair up by seed.
+            diffs = [100 * (x - y) for x, y in zip(c["values"], b["values"])] if b else []
+            gap = "n/a" if not diffs else f"{statistics.fmean(diffs):+.2f}" + (
+                f" ({min(diffs):+.2f} to {max(diffs):+.2f})" if len(diffs) > 1 else "")
             mine = dict(zip(row["seeds"], c["values"]))
             paired = sorted(set(mine) & set(previous or {}))  # the same seeds on both rows
             delta = "" if not paired or row["step"] not in LADDER_CHAIN else \
