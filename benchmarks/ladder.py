@@ -126,15 +126,16 @@ def markdown(results: dict) -> str:
              "together); measured by:", "", "```",
              *[f"# {date}, git {rev}\n{command}" for date, rev, command in made_by], "```", "",
              "Each row adds to the one before it down to `+ student-side choices`; `edc`, `rded` and `cda` are the "
-             "presets, `rded + student-side choices` is RDED's images under EDC's student recipe, `edc, CIFAR-10 script "
-             "recovery` is the edc row recovering as EDC's own CIFAR-10 script does (75 iterations from random real "
-             "images) and `edc at 75 iterations` that row from RDED crops (overrides: "
+             "presets, `rded + student-side choices` is RDED's images under EDC's student recipe, `edc, CIFAR-10 "
+             "script recovery` is the edc row recovering as EDC's own CIFAR-10 script does (75 iterations from "
+             "random real images) and `edc at 75 iterations` that row from RDED crops (overrides: "
              "`srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real images relabelled "
              "by the teacher and trained under that row's own student protocol.", *extra_teacher_lines(results["runs"]),
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
                                             "finished; rows show what has.**", "",
              "| IPC | teacher (test top-1) | step | condensed | random real + teacher labels (same protocol) | "
-             "condensed − baseline (per seed: min to max) | step − previous step (same seeds) |", "|---|---|---|---|---|---|---|"]
+             "condensed − baseline (per seed: min to max) | step − previous step (same seeds) |",
+             "|---|---|---|---|---|---|---|"]
     for ipc_rows in results["summary"]:
         t = ipc_rows["teacher"]
         teacher = f"{100 * t['test_top1']:.2f} %" + (f" (`{t['sha256'][:8]}`)" if t["sha256"] else "")
