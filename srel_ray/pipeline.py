@@ -150,11 +150,11 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
         if not sets.exists(run.teacher):
             raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
         _check_teacher(load_teacher(run.teacher), data)
-    _check_method_inputs(cfg, run, data, stages)
+    check_method_inputs(cfg, run, data, stages)
     return data
 
 
-def _check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[str, ...]) -> None:
+def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[str, ...]) -> None:
     """What the successors' options (docs/methods.md) need from the data and the extra teachers."""
     r = cfg.recover
     if "recover" in stages and r.init == "real":

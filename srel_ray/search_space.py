@@ -77,6 +77,12 @@ def apply_params(base: Config, values: dict[str, Any]) -> Config:
     return from_dict(raw).validate()
 
 
+def corner_configs(cfg: Config, params: list[Param]) -> list[Config]:
+    """The base config and, for each parameter alone, one config per listed value or range end: what the search
+    checks its inputs against (RDED's candidate pool, per-class statistics) before any trial starts."""
+    return [cfg, *(apply_params(cfg, {p.name: v}) for p in params for v in p.values)]
+
+
 def max_epochs(cfg: Config, params: list[Param]) -> int:
     """The most student epochs any trial can run (ASHA's max_t)."""
     for p in params:

@@ -13,6 +13,11 @@ folder DIR:
 
 A trial whose trial.json exists replays its recorded epochs instead of training again, so a resumed search never
 repeats finished work, even one that Tune's last saved state had not yet marked finished.
+
+A trial runs every method option the pipeline runs (docs/methods.md), through the same core functions: starting
+images (recover.init real or rded; drawn from training images that are not validation images), per-class BN
+matching (statistics the driver computed once), several teachers (recovery cycles through them, labels are their
+mean logits) and the EMA of the student's weights (scored and saved instead of the raw weights).
 """
 
 from __future__ import annotations
@@ -30,16 +35,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from srel_ray.config import TRIAL_METRICS, Config, to_dict
+from srel_ray.config import TRIAL_METRICS, Config, DataConfig, to_dict
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.recover import freeze, plan_units, recover_unit
-from srel_ray.core.relabel import teacher_logits, view_rows
-from srel_ray.core.student import build_student, count_correct, student_optimizer, train_student_epoch
+from srel_ray.core.relabel import mean_logits, teacher_logits, view_rows
+from srel_ray.core.student import (WeightEMA, build_student, count_correct, student_optimizer,
+                                   train_student_epoch)
 from srel_ray.data import sets
-from srel_ray.data.real import RealData
+from srel_ray.data.class_images import StartImages
+from srel_ray.data.real import RealData, WithoutRows, load_dataset
 from srel_ray.pipeline import save_grid
 from srel_ray.search_space import config_key
-from srel_ray.teacher import Teacher, load_teacher
+from srel_ray.teacher import Teacher, load_class_stats, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,10 @@ class TrialInputs:
     norm: Normalization  # the real data's normalisation, which the student uses (as in the evaluate stage)
     val_images: torch.Tensor  # uint8 (N, C, S, S), held out from the training split
     val_labels: torch.Tensor
+    val_rows: torch.Tensor  # their rows in the training split: never a starting image of recovery
+    data: DataConfig  # the search's data, local paths made absolute (a trial may run in another directory)
+    extra_teachers: tuple[str, ...] = ()  # teacher.extra's teacher.pt files
+    class_stats: tuple[str, ...] = ()  # per-class statistics folders, one per teacher (recover.class_bn_weight > 0)
 
 
 def set_key(cfg: Config) -> str:
@@ -81,34 +92,43 @@ def locked(folder: Path) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- the set
 
 
-def condense(cfg: Config, teacher: Teacher, model: nn.Module, set_dir: str, dataset: str,
+def condense(cfg: Config, teacher: Teacher, models: list[nn.Module], set_dir: str, inputs: TrialInputs,
              device: torch.device | str = "cpu") -> dict:
     """Make the condensed set of ``cfg`` at ``set_dir``: recover the units without a marker, then label the
-    missing epochs. Returns seconds per phase (0 for work found done)."""
+    missing epochs. ``models``: the frozen teacher, then the extra teachers. Returns seconds per phase (0 for work
+    found done)."""
     began = time.perf_counter()
-    units = plan_units(teacher.num_classes, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit)
+    r = cfg.recover
+    units = plan_units(teacher.num_classes, r.ipc, r.classes_per_unit, r.ipc_per_unit)
     pending = [u for u in units if not sets.exists(sets.unit_marker(set_dir, u.name))]
+    data = WithoutRows(load_dataset(inputs.data), inputs.val_rows) if pending and r.init != "noise" else None
+    start_images = StartImages(data, r, cfg.seed, models, teacher.norm, device) if pending else None
     for unit in tqdm(pending, desc="recover units", unit="unit"):
-        images, stats = recover_unit(model, unit, cfg.recover, seed=cfg.seed, image_size=cfg.data.image_size,
-                                     norm=teacher.norm, hflip=cfg.data.hflip, device=device)
+        class_stats = None
+        if r.class_bn_weight and r.iterations:
+            class_stats = [load_class_stats(folder, list(unit.classes)) for folder in inputs.class_stats]
+        images, stats = recover_unit(models[0], unit, r, seed=cfg.seed, image_size=cfg.data.image_size,
+                                     norm=teacher.norm, hflip=cfg.data.hflip, device=device,
+                                     extra_teachers=models[1:], init=start_images(unit), class_stats=class_stats)
         sets.write_images(set_dir, unit.targets(), images)
         sets.write_json_atomic(sets.unit_marker(set_dir, unit.name), {**stats, "unit": unit.index})
     if not sets.exists(sets.manifest_path(set_dir)):
-        _write_manifest(cfg, set_dir, teacher, dataset)
+        _write_manifest(cfg, set_dir, teacher, inputs.dataset)
     recovered = time.perf_counter()
     info = sets.read_set(set_dir)
     if info.label_epochs != cfg.relabel.epochs:
-        relabel(cfg, model, teacher.norm, info, device)
-        r = cfg.relabel
-        _write_manifest(cfg, set_dir, teacher, dataset, labels={
-            "epochs": r.epochs, "views_per_epoch": r.views_per_epoch, "crop_scale": list(r.crop_scale),
-            "logits_dtype": r.logits_dtype, "top_k": r.top_k})
+        relabel(cfg, models, teacher.norm, info, device)
+        rl = cfg.relabel
+        _write_manifest(cfg, set_dir, teacher, inputs.dataset, labels={
+            "epochs": rl.epochs, "views_per_epoch": rl.views_per_epoch, "crop_scale": list(rl.crop_scale),
+            "logits_dtype": rl.logits_dtype, "top_k": rl.top_k})
     return {"recover": recovered - began if pending else 0.0, "relabel": time.perf_counter() - recovered}
 
 
-def relabel(cfg: Config, model: nn.Module, norm: Normalization, info: sets.SetInfo,
+def relabel(cfg: Config, models: list[nn.Module], norm: Normalization, info: sets.SetInfo,
             device: torch.device | str = "cpu") -> None:
-    """Write every missing label epoch: the teacher's logits on each image's views of that epoch."""
+    """Write every missing label epoch: the teacher's logits on each image's views of that epoch (with extra
+    teachers, the mean of every teacher's logits)."""
     r = cfg.relabel
     images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
     done = set(sets.label_epochs_done(info.path, r.epochs))
@@ -117,8 +137,8 @@ def relabel(cfg: Config, model: nn.Module, norm: Normalization, info: sets.SetIn
         columns = view_rows(images, ids, [i // info.ipc for i in ids], [epoch] * len(ids), k=r.views_per_epoch,
                             image_size=cfg.data.image_size, scale=r.crop_scale, hflip=cfg.data.hflip, seed=cfg.seed,
                             norm=norm)
-        columns["logits"] = teacher_logits(model, torch.from_numpy(columns.pop("pixels")), r.batch_size,
-                                           device).numpy()
+        pixels = torch.from_numpy(columns.pop("pixels"))
+        columns["logits"] = mean_logits([teacher_logits(m, pixels, r.batch_size, device) for m in models]).numpy()
         sets.write_label_epoch(info.path, epoch, columns, info.num_classes, r.logits_dtype, r.top_k)
 
 
@@ -136,21 +156,24 @@ def _write_manifest(cfg: Config, set_dir: str, teacher: Teacher, dataset: str, l
 def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs,
                    device: torch.device | str = "cpu") -> Iterator[tuple[dict, nn.Module]]:
     """Train the student on the set's stored views and labels; after every epoch yield the trial metrics
-    (scored on the validation images) and the model."""
+    (scored on the validation images) and the model they were scored with (the EMA of the weights when
+    evaluate.ema_decay is set, as the evaluate stage tests it)."""
     e = cfg.evaluate
     images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
     class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
     model = build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
                           image_size=cfg.data.image_size).to(device)
     optimizer, scheduler, batch_size = student_optimizer(model, e, len(images) * cfg.relabel.views_per_epoch)
+    ema = WeightEMA(model, e.ema_decay) if e.ema_decay else None
+    tested = ema.model if ema is not None else model
     for epoch in range(e.epochs):
         labels = sets.read_label_epoch(info.path, epoch % info.label_epochs)
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=batch_size, temperature=e.temperature,
-                                   image_size=cfg.data.image_size, norm=inputs.norm, device=device)
-        val = count_correct(model, _batches(inputs.val_images, inputs.val_labels, inputs.norm), device)
+                                   image_size=cfg.data.image_size, norm=inputs.norm, device=device, ema=ema)
+        val = count_correct(tested, _batches(inputs.val_images, inputs.val_labels, inputs.norm), device)
         yield {"epoch": epoch, "train_loss": loss, "val_top1": val["top1"] / val["n"],
-               "val_top5": val["top5"] / val["n"]}, model
+               "val_top5": val["top5"] / val["n"]}, tested
 
 
 def _batches(images: torch.Tensor, labels: torch.Tensor, norm: Normalization, size: int = 256):
@@ -186,10 +209,11 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
             return record
         began = time.perf_counter()
         teacher = load_teacher(inputs.teacher_path)
-        model = freeze(teacher.build()).to(device)
+        models = [freeze(t.build()).to(device)
+                  for t in (teacher, *(load_teacher(p) for p in inputs.extra_teachers))]
         set_dir = Path(inputs.out) / "sets" / set_key(cfg)
         with locked(set_dir):
-            seconds = condense(cfg, teacher, model, str(set_dir), inputs.dataset, device)
+            seconds = condense(cfg, teacher, models, str(set_dir), inputs, device)
         info = sets.read_set(str(set_dir))
         folder.mkdir(parents=True, exist_ok=True)
         save_grid(info.path, info.num_classes, info.ipc, info.channels, folder / "condensed_grid.png")

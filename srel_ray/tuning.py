@@ -16,6 +16,7 @@ trial once on the test split. Every trial is scored on a validation split carved
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import yaml
 
-from srel_ray.config import Config, from_dict, load_config, to_dict
+from srel_ray.config import Config, DataConfig, from_dict, load_config, to_dict
 from srel_ray.data import sets
-from srel_ray.data.real import validation_indices
+from srel_ray.data.real import WithoutRows, validation_indices
 from srel_ray.errors import SrelError
-from srel_ray.pipeline import RunDir, check_inputs, prepare_out, squeeze
-from srel_ray.search_space import Param, apply_params, parse_space
+from srel_ray.pipeline import RunDir, check_inputs, check_method_inputs, prepare_out, squeeze
+from srel_ray.search_space import Param, apply_params, corner_configs, parse_space
 from srel_ray.tracking import check_reachable, tracked_run, tracking_uri
 from srel_ray.trial import TrialInputs, score_on_test, trial_dir
 
@@ -49,6 +50,9 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
 
     data = check_inputs(cfg, RunDir.at(out), ("squeeze",))
     val_rows = validation_indices(data.labels("train"), data.num_classes, cfg.data.val_fraction, cfg.data.split_seed)
+    corners = corner_configs(cfg, params)
+    for corner in corners:  # trials start recovery from training images outside the validation split
+        check_method_inputs(corner, RunDir.at(out), WithoutRows(data, val_rows), ("squeeze", "recover"))
     run = prepare_out(cfg, out)
     start_ray(cfg.resources)
     use_gpu = resolve_use_gpu(cfg.resources)
@@ -66,8 +70,17 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
         sets.write_json_atomic(str(out / "search.json"), search)
         log.info("tune: teacher (made once, shared by every trial)")
         squeeze(cfg, run, data, use_gpu, tracker)
+        teachers = [run.teacher, *run.extra_teachers(cfg)]
+        stats_dirs: list[str] = []
+        if any(c.recover.class_bn_weight and c.recover.iterations for c in corners):
+            from srel_ray.distributed.class_stats import run_class_stats
+
+            log.info("tune: per-class statistics of the training split (made once, shared by every trial)")
+            stats_dirs = run.class_stats(cfg)
+            run_class_stats(cfg, data, teachers, stats_dirs, use_gpu)
         inputs = TrialInputs(str(out), run.teacher, data.name, data.norm, data.images_at("train", val_rows),
-                             data.labels("train")[val_rows])
+                             data.labels("train")[val_rows], val_rows, _absolute(cfg.data),
+                             tuple(teachers[1:]), tuple(stats_dirs))
         log.info("tune: %s search, trials scored on %s of %d held-out training images; outputs in %s",
                  cfg.tune.search, cfg.tune.metric, len(val_rows), out)
         results = fit_search(cfg, params, out, inputs, use_gpu, resume, tracker.enabled)
@@ -84,6 +97,13 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
         tracker.log_artifact(out / "trials" / best["trial"] / "condensed_grid.png", folder="best")
     return {"rows": rows, "best": record, "params": [p.name for p in params], "metric": cfg.tune.metric,
             "mode": cfg.tune.mode}
+
+
+def _absolute(data: DataConfig) -> DataConfig:
+    """The data config with a local path made absolute: Tune may run a trial in its own directory."""
+    if data.path is None or "://" in data.path:
+        return data
+    return dataclasses.replace(data, path=str(Path(data.path).resolve()))
 
 
 def _check_folder(cfg: Config, out: Path, resume: bool) -> None:

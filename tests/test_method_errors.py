@@ -1,5 +1,7 @@
 """Method options that cannot work are one clear error before anything is written."""
 
+from pathlib import Path
+
 from srel_ray.cli import main
 from srel_ray.core.normalization import Normalization
 from srel_ray.models import create_model
@@ -36,4 +38,15 @@ def test_extra_teacher_with_other_classes(capsys, tmp_path):
                          Normalization((0.3,), (0.3,)), model.state_dict()), str(path))
     code, err = run(capsys, tmp_path, f"teacher.extra=[{{checkpoint: {path}}}]")
     assert code == 2 and "teacher has 3 classes" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_search_checks_every_listed_start_before_anything_runs(capsys, tmp_path):
+    """A tuned recover.init is checked for each value (here the RDED pool, drawn outside the validation split)."""
+    config = Path(__file__).parents[1] / "jobs" / "configs" / "tune_digits.yaml"
+    code = main(["tune", "--config", str(config), "--out", str(tmp_path / "o"),
+                 "--set", "tune.space={recover.init: {grid: [noise, rded]}}",
+                 "--set", "recover.rded_factor=2", "--set", "recover.rded_pool=7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "RDED needs ipc * rded_factor^2" in err and "rded_pool=7" in err
     assert not (tmp_path / "o").exists()

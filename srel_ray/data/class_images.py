@@ -4,12 +4,21 @@
   seeded draw, srel_ray.data.real.random_real_indices), so the condensed set and the "random real" students start
   from the same pictures and the comparison isolates what recovery changes.
 - ``rded_candidates``: up to ``pool`` real images of one class for RDED's selection (srel_ray.core.rded).
+- ``StartImages``: what a recovery unit starts from under ``recover.init`` (real, rded, or None for noise); the
+  recovery actors and the in-process tuning trials both use it, so the two paths start from the same images.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Sequence
 
+import torch
+from torch import nn
+
+from srel_ray.config import RecoverConfig
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.rded import rded_images
+from srel_ray.core.recover import Unit
 from srel_ray.core.seeding import STREAM_RDED, generator
 from srel_ray.data.real import RealData, random_real_indices
 from srel_ray.errors import DataError
@@ -35,3 +44,30 @@ def rded_candidates(data: RealData, label: int, pool: int, seed: int) -> torch.T
 def rded_generator(seed: int, label: int) -> torch.Generator:
     """The crop boxes of one class's RDED selection."""
     return generator(seed, STREAM_RDED, label, 1)
+
+
+class StartImages:
+    """The starting images of each recovery unit under ``cfg.init``, read from the unit's own classes only.
+    RDED's selection is made once per class and kept: units of one class (ipc_per_unit < ipc) share it."""
+
+    def __init__(self, data: RealData | None, cfg: RecoverConfig, seed: int, teachers: Sequence[nn.Module],
+                 norm: Normalization, device: torch.device | str = "cpu"):
+        assert (data is None) == (cfg.init == "noise"), "real starting images need the dataset, noise needs none"
+        self.data, self.cfg, self.seed = data, cfg, seed
+        self.teachers, self.norm, self.device = list(teachers), norm, device
+        self._rded: dict[int, torch.Tensor] = {}  # class -> its ipc RDED images
+
+    def __call__(self, unit: Unit) -> torch.Tensor | None:
+        """uint8 (N, C, S, S) in ``unit.targets()`` order, or None (recovery starts from noise)."""
+        r = self.cfg
+        if r.init == "real":
+            return real_init_images(self.data, unit.targets(), r.ipc, self.seed)
+        if r.init == "rded":
+            for c in unit.classes:
+                if c not in self._rded:
+                    candidates = rded_candidates(self.data, c, r.rded_pool, self.seed)
+                    self._rded[c], _ = rded_images(self.teachers, candidates, c, r.ipc, crops=r.rded_crops,
+                                                   factor=r.rded_factor, scale=r.rded_crop_scale, norm=self.norm,
+                                                   gen=rded_generator(self.seed, c), device=self.device)
+            return torch.stack([self._rded[c][i] for c, i in unit.targets()])
+        return None

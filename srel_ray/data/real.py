@@ -111,6 +111,38 @@ def _load_digits(cfg: DataConfig) -> InMemoryData:
                         Split(images[test_idx], labels[test_idx]))
 
 
+class WithoutRows(RealData):
+    """``data`` with some training rows left out: ``srel-ray tune`` starts recovery (recover.init real or rded)
+    from training images that are not validation images, so no trial's set begins from a picture it is scored
+    on. Train-split row indices count the kept rows only; the test split and the normalisation are ``data``'s."""
+
+    def __init__(self, data: RealData, left_out: torch.Tensor):
+        keep = torch.ones(len(data.labels("train")), dtype=torch.bool)
+        keep[left_out] = False
+        self.data, self.kept = data, torch.nonzero(keep).flatten()
+        self.name, self.class_names = data.name, data.class_names
+        self.channels, self.image_size = data.channels, data.image_size
+
+    @property
+    def norm(self) -> Normalization:
+        return self.data.norm
+
+    def labels(self, split: str) -> torch.Tensor:
+        return self.data.labels(split)[self.kept] if split == "train" else self.data.labels(split)
+
+    def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
+        rows = self.kept[indices] if split == "train" else indices
+        return self.data.images_at(split, rows, strict)
+
+    def batches(self, split: str, batch_size: int):
+        if split != "train":
+            yield from self.data.batches(split, batch_size)
+            return
+        labels = self.data.labels("train")
+        for rows in self.kept.split(batch_size):
+            yield self.data.images_at("train", rows), labels[rows]
+
+
 # ------------------------------------------------------------------------------------------- decoding
 
 

@@ -21,10 +21,9 @@ import torch
 from tqdm import tqdm
 
 from srel_ray.config import Config, from_dict, to_dict
-from srel_ray.core.rded import rded_images
 from srel_ray.core.recover import Unit, freeze, plan_units, recover_unit
 from srel_ray.data import sets
-from srel_ray.data.class_images import rded_candidates, rded_generator, real_init_images
+from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import load_dataset
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.teacher import load_class_stats, load_teacher
@@ -47,28 +46,13 @@ class RecoveryWorker:
         self.extra = [freeze(load_teacher(p).build()).to(self.device) for p in extra_teachers]
         self.class_stats_dirs = list(class_stats)  # one folder per teacher, or none
         # The real dataset's index (labels and file lists; no image is read until a unit asks for its classes').
-        self.data = load_dataset(self.cfg.data) if self.cfg.recover.init != "noise" else None
-        self._rded: dict[int, torch.Tensor] = {}  # class -> its ipc RDED images (units of one class share them)
+        data = load_dataset(self.cfg.data) if self.cfg.recover.init != "noise" else None
+        self.start_images = StartImages(data, self.cfg.recover, self.cfg.seed, [self.model, *self.extra], self.norm,
+                                        self.device)
 
     def identity(self) -> dict:
         # A restarted actor keeps its actor id and gets a new process: both say who did a unit, and after what.
         return {**worker_identity(), "actor_id": ray.get_runtime_context().get_actor_id(), "device": str(self.device)}
-
-    def _init_images(self, unit: Unit) -> torch.Tensor | None:
-        """The unit's starting images in ``unit.targets()`` order, read from its own classes only."""
-        r, seed = self.cfg.recover, self.cfg.seed
-        if r.init == "real":
-            return real_init_images(self.data, unit.targets(), r.ipc, seed)
-        if r.init == "rded":
-            for c in unit.classes:
-                if c not in self._rded:
-                    candidates = rded_candidates(self.data, c, r.rded_pool, seed)
-                    self._rded[c], _ = rded_images([self.model, *self.extra], candidates, c, r.ipc,
-                                                   crops=r.rded_crops, factor=r.rded_factor,
-                                                   scale=r.rded_crop_scale, norm=self.norm,
-                                                   gen=rded_generator(seed, c), device=self.device)
-            return torch.stack([self._rded[c][i] for c, i in unit.targets()])
-        return None
 
     def recover(self, unit: Unit) -> dict:
         start = time.perf_counter()
@@ -81,7 +65,7 @@ class RecoveryWorker:
         images, stats = recover_unit(self.model, unit, self.cfg.recover, seed=self.cfg.seed,
                                      image_size=self.cfg.data.image_size, norm=self.norm,
                                      hflip=self.cfg.data.hflip, device=self.device, extra_teachers=self.extra,
-                                     init=self._init_images(unit), class_stats=stats_per_teacher)
+                                     init=self.start_images(unit), class_stats=stats_per_teacher)
         sets.write_images(self.set_dir, unit.targets(), images)
         stats.update(unit=unit.index, attempt=attempt, seconds=time.perf_counter() - start, worker=self.identity())
         sets.write_json_atomic(sets.unit_marker(self.set_dir, unit.name), stats)

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 import srel_ray
 from srel_ray.cli import main
 from srel_ray.config import load_config
+from srel_ray.methods import PRESETS
 from srel_ray.pipeline import STAGES, RunDir, check_inputs
 
 from .conftest import TINY, as_args
@@ -106,17 +107,30 @@ def mlflow_server(tmp_path):
     log.close()
 
 
-def test_search_against_a_real_mlflow_server(quickstart_run, mlflow_server, tmp_path, monkeypatch):
+def test_edc_search_against_a_real_mlflow_server(quickstart_run, mlflow_server, tmp_path, monkeypatch):
+    """The edc preset tuned over its starting images: the per-class statistics are made once (Ray Data) before
+    the trials, every trial runs the preset's options, and best.yaml keeps them."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # wins over tracking.tracking_uri
     out = tmp_path / "search"
-    space = "tune.space={recover.iterations: {grid: [3]}, evaluate.temperature: {grid: [2.0]}}"
-    assert main(["tune", "--out", str(out), *_args(quickstart_run, space, "tune.asha=false")]) == 0
+    space = "tune.space={recover.init: {grid: [real, rded]}}"
+    # The quickstart's saved config spells out every value, and explicit values win over a preset: set them all.
+    edc = ["method=edc", *(f"{section}.{key}={json.dumps(value)}" for section, values in PRESETS["edc"].items()
+                           for key, value in values.items())]
+    assert main(["tune", "--out", str(out), *_args(quickstart_run, *edc, "recover.iterations=3", space,
+                                                   "tune.asha=false")]) == 0
     client = MlflowClient(tracking_uri=mlflow_server)
     parent, trials = _search_runs(client, out)
-    assert len(trials) == 1 and trials[0].data.params["recover.iterations"] == "3"
+    assert sorted(t.data.params["recover.init"] for t in trials) == ["rded", "real"]
+    assert all(t.data.params["recover.class_bn_weight"] == "0.5" for t in trials)
+    assert all(t.data.tags["srel_ray.outcome"] == "finished" for t in trials)
     assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_top1")] == [0, 1, 2]
     assert {"condensed_grid.png", "trial.json"} <= {a.path for a in client.list_artifacts(trials[0].info.run_id)}
     assert client.get_experiment(parent.info.experiment_id).artifact_location.startswith("mlflow-artifacts:")
+    stats = sorted(p.name for p in (out / "teacher" / "class_stats" / "teacher").iterdir())
+    assert stats == [f"class-{c:05d}.pt" for c in range(10)] + ["manifest.json"]
+    best = load_config(out / "best.yaml")
+    assert (best.method, best.recover.class_bn_weight, best.evaluate.ema_decay) == ("edc", 0.5, 0.99)
+    assert best.recover.init == json.loads((out / "best.json").read_text())["values"]["recover.init"]
 
 
 def test_resume_skips_finished_trials(ray_cluster, quickstart_run, mlflow_uri, tmp_path):

@@ -53,3 +53,19 @@ def test_rded_candidates_read_only_their_class(tree):
     assert after.shape == (2, 3, 10, 10) and torch.equal(before, after)
     assert len(rded_candidates(data, owned, pool=50, seed=4)) == 3  # capped at the class size
     assert "norm" not in vars(data)  # nothing estimated the normalisation (it would read every class)
+
+
+def test_without_rows_leaves_the_given_training_rows_out_and_keeps_the_test_split():
+    from srel_ray.data.real import InMemoryData, Split, WithoutRows
+
+    images = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
+    train = Split(images, torch.tensor([0, 1, 0, 1, 0, 1]))
+    test = Split(images[:2], torch.tensor([1, 0]))
+    data = InMemoryData("toy", ["a", "b"], train, test)
+    view = WithoutRows(data, torch.tensor([1, 4]))
+    assert view.labels("train").tolist() == [0, 0, 1, 1]  # rows 0, 2, 3, 5
+    assert view.images_at("train", torch.tensor([3, 0]))[:, 0, 0, 0].tolist() == [5, 0]
+    assert [b[0][:, 0, 0, 0].tolist() for b in view.batches("train", 3)] == [[0, 2, 3], [5]]
+    assert torch.equal(view.labels("test"), test.labels) and torch.equal(view.images_at("test", torch.tensor([1])),
+                                                                         images[1:2])
+    assert (view.num_classes, view.channels, view.image_size, view.norm) == (2, 1, 2, data.norm)

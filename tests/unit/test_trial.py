@@ -1,5 +1,8 @@
-"""One tuning trial in process (no Ray): the chain's outputs, set sharing between trials, replay of finished ones."""
+"""One tuning trial in process (no Ray): the chain's outputs, set sharing between trials, replay of finished ones,
+and the method options (starting images, per-class matching, several teachers, the EMA student) run as the
+pipeline runs them."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -8,14 +11,17 @@ import torch
 
 from srel_ray.cli import quickstart_config
 from srel_ray.config import TRIAL_METRICS, load_config
-from srel_ray.core.recover import freeze
+from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums
+from srel_ray.core.recover import freeze, plan_units, recover_unit
 from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
+from srel_ray.core.student import build_student, count_correct
 from srel_ray.data import sets
-from srel_ray.data.real import load_dataset, validation_indices
+from srel_ray.data.class_images import StartImages
+from srel_ray.data.real import WithoutRows, load_dataset, random_real_indices, validation_indices
 from srel_ray.models import create_model
 from srel_ray.search_space import apply_params
-from srel_ray.teacher import Teacher, load_teacher, save_teacher
-from srel_ray.trial import TrialInputs, run_trial, score_on_test, set_key, trial_dir
+from srel_ray.teacher import Teacher, load_class_stats, load_teacher, save_class_stats, save_teacher
+from srel_ray.trial import TrialInputs, run_trial, score_on_test, set_key, student_epochs, trial_dir
 
 TINY = ["recover.iterations=3", "relabel.epochs=2", "evaluate.epochs=3", "teacher.arch_kwargs={width: 8, depth: 2}",
         "evaluate.arch_kwargs={width: 8, depth: 2}", "resources.use_gpu=false"]
@@ -27,13 +33,21 @@ def search(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
     cfg = load_config(quickstart_config(), TINY)
     data = load_dataset(cfg.data)
+    _save_untrained_teacher(data, out / "teacher" / "teacher.pt", seed=0)
+    return cfg, _inputs(out, cfg, data), data
+
+
+def _save_untrained_teacher(data, path, seed: int) -> None:
+    torch.manual_seed(seed)
     model = create_model("convnet", num_classes=10, in_channels=1, image_size=16, width=8, depth=2)
     save_teacher(Teacher("convnet", {"width": 8, "depth": 2}, data.class_names, 1, 16, data.norm, model.state_dict()),
-                 str(out / "teacher" / "teacher.pt"))
+                 str(path))
+
+
+def _inputs(out, cfg, data, **options) -> TrialInputs:
     rows = validation_indices(data.labels("train"), 10, cfg.data.val_fraction, cfg.data.split_seed)
-    inputs = TrialInputs(str(out), str(out / "teacher" / "teacher.pt"), "digits", data.norm,
-                         data.images_at("train", rows), data.labels("train")[rows])
-    return cfg, inputs, data
+    return TrialInputs(str(out), str(out / "teacher" / "teacher.pt"), "digits", data.norm,
+                       data.images_at("train", rows), data.labels("train")[rows], rows, cfg.data, **options)
 
 
 def _run(cfg, inputs):
@@ -104,3 +118,77 @@ def test_best_student_scored_once_on_the_test_split(search):
     scores = score_on_test(cfg, trial_dir(inputs.out, cfg), data)
     assert scores["n"] == len(data.labels("test")) == 450
     assert 0.0 <= scores["test_top1"] <= scores["test_top5"] <= 1.0
+
+
+def test_starting_images_are_training_images_outside_the_validation_split(search):
+    cfg, inputs, data = search
+    real = apply_params(cfg, {"recover.init": "real", "recover.iterations": 0})  # the set is its starting images
+    _run(real, inputs)
+    images = sets.read_images(inputs.out + f"/sets/{set_key(real)}", 10, 2, 1)
+    kept = WithoutRows(data, inputs.val_rows)
+    rows = kept.kept[random_real_indices(kept.labels("train"), 10, 2, cfg.seed)]  # class-major, as the set
+    assert not set(rows.tolist()) & set(inputs.val_rows.tolist())
+    assert torch.equal(data.labels("train")[rows], torch.arange(10).repeat_interleave(2))
+    assert torch.equal(images, data.images_at("train", rows))
+
+
+def _class_stats(data, teacher_path, folder) -> None:
+    """Per-class statistics over the whole training split, as the tune driver's streaming pass writes them."""
+    teacher = load_teacher(str(teacher_path))
+    model, acc = freeze(teacher.build()), ClassStatsAccumulator(10)
+    for x, y in data.batches("train", 256):
+        acc.add(batch_sums(model, teacher.norm.normalize(x.float() / 255), y))
+    save_class_stats(acc.result(), str(folder), {"teacher": str(teacher_path)})
+
+
+def test_a_trial_runs_rded_starts_class_matching_and_two_teachers_as_the_core_does(tmp_path):
+    cfg = load_config(quickstart_config(), ["method=edc", *TINY, "recover.iterations=2"])
+    assert (cfg.recover.init, cfg.recover.class_bn_weight, cfg.evaluate.ema_decay) == ("rded", 0.5, 0.99)
+    data = load_dataset(cfg.data)
+    teachers = [tmp_path / "teacher" / "teacher.pt", tmp_path / "teacher" / "extra-1.pt"]
+    stats = [tmp_path / "teacher" / "class_stats" / name for name in ("teacher", "extra-1")]
+    for seed, (path, folder) in enumerate(zip(teachers, stats)):
+        _save_untrained_teacher(data, path, seed)
+        _class_stats(data, path, folder)
+    inputs = _inputs(tmp_path, cfg, data, extra_teachers=(str(teachers[1]),), class_stats=tuple(map(str, stats)))
+    record, _ = _run(cfg, inputs)
+
+    set_dir = str(tmp_path / "sets" / set_key(cfg))
+    models = [freeze(load_teacher(str(p)).build()) for p in teachers]
+    start = StartImages(WithoutRows(data, inputs.val_rows), cfg.recover, cfg.seed, models, data.norm)
+    expected = {}
+    for unit in plan_units(10, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit):
+        class_stats = [load_class_stats(str(folder), list(unit.classes)) for folder in stats]
+        images, _ = recover_unit(models[0], unit, cfg.recover, seed=cfg.seed, image_size=16, norm=data.norm,
+                                 hflip=cfg.data.hflip, extra_teachers=models[1:], init=start(unit),
+                                 class_stats=class_stats)
+        expected.update(zip(unit.targets(), images))
+    got = sets.read_images(set_dir, 10, cfg.recover.ipc, 1)
+    assert torch.equal(got, torch.stack([expected[(c, i)] for c in range(10) for i in range(cfg.recover.ipc)]))
+
+    labels = sets.read_label_epoch(set_dir, 1)  # the mean of both teachers' logits on the stored views
+    pixels = view_pixels(got[labels.image_index], labels.views, 16, data.norm)
+    mean = (teacher_logits(models[0], pixels, 64, "cpu") + teacher_logits(models[1], pixels, 64, "cpu")) / 2
+    torch.testing.assert_close(labels.logits, mean.half().float())
+
+    student = build_student(cfg.evaluate, seed=cfg.seed, num_classes=10, channels=1, image_size=16)
+    student.load_state_dict(torch.load(trial_dir(tmp_path, cfg) / "student.pt", weights_only=True))
+    val = count_correct(student, [(data.norm.normalize(inputs.val_images.float() / 255), inputs.val_labels)])
+    assert record["final"]["val_top1"] == val["top1"] / val["n"]  # the saved student is the one scored
+
+
+def test_the_student_a_trial_scores_is_the_ema_of_its_weights(search):
+    cfg, inputs, _ = search
+    one_step = apply_params(cfg, {"evaluate.batch_size": 64})  # 20 stored views: one optimiser step per epoch
+    _run(one_step, inputs)  # makes the set
+    info = sets.read_set(inputs.out + f"/sets/{set_key(one_step)}")
+    raw = [copy.deepcopy(model.state_dict()) for _, model in student_epochs(one_step, info, inputs)]
+    averaged = [copy.deepcopy(model.state_dict())
+                for _, model in student_epochs(apply_params(one_step, {"evaluate.ema_decay": 0.6}), info, inputs)]
+    ema = build_student(cfg.evaluate, seed=cfg.seed, num_classes=10, channels=1, image_size=16).state_dict()
+    assert len(raw) == len(averaged) == 3
+    for weights, got in zip(raw, averaged):  # theta_ema <- d theta_ema + (1 - d) theta, d = 0.6
+        ema = {k: 0.6 * v + 0.4 * weights[k] if v.dtype.is_floating_point else weights[k] for k, v in ema.items()}
+        for key in ema:
+            torch.testing.assert_close(got[key], ema[key])
+    assert any(not torch.equal(averaged[-1][k], v) for k, v in raw[-1].items() if v.dtype.is_floating_point)
