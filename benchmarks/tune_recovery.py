@@ -1,0 +1,184 @@
+"""Choose edc's recovery budget and starting images on a validation split instead of the test set: one
+``srel-ray tune`` grid search per IPC over ``recover.iterations`` x ``recover.init`` for the ladder's ``edc`` row,
+under the quality protocol (its config, its teacher, seed 0).
+
+    python benchmarks/tune_recovery.py --out /work/runs/bench-quality --searches /work/runs/tune-edc --ipc 10 50 \\
+        --run-set recover.iterations=500 --run-set relabel.epochs=200 --run-set evaluate.epochs=200
+
+Every trial recovers, relabels and trains the protocol's student to its last epoch (no early stopping) and is
+scored on ``data.val_fraction`` (10 %) of each training class, held out: the condensed sets start from the other
+90 %, and no trial reads the test split. The search's best trial is scored once on test (``best.json``). The
+table puts each searched recovery beside the ladder row that recovers the same way, whose test results
+(``--ladder-results``, every seed against its own random-real baseline) were measured on the whole training split.
+
+A search folder ``SEARCHES/ipc<IPC>`` whose ``best.json`` exists is read, not run again (after a check that it holds
+this exact search); an unfinished one is resumed. Results go to ``--results`` and between the markers of ``--docs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, RESULTS, git_revision
+from quality import file_sha256, write_block
+
+from srel_ray.config import from_dict, load_config, to_dict
+from srel_ray.methods import LADDER
+from srel_ray.tuning import run_search
+
+BEGIN, END = "<!-- tune-recovery:begin -->", "<!-- tune-recovery:end -->"
+HEADING = "## Choosing edc's recovery on a validation split (CIFAR-10)"
+STEP = "edc"  # the ladder row whose recovery is searched
+TUNED = ("recover.iterations", "recover.init")
+
+
+def search_config(args, ipc: int, teacher_pt: Path, tracking: str):
+    space = {name: {"grid": values} for name, values in zip(TUNED, (args.iterations, args.inits))}
+    return load_config(args.config, args.run_overrides + [tracking, "seed=0", f"recover.ipc={ipc}",
+                                                          "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
+                                                          *dict(LADDER)[STEP], "evaluate.baselines=false",
+                                                          f"tune.space={json.dumps(space)}", "tune.asha=false"])
+
+
+def ladder_config(args, ipc: int, step: str, teacher_pt: Path, tracking: str):
+    """The config benchmarks/ladder.py runs for ``step`` (seed 0), as it builds it."""
+    return load_config(args.config, args.run_overrides + [tracking, "seed=0", f"recover.ipc={ipc}",
+                                                          "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
+                                                          *dict(LADDER)[step]])
+
+
+def comparable(cfg) -> dict:
+    d = cfg.identity()
+    d["evaluate"].pop("baselines")  # the ladder trains them in one run per protocol; trials train none
+    return d
+
+
+def run_or_read(cfg, folder: Path, made_by: dict) -> None:
+    """Run (or resume) the search in ``folder``, unless it is finished; ``folder/made_by.json`` says which command
+    and revision ran it."""
+    if (folder / "best.json").exists():
+        saved = load_config(folder / "config.yaml")
+        if saved.identity() != cfg.identity() or to_dict(saved.tune) != to_dict(cfg.tune):
+            raise SystemExit(f"tune_recovery: {folder} holds another search; choose another --searches folder")
+        logging.info("tune_recovery: %s is finished, reading it", folder)
+        return
+    if not (folder / "made_by.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "made_by.json").write_text(json.dumps(made_by, indent=1))
+    run_search(cfg, folder, resume=(folder / "config.yaml").exists())
+
+
+def ladder_row(ipc: int, trial_cfg, steps: dict[str, dict], teacher_pt: Path, ladder: dict) -> dict | None:
+    """The ladder's test results of the row that runs exactly ``trial_cfg`` (None if no row does); ``steps``: each
+    ladder row's comparable config."""
+    for step, config in steps.items():
+        if config == comparable(trial_cfg):
+            runs = [r for r in ladder["runs"] if r["ipc"] == ipc and r["step"] == step
+                    and r["teacher"]["sha256"] == file_sha256(teacher_pt)]
+            if runs:
+                gaps = [r["condensed"] - r["random_real_soft"] for r in runs]
+                return {"step": step, "n": len(runs), "condensed": statistics.mean(r["condensed"] for r in runs),
+                        "condensed_std": statistics.stdev(r["condensed"] for r in runs) if len(runs) > 1 else 0.0,
+                        "baseline": statistics.mean(r["random_real_soft"] for r in runs),
+                        "gap": statistics.mean(gaps), "gap_min": min(gaps), "gap_max": max(gaps)}
+    return None
+
+
+def search_result(args, ipc: int, cfg, folder: Path, teacher_pt: Path, tracking: str, ladder: dict) -> dict:
+    best = json.loads((folder / "best.json").read_text())
+    steps = {step: comparable(ladder_config(args, ipc, step, teacher_pt, tracking)) for step, _ in LADDER}
+    trials = []
+    for path in sorted((folder / "trials").glob("*/trial.json")):
+        record = json.loads(path.read_text())
+        trial_cfg = from_dict(record["config"])
+        trials.append({"trial": record["trial"], "iterations": trial_cfg.recover.iterations,
+                       "init": trial_cfg.recover.init, "val_top1": record["final"]["val_top1"],
+                       "epochs": len(record["history"]), "seconds": record["seconds"],
+                       "ladder": ladder_row(ipc, trial_cfg, steps, teacher_pt, ladder)})
+    trials.sort(key=lambda t: (t["iterations"], t["init"]))
+    made_by = folder / "made_by.json"
+    return {"ipc": ipc, "folder": str(folder),
+            "validation_images": json.loads((folder / "search.json").read_text())["validation_images"],
+            "made_by": json.loads(made_by.read_text()) if made_by.exists() else None,
+            "trials": trials, "best": {"trial": best["trial"], "values": best["values"], "test": best["test"]}}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"`srel-ray tune` grid searches of the `{STEP}` ladder row's `recover.iterations` x `recover.init` "
+             "(seed 0; every trial trains the protocol's student to its last epoch, no early stopping), each trial "
+             "scored on held-out training images (10 % of each class); its condensed set starts from the other "
+             "90 %. The right-hand column is the ladder row that recovers the same way, measured on the test split "
+             "with every seed paired with its own random-real baseline (that row's sets start from the whole "
+             "training split).", "",
+             f"Table made by `{results['command']}` at git `{results['git_revision'][:12]}`, {results['date']}.",
+             *(f"IPC {s['ipc']} search run by `{s['made_by']['command']}` at git `{s['made_by']['git_revision'][:12]}`, "
+               f"{s['made_by']['date']}." for s in results["searches"] if s["made_by"]), "",
+             "| IPC | recover.iterations | recover.init | validation top-1 | seconds (recover + relabel + student) | "
+             "ladder row: test top-1 vs random real + teacher labels |",
+             "|---|---|---|---|---|---|"]
+    for search in results["searches"]:
+        best = search["best"]["trial"]
+        for t in search["trials"]:
+            val = f"{100 * t['val_top1']:.2f}" + (" **(chosen)**" if t["trial"] == best else "")
+            s = t["seconds"]
+            row = t["ladder"]
+            test = (f"`{row['step']}`: {100 * row['condensed']:.2f} ± {100 * row['condensed_std']:.2f} vs "
+                    f"{100 * row['baseline']:.2f} ({100 * row['gap']:+.2f}; seeds {100 * row['gap_min']:+.2f} to "
+                    f"{100 * row['gap_max']:+.2f}; n={row['n']})") if row else "no ladder row"
+            lines.append(f"| {search['ipc']} | {t['iterations']} | {t['init']} | {val} | {s['recover']:.0f} + "
+                         f"{s['relabel']:.0f} + {s['student']:.0f} | {test} |")
+    lines.append("")
+    for search in results["searches"]:
+        b = search["best"]
+        lines.append(f"- IPC {search['ipc']}: chosen {', '.join(f'{k}={v}' for k, v in b['values'].items())} on "
+                     f"{search['validation_images']} validation images; that trial's student on the test split "
+                     f"(scored once, after the search): {100 * b['test']['test_top1']:.2f} %.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="the quality benchmark's --out (its teacher is reused)")
+    p.add_argument("--searches", type=Path, required=True, help="one search folder per IPC is made here")
+    p.add_argument("--config", type=Path, default=REPO / "jobs" / "configs" / "cifar10_quality.yaml")
+    p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--iterations", type=int, nargs="+", default=[75, 500])
+    p.add_argument("--inits", nargs="+", default=["real", "rded"])
+    p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--ladder-results", type=Path, default=RESULTS / "ladder_cifar10.json")
+    p.add_argument("--results", type=Path, default=RESULTS / "tune_recovery_cifar10.json")
+    p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = p.parse_args()
+    out = args.out.resolve()
+    teacher_pt = out / "teacher" / "teacher" / "teacher.pt"
+    if not teacher_pt.exists():
+        raise SystemExit(f"tune_recovery: no teacher at {teacher_pt}: run benchmarks/quality.py --out {args.out} first")
+    tracking = f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"
+    configs = {ipc: search_config(args, ipc, teacher_pt, tracking) for ipc in args.ipc}  # bad input fails first
+    ladder = json.loads(args.ladder_results.read_text())
+    made_by = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"),
+               "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])}
+    searches = []
+    for ipc, cfg in configs.items():
+        folder = args.searches.resolve() / f"ipc{ipc}"
+        run_or_read(cfg, folder, made_by)
+        searches.append(search_result(args, ipc, cfg, folder, teacher_pt, tracking, ladder))
+    results = {**made_by, "searches": searches}
+    tmp = args.results.with_name(args.results.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(args.results)
+    text = markdown(results)
+    write_block(args.docs, BEGIN, END, HEADING, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
