@@ -100,7 +100,7 @@ def search_result(args, ipc: int, cfg, folder: Path, teacher_pt: Path, tracking:
         trial_cfg = from_dict(record["config"])
         trials.append({"trial": record["trial"], "iterations": trial_cfg.recover.iterations,
                        "init": trial_cfg.recover.init, "val_top1": record["final"]["val_top1"],
-                       "epochs": len(record["history"]), "seconds": record["seconds"],
+                       "epochs": record["history"][-1]["epoch"] + 1, "seconds": record["seconds"],
                        "ladder": ladder_row(ipc, trial_cfg, steps, teacher_pt, ladder)})
     trials.sort(key=lambda t: (t["iterations"], t["init"]))
     made_by = folder / "made_by.json"

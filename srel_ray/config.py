@@ -247,7 +247,7 @@ class TrackingConfig:
     artifact_root: str | None = None  # None: an absolute ``mlartifacts`` folder beside the SQLite file
 
 
-# What every tuning trial reports after each student epoch (srel_ray.trial); a tune metric must be one of them.
+# What every tuning trial reports after each scored student epoch (srel_ray.trial); a tune metric must be one of them.
 TRIAL_METRICS = ("val_top1", "val_top5", "train_loss")
 SEARCHES = ("grid", "random", "optuna")
 
@@ -266,6 +266,10 @@ class TuneConfig:
     })
     asha: bool = True  # stop trials whose validation accuracy trails at a rung (ASHA, per student epoch)
     grace_period: int = 10  # student epochs every trial runs before ASHA may stop it
+    # Student epochs between two validation scores (the last epoch is always scored). Each score is a pass over the
+    # validation split and one report to Tune (ASHA counts epochs, not reports): without ASHA, only the last
+    # epoch's score decides, so a larger interval saves most of a trial's student time.
+    score_interval: int = 1
     reduction_factor: float = 3.0  # ASHA keeps 1/reduction_factor of the trials at each rung
     max_concurrent_trials: int = 0  # 0: as many as resources.cpus_per_trial / gpus_per_trial allow
 
@@ -282,6 +286,7 @@ class TuneConfig:
                    f"must be 1 (or left out) with search 'grid': trials are deterministic, so repeating the grid "
                    f"recomputes the same numbers; got {self.num_samples}")
         _check(self.grace_period >= 1, "tune.grace_period", f"must be >= 1, got {self.grace_period}")
+        _check(self.score_interval >= 1, "tune.score_interval", f"must be >= 1, got {self.score_interval}")
         _check(self.reduction_factor > 1, "tune.reduction_factor", f"must be > 1, got {self.reduction_factor}")
         _check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials",
                f"must be >= 0, got {self.max_concurrent_trials}")

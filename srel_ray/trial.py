@@ -155,9 +155,10 @@ def _write_manifest(cfg: Config, set_dir: str, teacher: Teacher, dataset: str, l
 
 def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs,
                    device: torch.device | str = "cpu") -> Iterator[tuple[dict, nn.Module]]:
-    """Train the student on the set's stored views and labels; after every epoch yield the trial metrics
-    (scored on the validation images) and the model they were scored with (the EMA of the weights when
-    evaluate.ema_decay is set, as the evaluate stage tests it)."""
+    """Train the student on the set's stored views and labels; after every ``tune.score_interval``-th epoch and
+    the last, yield the trial metrics (scored on the validation images; ``epochs_trained`` is ASHA's clock) and
+    the model they were scored with (the EMA of the weights when evaluate.ema_decay is set, as the evaluate stage
+    tests it)."""
     e = cfg.evaluate
     images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
     class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
@@ -171,8 +172,10 @@ def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs,
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=batch_size, temperature=e.temperature,
                                    image_size=cfg.data.image_size, norm=inputs.norm, device=device, ema=ema)
+        if (epoch + 1) % cfg.tune.score_interval and epoch != e.epochs - 1:
+            continue
         val = count_correct(tested, _batches(inputs.val_images, inputs.val_labels, inputs.norm), device)
-        yield {"epoch": epoch, "train_loss": loss, "val_top1": val["top1"] / val["n"],
+        yield {"epoch": epoch, "epochs_trained": epoch + 1, "train_loss": loss, "val_top1": val["top1"] / val["n"],
                "val_top5": val["top5"] / val["n"]}, tested
 
 
@@ -195,7 +198,7 @@ def score_on_test(cfg: Config, folder: Path, data: RealData) -> dict:
 
 def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
               device: torch.device | str = "cpu") -> dict:
-    """Condense (or reuse the shared set), train the student, ``report`` every epoch's metrics; returns the
+    """Condense (or reuse the shared set), train the student, ``report`` every scored epoch's metrics; returns the
     trial record. The record and student are written before the last report: a scheduler may end the trial
     as soon as it sees the final epoch."""
     folder = trial_dir(inputs.out, cfg)
@@ -203,9 +206,9 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
     with locked(folder):
         if record_path.exists():
             record = json.loads(record_path.read_text())
-            log.info("trial %s finished before: replaying its %d epochs", folder.name, len(record["history"]))
+            log.info("trial %s finished before: replaying its %d scores", folder.name, len(record["history"]))
             for row in record["history"]:
-                report({**row, "replayed": True})
+                report({**row, "epochs_trained": row["epoch"] + 1, "replayed": True})  # ASHA's clock
             return record
         began = time.perf_counter()
         teacher = load_teacher(inputs.teacher_path)
@@ -221,7 +224,7 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
         history: list[dict] = []
         for metrics, student in student_epochs(cfg, info, inputs, device):
             history.append(metrics)
-            if len(history) == cfg.evaluate.epochs:
+            if metrics["epochs_trained"] == cfg.evaluate.epochs:
                 _save_student(student, folder / "student.pt")
                 record = {"trial": folder.name, "set": set_dir.name, "history": history,
                           "final": {k: metrics[k] for k in TRIAL_METRICS}, "val_images": len(inputs.val_labels),

@@ -138,10 +138,10 @@ def trial_rows(cfg: Config, params: list[Param], results, out: Path) -> list[dic
                **{k: v for k, v in values.items() if k not in SHOWN}}
         if (folder / "trial.json").exists():
             record = json.loads((folder / "trial.json").read_text())
-            row.update(outcome="finished", epochs=len(record["history"]), seconds=record["seconds"]["total"])
+            row.update(outcome="finished", epochs=record["history"][-1]["epoch"] + 1, seconds=record["seconds"]["total"])
             row[metric] = record["final"][metric]
         else:
-            row.update(outcome="error" if result.error else "stopped early", epochs=last.get("training_iteration", 0),
+            row.update(outcome="error" if result.error else "stopped early", epochs=last.get("epochs_trained", 0),
                        seconds=last.get("time_total_s"))
             row[metric] = last.get(metric)
         rows.append(row)

@@ -48,7 +48,7 @@ def domain(p: Param):
 
 
 def srel_trial(params: dict, base: dict, inputs: TrialInputs, threads: int) -> None:
-    """One trial, in its own Tune actor: the whole chain in process, reporting each student epoch to Tune."""
+    """One trial, in its own Tune actor: the whole chain in process, reporting each scored student epoch."""
     torch.set_num_threads(threads)
     cfg = apply_params(from_dict(base), params)
     run_trial(cfg, inputs, ray.tune.report, device=local_device())
@@ -77,7 +77,7 @@ def fit_search(cfg: Config, params: list[Param], out: Path, inputs: TrialInputs,
         log.info("tune: resuming the search saved in %s (finished trials are not run again)", path)
         tuner = Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_epochs(cfg, params), grace_period=t.grace_period,
+    scheduler = (ASHAScheduler(time_attr="epochs_trained", max_t=max_epochs(cfg, params), grace_period=t.grace_period,
                                reduction_factor=t.reduction_factor) if t.asha else None)
     tuner = Tuner(
         trainable,

@@ -101,6 +101,7 @@ def test_space_that_does_not_fit_the_search(overrides, message):
     ("tune.search=bayes", "tune.search must be one of ['grid', 'random', 'optuna']"),
     ("tune.num_samples=3", "must be 1 (or left out) with search 'grid'"),
     ("tune.grace_period=0", "tune.grace_period must be >= 1"),
+    ("tune.score_interval=0", "tune.score_interval must be >= 1"),
     ("tune.bogus=1", "unknown config key 'tune.bogus'"),
     ("data.val_fraction=1.0", "data.val_fraction must be in (0, 1)"),
     ("resources.gpus_per_trial=0", "resources.gpus_per_trial must be > 0"),

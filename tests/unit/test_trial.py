@@ -60,7 +60,7 @@ def test_trial_reports_every_epoch_and_writes_its_record(search):
     cfg, inputs, _ = search
     record, reports = _run(cfg, inputs)
     assert [r["epoch"] for r in reports] == [0, 1, 2]
-    assert all(set(r) == {"epoch", *TRIAL_METRICS} for r in reports)
+    assert all(set(r) == {"epoch", "epochs_trained", *TRIAL_METRICS} for r in reports)
     assert all(0.0 <= r["val_top1"] <= r["val_top5"] <= 1.0 for r in reports)
     folder = trial_dir(inputs.out, cfg)
     assert json.loads((folder / "trial.json").read_text())["history"] == reports == record["history"]
@@ -192,3 +192,19 @@ def test_the_student_a_trial_scores_is_the_ema_of_its_weights(search):
         for key in ema:
             torch.testing.assert_close(got[key], ema[key])
     assert any(not torch.equal(averaged[-1][k], v) for k, v in raw[-1].items() if v.dtype.is_floating_point)
+
+
+def test_a_trial_scores_every_interval_and_always_the_last_epoch(tmp_path):
+    data = None
+    finals = {}
+    for interval in (1, 2):
+        cfg = load_config(quickstart_config(), [*TINY, "evaluate.epochs=5", f"tune.score_interval={interval}"])
+        data = data or load_dataset(cfg.data)
+        out = tmp_path / f"every-{interval}"
+        _save_untrained_teacher(data, out / "teacher" / "teacher.pt", seed=0)
+        record, reports = _run(cfg, _inputs(out, cfg, data))
+        finals[interval] = record["final"]
+        assert record["history"] == reports and record["final"] == {k: reports[-1][k] for k in TRIAL_METRICS}
+        expected = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)] if interval == 1 else [(1, 2), (3, 4), (4, 5)]
+        assert [(r["epoch"], r["epochs_trained"]) for r in reports] == expected
+    assert finals[1] == finals[2]  # the interval decides when the student is scored, not how it trains
