@@ -44,7 +44,8 @@ def search_config(args, ipc: int, teacher_pt: Path, tracking: str):
     return load_config(args.config, args.run_overrides + [tracking, "seed=0", f"recover.ipc={ipc}",
                                                           "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
                                                           *dict(LADDER)[STEP], "evaluate.baselines=false",
-                                                          f"tune.space={json.dumps(space)}", "tune.asha=false"])
+                                                          f"tune.space={json.dumps(space)}", "tune.asha=false",
+                                                          f"tune.score_interval={args.score_interval}"])
 
 
 def ladder_config(args, ipc: int, step: str, teacher_pt: Path, tracking: str):
@@ -152,6 +153,8 @@ def main() -> None:
     p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     p.add_argument("--iterations", type=int, nargs="+", default=[75, 500])
     p.add_argument("--inits", nargs="+", default=["real", "rded"])
+    p.add_argument("--score-interval", type=int, default=1,
+                   help="tune.score_interval: student epochs between validation scores (200: only the last)")
     p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--ladder-results", type=Path, default=RESULTS / "ladder_cifar10.json")
     p.add_argument("--results", type=Path, default=RESULTS / "tune_recovery_cifar10.json")
