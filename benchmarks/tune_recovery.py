@@ -39,20 +39,17 @@ STEP = "edc"  # the ladder row whose recovery is searched
 TUNED = ("recover.iterations", "recover.init")
 
 
+def ladder_overrides(args, ipc: int, step: str, teacher_pt: Path, tracking: str) -> list[str]:
+    """The overrides benchmarks/ladder.py applies for ``step`` (seed 0), as it builds them."""
+    return args.run_overrides + [tracking, "seed=0", f"recover.ipc={ipc}", "teacher.source=checkpoint",
+                                 f"teacher.checkpoint={teacher_pt}", *dict(LADDER)[step]]
+
+
 def search_config(args, ipc: int, teacher_pt: Path, tracking: str):
     space = {name: {"grid": values} for name, values in zip(TUNED, (args.iterations, args.inits))}
-    return load_config(args.config, args.run_overrides + [tracking, "seed=0", f"recover.ipc={ipc}",
-                                                          "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
-                                                          *dict(LADDER)[STEP], "evaluate.baselines=false",
-                                                          f"tune.space={json.dumps(space)}", "tune.asha=false",
-                                                          f"tune.score_interval={args.score_interval}"])
-
-
-def ladder_config(args, ipc: int, step: str, teacher_pt: Path, tracking: str):
-    """The config benchmarks/ladder.py runs for ``step`` (seed 0), as it builds it."""
-    return load_config(args.config, args.run_overrides + [tracking, "seed=0", f"recover.ipc={ipc}",
-                                                          "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
-                                                          *dict(LADDER)[step]])
+    return load_config(args.config, ladder_overrides(args, ipc, STEP, teacher_pt, tracking) + [
+        "evaluate.baselines=false", f"tune.space={json.dumps(space)}", "tune.asha=false",
+        f"tune.score_interval={args.score_interval}"])
 
 
 def comparable(cfg) -> dict:
@@ -76,13 +73,13 @@ def run_or_read(cfg, folder: Path, made_by: dict) -> None:
     run_search(cfg, folder, resume=(folder / "config.yaml").exists())
 
 
-def ladder_row(ipc: int, trial_cfg, steps: dict[str, dict], teacher_pt: Path, ladder: dict) -> dict | None:
+def ladder_row(ipc: int, trial_cfg, steps: dict[str, dict], teacher_sha: str, ladder: dict) -> dict | None:
     """The ladder's test results of the row that runs exactly ``trial_cfg`` (None if no row does); ``steps``: each
     ladder row's comparable config."""
     for step, config in steps.items():
         if config == comparable(trial_cfg):
             runs = [r for r in ladder["runs"] if r["ipc"] == ipc and r["step"] == step
-                    and r["teacher"]["sha256"] == file_sha256(teacher_pt)]
+                    and r["teacher"]["sha256"] == teacher_sha]
             if runs:
                 gaps = [r["condensed"] - r["random_real_soft"] for r in runs]
                 return {"step": step, "n": len(runs), "condensed": statistics.mean(r["condensed"] for r in runs),
@@ -92,9 +89,11 @@ def ladder_row(ipc: int, trial_cfg, steps: dict[str, dict], teacher_pt: Path, la
     return None
 
 
-def search_result(args, ipc: int, cfg, folder: Path, teacher_pt: Path, tracking: str, ladder: dict) -> dict:
+def search_result(args, ipc: int, folder: Path, teacher_pt: Path, tracking: str, ladder: dict) -> dict:
     best = json.loads((folder / "best.json").read_text())
-    steps = {step: comparable(ladder_config(args, ipc, step, teacher_pt, tracking)) for step, _ in LADDER}
+    steps = {step: comparable(load_config(args.config, ladder_overrides(args, ipc, step, teacher_pt, tracking)))
+             for step, _ in LADDER}
+    teacher_sha = file_sha256(teacher_pt)
     trials = []
     for path in sorted((folder / "trials").glob("*/trial.json")):
         record = json.loads(path.read_text())
@@ -102,7 +101,7 @@ def search_result(args, ipc: int, cfg, folder: Path, teacher_pt: Path, tracking:
         trials.append({"trial": record["trial"], "iterations": trial_cfg.recover.iterations,
                        "init": trial_cfg.recover.init, "val_top1": record["final"]["val_top1"],
                        "epochs": record["history"][-1]["epoch"] + 1, "seconds": record["seconds"],
-                       "ladder": ladder_row(ipc, trial_cfg, steps, teacher_pt, ladder)})
+                       "ladder": ladder_row(ipc, trial_cfg, steps, teacher_sha, ladder)})
     trials.sort(key=lambda t: (t["iterations"], t["init"]))
     made_by = folder / "made_by.json"
     return {"ipc": ipc, "folder": str(folder),
@@ -173,7 +172,7 @@ def main() -> None:
     for ipc, cfg in configs.items():
         folder = args.searches.resolve() / f"ipc{ipc}"
         run_or_read(cfg, folder, made_by)
-        searches.append(search_result(args, ipc, cfg, folder, teacher_pt, tracking, ladder))
+        searches.append(search_result(args, ipc, folder, teacher_pt, tracking, ladder))
     results = {**made_by, "searches": searches}
     tmp = args.results.with_name(args.results.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1))
