@@ -11,8 +11,13 @@ scored on ``data.val_fraction`` (10 %) of each training class, held out: the con
 table puts each searched recovery beside the ladder row that recovers the same way, whose test results
 (``--ladder-results``, every seed against its own random-real baseline) were measured on the whole training split.
 
+A grid holding ``recover.iterations`` 0 with ``recover.init`` real has the random-real baseline among its trials
+(the starting images relabelled, no optimisation): every trial is then also given as its margin over that baseline,
+and with several IPCs the one recipe for all of them is chosen as the one whose smallest margin is the largest.
+
 A search folder ``SEARCHES/ipc<IPC>`` whose ``best.json`` exists is read, not run again (after a check that it holds
-this exact search); an unfinished one is resumed. Results go to ``--results`` and between the markers of ``--docs``.
+this exact search); an unfinished one is resumed. Results go to ``--results`` and between the ``--block`` markers of
+``--docs``.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from srel_ray.config import from_dict, load_config, to_dict
 from srel_ray.methods import LADDER
 from srel_ray.tuning import run_search
 
-BEGIN, END = "<!-- tune-recovery:begin -->", "<!-- tune-recovery:end -->"
 HEADING = "## Choosing edc's recovery on a validation split (CIFAR-10)"
+BASELINE = (0, "real")  # (recover.iterations, recover.init) of the trial that is random real + teacher labels
 STEP = "edc"  # the ladder row whose recovery is searched
 TUNED = ("recover.iterations", "recover.init")
 
@@ -103,11 +108,28 @@ def search_result(args, ipc: int, folder: Path, teacher_pt: Path, tracking: str,
                        "epochs": record["history"][-1]["epoch"] + 1, "seconds": record["seconds"],
                        "ladder": ladder_row(ipc, trial_cfg, steps, teacher_sha, ladder)})
     trials.sort(key=lambda t: (t["iterations"], t["init"]))
+    baseline = next((t["val_top1"] for t in trials if (t["iterations"], t["init"]) == BASELINE), None)
+    for t in trials:
+        t["val_margin"] = None if baseline is None else t["val_top1"] - baseline
     made_by = folder / "made_by.json"
     return {"ipc": ipc, "folder": str(folder),
             "validation_images": json.loads((folder / "search.json").read_text())["validation_images"],
             "made_by": json.loads(made_by.read_text()) if made_by.exists() else None,
             "trials": trials, "best": {"trial": best["trial"], "values": best["values"], "test": best["test"]}}
+
+
+def one_recipe(searches: list[dict]) -> dict | None:
+    """The (iterations, init) whose smallest validation margin over the IPCs' baselines is the largest (None without
+    a baseline trial in every search, or with a single IPC)."""
+    if len(searches) < 2 or any(t["val_margin"] is None for s in searches for t in s["trials"]):
+        return None
+    margins: dict[tuple, list[float]] = {}
+    for search in searches:
+        for t in search["trials"]:
+            margins.setdefault((t["iterations"], t["init"]), []).append(t["val_margin"])
+    recipes = [{"iterations": k[0], "init": k[1], "min_margin": min(v), "margins": v}
+               for k, v in margins.items() if len(v) == len(searches) and k != BASELINE]
+    return max(recipes, key=lambda r: r["min_margin"]) if recipes else None
 
 
 def markdown(results: dict) -> str:
@@ -120,19 +142,21 @@ def markdown(results: dict) -> str:
              f"Table made by `{results['command']}` at git `{results['git_revision'][:12]}`, {results['date']}.",
              *(f"IPC {s['ipc']} search run by `{s['made_by']['command']}` at git `{s['made_by']['git_revision'][:12]}`, "
                f"{s['made_by']['date']}." for s in results["searches"] if s["made_by"]), "",
-             "| IPC | recover.iterations | recover.init | validation top-1 | seconds (recover + relabel + student) | "
-             "ladder row: test top-1 vs random real + teacher labels |",
-             "|---|---|---|---|---|---|"]
+             "| IPC | recover.iterations | recover.init | validation top-1 | minus the baseline trial | seconds "
+             "(recover + relabel + student) | ladder row: test top-1 vs random real + teacher labels |",
+             "|---|---|---|---|---|---|---|"]
     for search in results["searches"]:
         best = search["best"]["trial"]
         for t in search["trials"]:
             val = f"{100 * t['val_top1']:.2f}" + (" **(chosen)**" if t["trial"] == best else "")
+            margin = ("baseline" if (t["iterations"], t["init"]) == BASELINE else
+                      "" if t["val_margin"] is None else f"{100 * t['val_margin']:+.2f}")
             s = t["seconds"]
             row = t["ladder"]
             test = (f"`{row['step']}`: {100 * row['condensed']:.2f} ± {100 * row['condensed_std']:.2f} vs "
                     f"{100 * row['baseline']:.2f} ({100 * row['gap']:+.2f}; seeds {100 * row['gap_min']:+.2f} to "
                     f"{100 * row['gap_max']:+.2f}; n={row['n']})") if row else "no ladder row"
-            lines.append(f"| {search['ipc']} | {t['iterations']} | {t['init']} | {val} | {s['recover']:.0f} + "
+            lines.append(f"| {search['ipc']} | {t['iterations']} | {t['init']} | {val} | {margin} | {s['recover']:.0f} + "
                          f"{s['relabel']:.0f} + {s['student']:.0f} | {test} |")
     lines.append("")
     for search in results["searches"]:
@@ -140,6 +164,11 @@ def markdown(results: dict) -> str:
         lines.append(f"- IPC {search['ipc']}: chosen {', '.join(f'{k}={v}' for k, v in b['values'].items())} on "
                      f"{search['validation_images']} validation images; that trial's student on the test split "
                      f"(scored once, after the search): {100 * b['test']['test_top1']:.2f} %.")
+    if results.get("one_recipe"):
+        r = results["one_recipe"]
+        lines.append(f"- One recipe for IPC {', '.join(str(s['ipc']) for s in results['searches'])} (largest smallest "
+                     f"margin over the baseline trial): recover.iterations={r['iterations']}, recover.init={r['init']}"
+                     f", margins {', '.join(f'{100 * m:+.2f}' for m in r['margins'])}.")
     return "\n".join(lines)
 
 
@@ -158,6 +187,9 @@ def main() -> None:
     p.add_argument("--ladder-results", type=Path, default=RESULTS / "ladder_cifar10.json")
     p.add_argument("--results", type=Path, default=RESULTS / "tune_recovery_cifar10.json")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--block", default="tune-recovery",
+                   help="the docs block's marker name (<!-- BLOCK:begin -->): one per --results file")
+    p.add_argument("--heading", default=HEADING, help="the docs section the block is appended under when absent")
     args = p.parse_args()
     out = args.out.resolve()
     teacher_pt = out / "teacher" / "teacher" / "teacher.pt"
@@ -173,12 +205,12 @@ def main() -> None:
         folder = args.searches.resolve() / f"ipc{ipc}"
         run_or_read(cfg, folder, made_by)
         searches.append(search_result(args, ipc, folder, teacher_pt, tracking, ladder))
-    results = {**made_by, "searches": searches}
+    results = {**made_by, "searches": searches, "one_recipe": one_recipe(searches)}
     tmp = args.results.with_name(args.results.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(args.results)
     text = markdown(results)
-    write_block(args.docs, BEGIN, END, HEADING, text)
+    write_block(args.docs, f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->", args.heading, text)
     print(text)
 
 
