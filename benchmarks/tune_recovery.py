@@ -72,10 +72,9 @@ def run_or_read(cfg, folder: Path, made_by: dict) -> None:
             raise SystemExit(f"tune_recovery: {folder} holds another search; choose another --searches folder")
         logging.info("tune_recovery: %s is finished, reading it", folder)
         return
-    if not (folder / "made_by.json").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "made_by.json").write_text(json.dumps(made_by, indent=1))
     run_search(cfg, folder, resume=(folder / "config.yaml").exists())
+    if not (folder / "made_by.json").exists():  # after the search: run_search wants a new folder to be empty
+        (folder / "made_by.json").write_text(json.dumps(made_by, indent=1))
 
 
 def ladder_row(ipc: int, trial_cfg, steps: dict[str, dict], teacher_sha: str, ladder: dict) -> dict | None:
