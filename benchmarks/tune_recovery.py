@@ -11,9 +11,13 @@ scored on ``data.val_fraction`` (10 %) of each training class, held out: the con
 table puts each searched recovery beside the ladder row that recovers the same way, whose test results
 (``--ladder-results``, every seed against its own random-real baseline) were measured on the whole training split.
 
+``--grid FIELD=[...]`` adds further recover/relabel/evaluate fields to the grid (e.g. RDED's selection).
+
 A grid holding ``recover.iterations`` 0 with ``recover.init`` real has the random-real baseline among its trials
-(the starting images relabelled, no optimisation): every trial is then also given as its margin over that baseline,
-and with several IPCs the one recipe for all of them is chosen as the one whose smallest margin is the largest.
+(the starting images relabelled, no optimisation); ``--baseline-searches`` reads that trial from an earlier search
+instead, after checking it is exactly the baseline this search would run. Every trial is then also given as its
+margin over that baseline, and with several IPCs the one recipe for all of them is chosen as the one whose smallest
+margin is the largest.
 
 A search folder ``SEARCHES/ipc<IPC>`` whose ``best.json`` exists is read, not run again (after a check that it holds
 this exact search); an unfinished one is resumed. Results go to ``--results`` and between the ``--block`` markers of
@@ -31,11 +35,14 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from common import REPO, RESULTS, git_revision
 from quality import file_sha256, write_block
 
 from srel_ray.config import from_dict, load_config, to_dict
 from srel_ray.methods import LADDER
+from srel_ray.search_space import apply_params
 from srel_ray.tuning import run_search
 
 HEADING = "## Choosing edc's recovery on a validation split (CIFAR-10)"
@@ -50,8 +57,21 @@ def ladder_overrides(args, ipc: int, step: str, teacher_pt: Path, tracking: str)
                                  f"teacher.checkpoint={teacher_pt}", *dict(LADDER)[step]]
 
 
+def extra_grid(args) -> dict[str, list]:
+    """``--grid FIELD=[v1, v2]`` as {FIELD: [v1, v2]} (YAML values)."""
+    out = {}
+    for item in args.grid:
+        name, sep, values = item.partition("=")
+        values = yaml.safe_load(values) if sep else None
+        if not isinstance(values, list) or not values:
+            raise SystemExit(f"tune_recovery: --grid {item!r}: want FIELD=[value, ...], e.g. recover.rded_pool=[100, 300]")
+        out[name] = values
+    return out
+
+
 def search_config(args, ipc: int, teacher_pt: Path, tracking: str):
     space = {name: {"grid": values} for name, values in zip(TUNED, (args.iterations, args.inits))}
+    space.update({name: {"grid": values} for name, values in extra_grid(args).items()})
     return load_config(args.config, ladder_overrides(args, ipc, STEP, teacher_pt, tracking) + [
         "evaluate.baselines=false", f"tune.space={json.dumps(space)}", "tune.asha=false",
         f"tune.score_interval={args.score_interval}"])
@@ -93,7 +113,25 @@ def ladder_row(ipc: int, trial_cfg, steps: dict[str, dict], teacher_sha: str, la
     return None
 
 
-def search_result(args, ipc: int, folder: Path, teacher_pt: Path, tracking: str, ladder: dict) -> dict:
+def field(cfg, name: str):
+    section, key = name.split(".", 1)
+    value = getattr(getattr(cfg, section), key)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def baseline_from(args, ipc: int, cfg) -> float | None:
+    """The validation top-1 of the baseline trial of ``--baseline-searches``'s IPC search, if it is exactly the trial
+    this search's grid would run as its baseline; else SystemExit."""
+    want = comparable(apply_params(cfg, dict(zip(TUNED, BASELINE))))
+    for path in sorted((args.baseline_searches.resolve() / f"ipc{ipc}" / "trials").glob("*/trial.json")):
+        record = json.loads(path.read_text())
+        if comparable(from_dict(record["config"])) == want:
+            return record["final"]["val_top1"]
+    raise SystemExit(f"tune_recovery: no trial under {args.baseline_searches}/ipc{ipc} is this search's baseline "
+                     f"({dict(zip(TUNED, BASELINE))} on the same config)")
+
+
+def search_result(args, ipc: int, folder: Path, cfg, teacher_pt: Path, tracking: str, ladder: dict) -> dict:
     best = json.loads((folder / "best.json").read_text())
     steps = {step: comparable(load_config(args.config, ladder_overrides(args, ipc, step, teacher_pt, tracking)))
              for step, _ in LADDER}
@@ -103,18 +141,23 @@ def search_result(args, ipc: int, folder: Path, teacher_pt: Path, tracking: str,
         record = json.loads(path.read_text())
         trial_cfg = from_dict(record["config"])
         trials.append({"trial": record["trial"], "iterations": trial_cfg.recover.iterations,
-                       "init": trial_cfg.recover.init, "val_top1": record["final"]["val_top1"],
+                       "init": trial_cfg.recover.init,
+                       "extra": {name: field(trial_cfg, name) for name in extra_grid(args)},
+                       "val_top1": record["final"]["val_top1"],
                        "epochs": record["history"][-1]["epoch"] + 1, "seconds": record["seconds"],
                        "ladder": ladder_row(ipc, trial_cfg, steps, teacher_sha, ladder)})
-    trials.sort(key=lambda t: (t["iterations"], t["init"]))
+    trials.sort(key=lambda t: (t["iterations"], t["init"], json.dumps(t["extra"])))
     baseline = next((t["val_top1"] for t in trials if (t["iterations"], t["init"]) == BASELINE), None)
+    if baseline is None and args.baseline_searches:
+        baseline = baseline_from(args, ipc, cfg)
     for t in trials:
         t["val_margin"] = None if baseline is None else t["val_top1"] - baseline
     made_by = folder / "made_by.json"
     return {"ipc": ipc, "folder": str(folder),
             "validation_images": json.loads((folder / "search.json").read_text())["validation_images"],
             "made_by": json.loads(made_by.read_text()) if made_by.exists() else None,
-            "trials": trials, "best": {"trial": best["trial"], "values": best["values"], "test": best["test"]}}
+            "baseline_val_top1": baseline, "trials": trials,
+            "best": {"trial": best["trial"], "values": best["values"], "test": best["test"]}}
 
 
 def one_recipe(searches: list[dict]) -> dict | None:
@@ -125,13 +168,15 @@ def one_recipe(searches: list[dict]) -> dict | None:
     margins: dict[tuple, list[float]] = {}
     for search in searches:
         for t in search["trials"]:
-            margins.setdefault((t["iterations"], t["init"]), []).append(t["val_margin"])
-    recipes = [{"iterations": k[0], "init": k[1], "min_margin": min(v), "margins": v}
-               for k, v in margins.items() if len(v) == len(searches) and k != BASELINE]
+            margins.setdefault((t["iterations"], t["init"], json.dumps(t.get("extra", {}))), []).append(
+                t["val_margin"])
+    recipes = [{"iterations": k[0], "init": k[1], "extra": json.loads(k[2]), "min_margin": min(v), "margins": v}
+               for k, v in margins.items() if len(v) == len(searches) and k[:2] != BASELINE]
     return max(recipes, key=lambda r: r["min_margin"]) if recipes else None
 
 
 def markdown(results: dict) -> str:
+    extra = list(results["searches"][0]["trials"][0].get("extra", {})) if results["searches"] else []
     lines = [f"`srel-ray tune` grid searches of the `{STEP}` ladder row's `recover.iterations` x `recover.init` "
              "(seed 0; every trial trains the protocol's student to its last epoch, no early stopping), each trial "
              "scored on held-out training images (10 % of each class); its condensed set starts from the other "
@@ -140,10 +185,15 @@ def markdown(results: dict) -> str:
              "training split).", "",
              f"Table made by `{results['command']}` at git `{results['git_revision'][:12]}`, {results['date']}.",
              *(f"IPC {s['ipc']} search run by `{s['made_by']['command']}` at git `{s['made_by']['git_revision'][:12]}`, "
-               f"{s['made_by']['date']}." for s in results["searches"] if s["made_by"]), "",
-             "| IPC | recover.iterations | recover.init | validation top-1 | minus the baseline trial | seconds "
-             "(recover + relabel + student) | ladder row: test top-1 vs random real + teacher labels |",
-             "|---|---|---|---|---|---|---|"]
+               f"{s['made_by']['date']}." for s in results["searches"] if s["made_by"]),
+             *([f"The baseline (0 iterations from random real images, the config otherwise the same) is that trial "
+                f"of the searches in `{results['baseline_searches']}`: "
+                + ", ".join(f"IPC {s['ipc']} {100 * s['baseline_val_top1']:.2f} %" for s in results["searches"])
+                + "."] if results.get("baseline_searches") else []), "",
+             "| IPC | recover.iterations | recover.init | " + "".join(f"{name} | " for name in extra)
+             + "validation top-1 | minus the baseline trial | seconds (recover + relabel + student) | "
+             "ladder row: test top-1 vs random real + teacher labels |",
+             "|---|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
     for search in results["searches"]:
         best = search["best"]["trial"]
         for t in search["trials"]:
@@ -155,7 +205,9 @@ def markdown(results: dict) -> str:
             test = (f"`{row['step']}`: {100 * row['condensed']:.2f} ± {100 * row['condensed_std']:.2f} vs "
                     f"{100 * row['baseline']:.2f} ({100 * row['gap']:+.2f}; seeds {100 * row['gap_min']:+.2f} to "
                     f"{100 * row['gap_max']:+.2f}; n={row['n']})") if row else "no ladder row"
-            lines.append(f"| {search['ipc']} | {t['iterations']} | {t['init']} | {val} | {margin} | {s['recover']:.0f} + "
+            cells = "".join(f"{t['extra'][name]} | " for name in extra)
+            lines.append(f"| {search['ipc']} | {t['iterations']} | {t['init']} | {cells}{val} | {margin} | "
+                         f"{s['recover']:.0f} + "
                          f"{s['relabel']:.0f} + {s['student']:.0f} | {test} |")
     lines.append("")
     for search in results["searches"]:
@@ -167,7 +219,7 @@ def markdown(results: dict) -> str:
         r = results["one_recipe"]
         lines.append(f"- One recipe for IPC {', '.join(str(s['ipc']) for s in results['searches'])} (largest smallest "
                      f"margin over the baseline trial): recover.iterations={r['iterations']}, recover.init={r['init']}"
-                     f", margins {', '.join(f'{100 * m:+.2f}' for m in r['margins'])}.")
+                     + "".join(f", {k}={v}" for k, v in r.get("extra", {}).items()) + f", margins {', '.join(f'{100 * m:+.2f}' for m in r['margins'])}.")
     return "\n".join(lines)
 
 
@@ -180,6 +232,10 @@ def main() -> None:
     p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     p.add_argument("--iterations", type=int, nargs="+", default=[75, 500])
     p.add_argument("--inits", nargs="+", default=["real", "rded"])
+    p.add_argument("--grid", action="append", default=[], metavar="FIELD=[V1, V2]",
+                   help="a further field of the grid, e.g. 'recover.rded_pool=[100, 300]' (repeatable)")
+    p.add_argument("--baseline-searches", type=Path,
+                   help="read the baseline trial (0 iterations from random real images) from this earlier search")
     p.add_argument("--score-interval", type=int, default=1,
                    help="tune.score_interval: student epochs between validation scores (200: only the last)")
     p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -203,8 +259,9 @@ def main() -> None:
     for ipc, cfg in configs.items():
         folder = args.searches.resolve() / f"ipc{ipc}"
         run_or_read(cfg, folder, made_by)
-        searches.append(search_result(args, ipc, folder, teacher_pt, tracking, ladder))
-    results = {**made_by, "searches": searches, "one_recipe": one_recipe(searches)}
+        searches.append(search_result(args, ipc, folder, cfg, teacher_pt, tracking, ladder))
+    results = {**made_by, "searches": searches, "one_recipe": one_recipe(searches),
+               "baseline_searches": str(args.baseline_searches) if args.baseline_searches else None}
     tmp = args.results.with_name(args.results.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(args.results)
