@@ -67,6 +67,9 @@ LADDER: list[tuple[str, list[str]]] = [
     ("edc, CIFAR-10 script recovery", [*_EDC, "recover.init=real", "recover.iterations=75"]),
     # Which of that row's two changes matters: the edc row (RDED crops) with only the script's 75 iterations.
     ("edc at 75 iterations", [*_EDC, "recover.iterations=75"]),
+    # The one recipe for IPC 10 and 50 that a validation search chose (benchmarks/tune_recovery.py, the baseline
+    # among its trials, the largest smallest margin over it): RDED crops, 150 iterations.
+    ("edc at 150 iterations", [*_EDC, "recover.iterations=150"]),
 ]
 # Ladder steps that need extra teacher checkpoints given to them (as teacher.extra) to mean anything.
 LADDER_NEEDS_EXTRA_TEACHERS = ("edc + several teachers",)

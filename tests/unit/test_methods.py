@@ -149,7 +149,8 @@ def test_the_ladder_steps_resolve_as_documented():
     steps = {name: _flat(load_config(protocol, overrides)) for name, overrides in LADDER}
     assert list(steps) == ["sre2l", "+ real init", "+ category-aware matching", "+ student-side choices", "edc",
                            "rded", "rded + student-side choices", "cda", "edc + several teachers",
-                           "edc, CIFAR-10 script recovery", "edc at 75 iterations"]
+                           "edc, CIFAR-10 script recovery", "edc at 75 iterations",
+                           "edc at 150 iterations"]
 
     def diff(a, b):
         return {k for k in steps[a] if steps[a][k] != steps[b][k]}
@@ -175,6 +176,8 @@ def test_the_ladder_steps_resolve_as_documented():
     assert steps["edc, CIFAR-10 script recovery"]["recover.iterations"] == 75
     assert diff("edc", "edc at 75 iterations") == {"recover.iterations"}
     assert diff("edc at 75 iterations", "edc, CIFAR-10 script recovery") == {"recover.init"}
+    assert diff("edc", "edc at 150 iterations") == {"recover.iterations"}
+    assert steps["edc at 150 iterations"]["recover.iterations"] == 150
     # The fixed protocol (teacher, student, epochs, seed, data) is the same on every step.
     for name in steps:
         for key in ("seed", "data.path", "teacher.arch", "teacher.epochs", "evaluate.arch", "evaluate.epochs",
