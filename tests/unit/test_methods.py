@@ -150,7 +150,7 @@ def test_the_ladder_steps_resolve_as_documented():
     assert list(steps) == ["sre2l", "+ real init", "+ category-aware matching", "+ student-side choices", "edc",
                            "rded", "rded + student-side choices", "cda", "edc + several teachers",
                            "edc, CIFAR-10 script recovery", "edc at 75 iterations",
-                           "edc at 150 iterations"]
+                           "edc, validation's one recipe"]
 
     def diff(a, b):
         return {k for k in steps[a] if steps[a][k] != steps[b][k]}
@@ -176,8 +176,10 @@ def test_the_ladder_steps_resolve_as_documented():
     assert steps["edc, CIFAR-10 script recovery"]["recover.iterations"] == 75
     assert diff("edc", "edc at 75 iterations") == {"recover.iterations"}
     assert diff("edc at 75 iterations", "edc, CIFAR-10 script recovery") == {"recover.init"}
-    assert diff("edc", "edc at 150 iterations") == {"recover.iterations"}
-    assert steps["edc at 150 iterations"]["recover.iterations"] == 150
+    one = steps["edc, validation's one recipe"]
+    assert diff("edc", "edc, validation's one recipe") == {"recover.iterations", "recover.rded_pool",
+                                                           "recover.rded_crop_scale"}
+    assert (one["recover.iterations"], one["recover.rded_pool"], one["recover.rded_crop_scale"]) == (150, 100, [0.5, 1.0])
     # The fixed protocol (teacher, student, epochs, seed, data) is the same on every step.
     for name in steps:
         for key in ("seed", "data.path", "teacher.arch", "teacher.epochs", "evaluate.arch", "evaluate.epochs",
