@@ -177,7 +177,8 @@ def one_recipe(searches: list[dict]) -> dict | None:
 
 def markdown(results: dict) -> str:
     extra = list(results["searches"][0]["trials"][0].get("extra", {})) if results["searches"] else []
-    lines = [f"`srel-ray tune` grid searches of the `{STEP}` ladder row's `recover.iterations` x `recover.init` "
+    searched = " x ".join(f"`{name}`" for name in [*TUNED, *extra])
+    lines = [f"`srel-ray tune` grid searches of the `{STEP}` ladder row's {searched} "
              "(seed 0; every trial trains the protocol's student to its last epoch, no early stopping), each trial "
              "scored on held-out training images (10 % of each class); its condensed set starts from the other "
              "90 %. The right-hand column is the ladder row that recovers the same way, measured on the test split "
