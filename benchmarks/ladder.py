@@ -128,7 +128,8 @@ def markdown(results: dict) -> str:
              "Each row adds to the one before it down to `+ student-side choices`; `edc`, `rded` and `cda` are the "
              "presets, `rded + student-side choices` is RDED's images under EDC's student recipe, `edc, CIFAR-10 "
              "script recovery` is the edc row recovering as EDC's own CIFAR-10 script does (75 iterations from "
-             "random real images) and `edc at 75 iterations` that row from RDED crops (overrides: "
+             "random real images), `edc at 75 iterations` that row from RDED crops and `edc, validation's one "
+             "recipe` the single recipe for both IPCs that validation searches chose (overrides: "
              "`srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real images relabelled "
              "by the teacher and trained under that row's own student protocol.", *extra_teacher_lines(results["runs"]),
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "

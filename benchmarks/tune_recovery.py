@@ -64,7 +64,8 @@ def extra_grid(args) -> dict[str, list]:
         name, sep, values = item.partition("=")
         values = yaml.safe_load(values) if sep else None
         if not isinstance(values, list) or not values:
-            raise SystemExit(f"tune_recovery: --grid {item!r}: want FIELD=[value, ...], e.g. recover.rded_pool=[100, 300]")
+            raise SystemExit(f"tune_recovery: --grid {item!r}: want FIELD=[value, ...], "
+                             "e.g. recover.rded_pool=[100, 300]")
         out[name] = values
     return out
 
@@ -119,7 +120,7 @@ def field(cfg, name: str):
     return list(value) if isinstance(value, tuple) else value
 
 
-def baseline_from(args, ipc: int, cfg) -> float | None:
+def baseline_from(args, ipc: int, cfg) -> float:
     """The validation top-1 of the baseline trial of ``--baseline-searches``'s IPC search, if it is exactly the trial
     this search's grid would run as its baseline; else SystemExit."""
     want = comparable(apply_params(cfg, dict(zip(TUNED, BASELINE))))
@@ -220,7 +221,8 @@ def markdown(results: dict) -> str:
         r = results["one_recipe"]
         lines.append(f"- One recipe for IPC {', '.join(str(s['ipc']) for s in results['searches'])} (largest smallest "
                      f"margin over the baseline trial): recover.iterations={r['iterations']}, recover.init={r['init']}"
-                     + "".join(f", {k}={v}" for k, v in r.get("extra", {}).items()) + f", margins {', '.join(f'{100 * m:+.2f}' for m in r['margins'])}.")
+                     + "".join(f", {k}={v}" for k, v in r.get("extra", {}).items())
+                     + f", margins {', '.join(f'{100 * m:+.2f}' for m in r['margins'])}.")
     return "\n".join(lines)
 
 
