@@ -4,7 +4,7 @@ import pytest
 
 from srel_ray.config import Config, ExtraTeacherConfig, config_from_yaml, config_yaml, load_config
 from srel_ray.errors import ConfigError
-from srel_ray.methods import METHODS, PRESETS, apply_method
+from srel_ray.methods import METHODS, PRESETS, SMALL_IMAGE_PRESETS, apply_method, preset_values
 
 
 def test_sre2l_is_the_default_and_changes_nothing():
@@ -12,20 +12,24 @@ def test_sre2l_is_the_default_and_changes_nothing():
     assert Config().method == "sre2l" and PRESETS["sre2l"] == {}
 
 
+@pytest.mark.parametrize("image_size", [16, 32, 224])
 @pytest.mark.parametrize("method", METHODS)
-def test_each_preset_sets_its_values(method):
-    cfg = load_config(overrides=[f"method={method}"])
+def test_each_preset_sets_its_values(method, image_size):
+    cfg = load_config(overrides=[f"method={method}", f"data.image_size={image_size}"])
     assert cfg.method == method
-    for section, values in PRESETS[method].items():
+    for section, values in preset_values(method, image_size).items():
         for key, value in values.items():
             got = getattr(getattr(cfg, section), key)
             assert (list(got) if isinstance(got, tuple) else got) == value, (section, key)
 
 
 def test_the_presets_say_what_the_methods_are():
-    edc, rded, cda = (load_config(overrides=[f"method={m}"]) for m in ("edc", "rded", "cda"))
+    edc, rded, cda = (load_config(overrides=[f"method={m}", "data.image_size=224"]) for m in ("edc", "rded", "cda"))
     default = Config()
+    # ImageNet-sized input: the paper's recipe, half SRe2L's iterations from RDED crops with RDED's own selection.
     assert edc.recover.init == "rded" and edc.recover.iterations == default.recover.iterations // 2
+    assert (edc.recover.rded_pool, edc.recover.rded_crop_scale) == (default.recover.rded_pool,
+                                                                    default.recover.rded_crop_scale)
     assert edc.recover.class_bn_weight == 0.5 and edc.recover.flatness_weight > 0
     assert edc.evaluate.lr_stretch == 2.0 and edc.evaluate.ema_decay == 0.99
     assert edc.evaluate.batch_size < default.evaluate.batch_size and edc.relabel.crop_scale == (0.5, 1.0)
@@ -34,6 +38,29 @@ def test_the_presets_say_what_the_methods_are():
     # Student-side choices are off everywhere but in edc.
     for cfg in (rded, cda):
         assert (cfg.evaluate.lr_stretch, cfg.evaluate.ema_decay) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("image_size, iterations", [(16, 150), (32, 150), (127, 150), (128, 500), (224, 500)])
+def test_edc_recovers_briefly_from_wider_rded_crops_below_128_px(image_size, iterations):
+    """Below 128 px edc uses the recipe measured on CIFAR-10 (docs/benchmarks.md): 150 iterations from RDED crops
+    of 100 candidates, crops of half the image or more; from 128 px the paper's. Explicit values still win, and the
+    other methods have no small-image values."""
+    cfg = load_config(overrides=["method=edc", f"data.image_size={image_size}"])
+    small = image_size < 128
+    assert cfg.recover.iterations == iterations
+    assert (cfg.recover.rded_pool, cfg.recover.rded_crop_scale) == ((100, (0.5, 1.0)) if small else (300, (0.08, 1.0)))
+    assert (cfg.recover.init, cfg.recover.class_bn_weight, cfg.recover.lr) == ("rded", 0.5, 0.05)  # the rest: edc's
+    assert load_config(overrides=["method=edc", f"data.image_size={image_size}", "recover.iterations=40",
+                                  "recover.rded_pool=50"]).recover.rded_pool == 50
+    assert list(SMALL_IMAGE_PRESETS) == ["edc"]
+    assert preset_values("rded", image_size) == PRESETS["rded"] and preset_values("cda", image_size) == PRESETS["cda"]
+
+
+def test_a_file_that_sets_the_image_size_gets_the_presets_for_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: edc\ndata:\n  image_size: 224\n")
+    assert load_config(path).recover.iterations == 500
+    assert load_config(path, ["data.image_size=32"]).recover.iterations == 150  # --set wins over the file
 
 
 @pytest.mark.parametrize("image_size, factor", [(16, 1), (64, 1), (127, 1), (128, 2), (224, 2)])
