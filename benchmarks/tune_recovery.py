@@ -162,8 +162,8 @@ def search_result(args, ipc: int, folder: Path, cfg, teacher_pt: Path, tracking:
 
 
 def one_recipe(searches: list[dict]) -> dict | None:
-    """The (iterations, init) whose smallest validation margin over the IPCs' baselines is the largest (None without
-    a baseline trial in every search, or with a single IPC)."""
+    """The searched values (iterations, init and any --grid fields) whose smallest validation margin over the IPCs'
+    baselines is the largest (None without a baseline in every search, or with a single IPC)."""
     if len(searches) < 2 or any(t["val_margin"] is None for s in searches for t in s["trials"]):
         return None
     margins: dict[tuple, list[float]] = {}
