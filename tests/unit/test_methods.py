@@ -207,6 +207,9 @@ def test_the_ladder_steps_resolve_as_documented():
     assert diff("edc", "edc, validation's one recipe") == {"recover.iterations", "recover.rded_pool",
                                                            "recover.rded_crop_scale"}
     assert (one["recover.iterations"], one["recover.rded_pool"], one["recover.rded_crop_scale"]) == (150, 100, [0.5, 1.0])
+    # ... and it is the edc preset on 32 px data: the row has every value the preset sets there.
+    assert all(one[f"{section}.{key}"] == value for section, values in preset_values("edc", 32).items()
+               for key, value in values.items())
     # The fixed protocol (teacher, student, epochs, seed, data) is the same on every step.
     for name in steps:
         for key in ("seed", "data.path", "teacher.arch", "teacher.epochs", "evaluate.arch", "evaluate.epochs",
