@@ -137,13 +137,14 @@ def search_result(args, ipc: int, folder: Path, cfg, teacher_pt: Path, tracking:
     steps = {step: comparable(load_config(args.config, ladder_overrides(args, ipc, step, teacher_pt, tracking)))
              for step, _ in LADDER}
     teacher_sha = file_sha256(teacher_pt)
+    extra = list(extra_grid(args))
     trials = []
     for path in sorted((folder / "trials").glob("*/trial.json")):
         record = json.loads(path.read_text())
         trial_cfg = from_dict(record["config"])
         trials.append({"trial": record["trial"], "iterations": trial_cfg.recover.iterations,
                        "init": trial_cfg.recover.init,
-                       "extra": {name: field(trial_cfg, name) for name in extra_grid(args)},
+                       "extra": {name: field(trial_cfg, name) for name in extra},
                        "val_top1": record["final"]["val_top1"],
                        "epochs": record["history"][-1]["epoch"] + 1, "seconds": record["seconds"],
                        "ladder": ladder_row(ipc, trial_cfg, steps, teacher_sha, ladder)})
