@@ -12,10 +12,10 @@ from srel_ray.config import DataConfig, load_config
 from srel_ray.data.real import load_dataset
 from srel_ray.teacher import load_teacher
 
+from ..conftest import needs_shared_cifar10
 from ..unit.test_parquet_source import NAMES, _write
 
 REPO = Path(__file__).resolve().parents[2]
-CIFAR = REPO.parent / "shared" / "data" / "cifar10"
 
 
 def _parquet(tmp_path):
@@ -88,6 +88,7 @@ def test_squeeze_streams_parquet_through_ray_train(ray_cluster, tmp_path, mlflow
     assert json.loads((out / "stages" / "squeeze.json").read_text())["result"]["metrics"]["epochs"] == 1
 
 
+@needs_shared_cifar10
 def test_cifar10_config_reads_the_shared_copy(monkeypatch):
     monkeypatch.chdir(REPO)  # the config's data.path is relative to the repository root
     cfg = load_config(REPO / "jobs/configs/cifar10.yaml")
