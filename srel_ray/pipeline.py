@@ -428,12 +428,22 @@ def write_summary(cfg: Config, run: RunDir, data: RealData) -> dict:
     return summary
 
 
+GRID_CLASSES, GRID_IPC = 100, 10  # the preview's bound: a grid of the whole set would not fit the driver at scale
+
+
+def grid_targets(num_classes: int, ipc: int) -> list[tuple[int, int]]:
+    """(class, index) of a set's preview: at most GRID_CLASSES classes spread evenly over the class order (all
+    of them when there are fewer), the first GRID_IPC images of each; the same for the same sizes."""
+    classes = torch.linspace(0, num_classes - 1, min(num_classes, GRID_CLASSES)).round().long().unique().tolist()
+    return [(c, i) for c in classes for i in range(min(ipc, GRID_IPC))]
+
+
 def save_grid(set_dir: str, num_classes: int, ipc: int, channels: int, path: str) -> str:
-    """A PNG grid of a set, one row per class, written to ``path`` (local or URL)."""
+    """A PNG preview of a set, one row per class (``grid_targets``), written to ``path`` (local or URL)."""
     import torchvision.utils
 
-    images = sets.read_images(set_dir, num_classes, ipc, channels)
-    grid = torchvision.utils.make_grid(images, nrow=ipc, padding=1, pad_value=255)
+    images = sets.read_images_at(set_dir, grid_targets(num_classes, ipc), channels)
+    grid = torchvision.utils.make_grid(images, nrow=min(ipc, GRID_IPC), padding=1, pad_value=255)
     sets.write_bytes_atomic(path, sets.encode_png(grid))
     return path
 

@@ -20,21 +20,22 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.rded import rded_images
 from srel_ray.core.recover import Unit
 from srel_ray.core.seeding import STREAM_RDED, generator
-from srel_ray.data.real import RealData, random_real_indices
+from srel_ray.data.real import RealData, random_real_rows
 from srel_ray.errors import DataError
 
 
 def real_init_images(data: RealData, targets: list[tuple[int, int]], ipc: int, seed: int) -> torch.Tensor:
-    """uint8 (N, C, S, S): for each (class, index) of ``targets``, the baseline's random real image."""
-    chosen = random_real_indices(data.labels("train"), data.num_classes, ipc, seed)  # class-major, ipc per class
-    rows = torch.stack([chosen[c * ipc + i] for c, i in targets])
+    """uint8 (N, C, S, S): for each (class, index) of ``targets``, the baseline's random real image (drawn for
+    the targets' own classes only)."""
+    chosen = {c: random_real_rows(data.train_index, c, ipc, seed) for c in sorted({c for c, _ in targets})}
+    rows = torch.stack([chosen[c][i] for c, i in targets])
     return data.images_at("train", rows)
 
 
 def rded_candidates(data: RealData, label: int, pool: int, seed: int) -> torch.Tensor:
     """uint8 (M, C, S, S): ``min(pool, class size)`` training images of class ``label``, drawn from
     (seed, RDED, label, 0) and read in row order."""
-    members = torch.nonzero(data.labels("train") == label).flatten()
+    members = data.train_index.members(label)
     if len(members) == 0:
         raise DataError(f"class {label} has no training images to select RDED crops from")
     pick = torch.randperm(len(members), generator=generator(seed, STREAM_RDED, label, 0))[:pool]
@@ -48,7 +49,8 @@ def rded_generator(seed: int, label: int) -> torch.Generator:
 
 class StartImages:
     """The starting images of each recovery unit under ``cfg.init``, read from the unit's own classes only.
-    RDED's selection is made once per class and kept: units of one class (ipc_per_unit < ipc) share it."""
+    RDED's selection of the last unit's classes is kept: the next unit of the same slice (ipc_per_unit < ipc)
+    shares it."""
 
     def __init__(self, data: RealData | None, cfg: RecoverConfig, seed: int, teachers: Sequence[nn.Module],
                  norm: Normalization, device: torch.device | str = "cpu"):
@@ -63,6 +65,10 @@ class StartImages:
         if r.init == "real":
             return real_init_images(self.data, unit.targets(), r.ipc, self.seed)
         if r.init == "rded":
+            # Keep only this unit's classes: the next unit of the same class slice reuses them, and an actor's
+            # memory stays one slice's selection however many classes it works through (redrawn if needed:
+            # the selection is keyed by (seed, class), so it is the same).
+            self._rded = {c: self._rded[c] for c in unit.classes if c in self._rded}
             for c in unit.classes:
                 if c not in self._rded:
                     candidates = rded_candidates(self.data, c, r.rded_pool, self.seed)

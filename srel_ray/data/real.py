@@ -44,6 +44,11 @@ class RealData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @functools.cached_property
+    def train_index(self) -> "ClassIndex":
+        """The training rows of each class, built on first use and kept (per-class draws read their slice)."""
+        return ClassIndex(self.labels("train"), self.num_classes)
+
     def labels(self, split: str) -> torch.Tensor:
         raise NotImplementedError
 
@@ -192,15 +197,47 @@ def load_dataset(cfg: DataConfig) -> RealData:
     return ImageFolderData(cfg)
 
 
+class ClassIndex:
+    """The training rows of every class, built once from the label column in O(images log images): a stable sort
+    by label, so each class's rows stay in row order. Per-class draws read their class's slice instead of scanning
+    every label once per class (classes x images: 2.4e11 comparisons at 21,841 classes and 11 M images)."""
+
+    def __init__(self, labels: torch.Tensor, num_classes: int):
+        labels = labels.long()
+        self.order = torch.argsort(labels, stable=True)
+        self.offsets = torch.zeros(num_classes + 1, dtype=torch.long)
+        self.offsets[1:] = torch.bincount(labels, minlength=num_classes)[:num_classes].cumsum(0)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.offsets) - 1
+
+    def members(self, c: int) -> torch.Tensor:
+        """Rows of class ``c`` in ascending order (what ``torch.nonzero(labels == c)`` gives)."""
+        return self.order[self.offsets[c]:self.offsets[c + 1]]
+
+    def sizes(self) -> torch.Tensor:
+        return self.offsets.diff()
+
+
+def random_real_rows(index: ClassIndex, c: int, ipc: int, seed: int) -> torch.Tensor:
+    """Class ``c``'s IPC rows of the random-real baseline: the slice of ``random_real_indices`` for that class,
+    drawn alone (a recovery unit needs only its own classes')."""
+    return _draw(index.members(c), _random_real_count(ipc)(c, int(index.sizes()[c])), seed, STREAM_RANDOM_REAL, c)
+
+
 def random_real_indices(labels: torch.Tensor, num_classes: int, ipc: int, seed: int) -> torch.Tensor:
     """IPC training-set indices per class, class-major, drawn from a seeded generator (the random-real baseline)."""
+    return _draw_per_class(labels, num_classes, _random_real_count(ipc), seed, STREAM_RANDOM_REAL)
 
+
+def _random_real_count(ipc: int):
     def count(c: int, size: int) -> int:
         if size < ipc:
             raise DataError(f"class {c} has only {size} training images, fewer than recover.ipc={ipc}")
         return ipc
 
-    return _draw_per_class(labels, num_classes, count, seed, STREAM_RANDOM_REAL)
+    return count
 
 
 def validation_indices(labels: torch.Tensor, num_classes: int, fraction: float, split_seed: int) -> torch.Tensor:
@@ -217,9 +254,11 @@ def validation_indices(labels: torch.Tensor, num_classes: int, fraction: float, 
 
 def _draw_per_class(labels: torch.Tensor, num_classes: int, count, seed: int, stream: int) -> torch.Tensor:
     """``count(class, class size)`` rows of each class, sorted within the class, from (seed, stream, class)."""
-    chosen = []
-    for c in range(num_classes):
-        members = torch.nonzero(labels == c).flatten()
-        pick = torch.randperm(len(members), generator=generator(seed, stream, c))[:count(c, len(members))]
-        chosen.append(members[pick.sort().values])
-    return torch.cat(chosen)
+    index = ClassIndex(labels, num_classes)
+    return torch.cat([_draw(index.members(c), count(c, len(index.members(c))), seed, stream, c)
+                      for c in range(num_classes)])
+
+
+def _draw(members: torch.Tensor, count: int, seed: int, stream: int, c: int) -> torch.Tensor:
+    pick = torch.randperm(len(members), generator=generator(seed, stream, c))[:count]
+    return members[pick.sort().values]

@@ -1,0 +1,65 @@
+"""The class-to-rows index against a brute-force scan, the per-class draws built on it, and the bounded preview."""
+
+import torch
+
+from srel_ray.core.seeding import STREAM_RANDOM_REAL, generator
+from srel_ray.data import sets
+from srel_ray.data.real import ClassIndex, random_real_indices, random_real_rows, validation_indices
+from srel_ray.pipeline import GRID_CLASSES, GRID_IPC, grid_targets, save_grid
+
+
+def _labels(n: int = 5000, classes: int = 37, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _scan_draw(labels, num_classes, ipc, seed):
+    """What the draw was before the index: one scan of every label per class."""
+    out = []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        pick = torch.randperm(len(members), generator=generator(seed, STREAM_RANDOM_REAL, c))[:ipc]
+        out.append(members[pick.sort().values])
+    return torch.cat(out)
+
+
+def test_members_are_the_rows_a_scan_finds():
+    labels = _labels(classes=36)  # class 36 has no rows
+    index = ClassIndex(labels, 37)
+    for c in range(37):
+        assert torch.equal(index.members(c), torch.nonzero(labels == c).flatten())
+    assert torch.equal(index.sizes(), torch.bincount(labels, minlength=37))
+    assert len(index.members(36)) == 0
+
+
+def test_draws_equal_the_scan_and_one_class_alone_equals_its_slice():
+    labels = _labels(classes=20)
+    got = random_real_indices(labels, 20, 3, seed=7)
+    assert torch.equal(got, _scan_draw(labels, 20, 3, 7))
+    index = ClassIndex(labels, 20)
+    for c in (0, 5, 19):
+        assert torch.equal(random_real_rows(index, c, 3, 7), got[3 * c:3 * c + 3])
+    val = validation_indices(labels, 20, 0.1, split_seed=0)
+    assert len(val) == len(val.unique()) and set(labels[val].tolist()) == set(range(20))
+
+
+def test_the_preview_is_bounded_spread_and_fixed():
+    small = grid_targets(10, 2)
+    assert small == [(c, i) for c in range(10) for i in range(2)]  # a small set: every image
+    big = grid_targets(21_841, 50)
+    classes = sorted({c for c, _ in big})
+    assert len(classes) == GRID_CLASSES and classes[0] == 0 and classes[-1] == 21_840
+    assert len(big) == GRID_CLASSES * GRID_IPC and big == grid_targets(21_841, 50)
+    assert max(b - a for a, b in zip(classes, classes[1:])) - min(b - a for a, b in zip(classes, classes[1:])) <= 1
+
+
+def test_save_grid_reads_only_the_preview(tmp_path):
+    set_dir = str(tmp_path / "set")
+    targets = [(c, i) for c in range(150) for i in range(12)]
+    images = torch.randint(0, 256, (len(targets), 3, 4, 4), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    sets.write_images(set_dir, targets, images)
+    sets.remove(sets.image_path(set_dir, 1, 11))  # outside the preview: never read
+    path = save_grid(set_dir, 150, 12, 3, str(tmp_path / "grid.png"))
+    grid = sets.decode_png(sets.read_bytes(path), 3)
+    assert grid.shape == (3, 1 + GRID_CLASSES * 5, 1 + GRID_IPC * 5)  # 4 px images, 1 px padding
+    assert torch.equal(grid[:, 1:5, 1:5], images[0])  # class 0, image 0 at the top left
