@@ -149,6 +149,13 @@ def torchvision_weights(cfg: TeacherConfig):
         raise DataError(f"teacher.weights: torchvision has no weights {cfg.weights!r} for {cfg.arch!r}") from None
 
 
+def test_resize(cfg: TeacherConfig, image_size: int) -> int:
+    """The short side held-out images are resized to before the centre crop to ``image_size``, in the proportion
+    of the weights' own evaluation transform (resize 256, crop 224 for the V1 weights)."""
+    transform = torchvision_weights(cfg).transforms()
+    return round(image_size * transform.resize_size[0] / transform.crop_size[0])
+
+
 def _weights_enum(arch: str) -> str:
     names = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
     if arch not in names:

@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow.fs
 import ray.data
 
-from srel_ray.data.real import InMemoryData, RealData, decode_images
+from srel_ray.data.real import InMemoryData, RealData, decode_images, encoded_images
 
 DECODE_BATCH = 256
 
 
-def _decode(batch: dict, channels: int, size: int) -> dict:
-    images, ok = decode_images(list(batch["image"]), channels, size)
+def _decode(batch: dict, channels: int, size: int, resize: int) -> dict:
+    images, ok = decode_images(encoded_images(list(batch["image"])), channels, size, resize)
     return {"image": images[ok], "label": np.asarray(batch["label"], dtype=np.int64)[ok]}
 
 
@@ -37,12 +37,15 @@ def ray_dataset(data: RealData, split: str, shuffle: str | None = None, seed: in
 
     assert shuffle in (None, "global", "files"), shuffle
     seed = seed % 2**32  # Ray's shuffles take 32-bit seeds
-    decode = {"fn_kwargs": {"channels": data.channels, "size": data.image_size}, "batch_size": DECODE_BATCH}
+    decode = {"fn_kwargs": {"channels": data.channels, "size": data.image_size, "resize": data.resize_for(split)},
+              "batch_size": DECODE_BATCH}
     if isinstance(data, ParquetData):
         filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(data.fs))
         file_order = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle == "files" else None
         ds = ray.data.read_parquet(data.files[split], filesystem=filesystem, shuffle=file_order)
         ds = ds.select_columns([data.IMAGE, data.LABEL])
+        if (data.IMAGE, data.LABEL) != ("image", "label"):
+            ds = ds.rename_columns({data.IMAGE: "image", data.LABEL: "label"})
         ds = ds.random_shuffle(seed=seed) if shuffle == "global" else ds
         return ds.map_batches(_decode, **decode)
     if isinstance(data, ImageFolderData):
