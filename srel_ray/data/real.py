@@ -204,6 +204,10 @@ def load_dataset(cfg: DataConfig) -> RealData:
         from srel_ray.data.parquet import ParquetData
 
         return ParquetData(cfg)
+    if cfg.name == "webdataset":
+        from srel_ray.data.webdataset import WebDatasetData
+
+        return WebDatasetData(cfg)
     if cfg.name == "cifar":
         from srel_ray.data.cifar import load_cifar
 
