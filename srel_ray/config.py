@@ -40,7 +40,7 @@ class DataConfig:
     # data/ILSVRC2012_validation_ground_truth.txt (its meta.mat beside it). None: data.path/LOC_val_solution.csv
     val_labels: str | None = None
     image_column: str = "image"  # parquet: encoded bytes, or a {bytes, path} struct (Hugging Face exports)
-    label_column: str = "label"  # parquet: the integer class index
+    label_column: str = "label"  # parquet: the integer class index column; webdataset: its key in .json labels
     # webdataset: the class list, a file of one class name a line (relative to data.path or a URL), or a list timm
     # ships: imagenet1k | imagenet12k | imagenet21k | imagenet21k_p | imagenet22k. None: data.path/classes.txt
     classes: str | None = None
