@@ -54,10 +54,10 @@ def _recipe_args(root: Path, mlflow_uri: str) -> list[str]:
     return ["--config", str(REPO / "jobs/configs/imagenet1k.yaml"), *as_args([
         f"data.path={root}", f"data.val_labels={root / 'LOC_val_solution.csv'}", "data.image_size=16",
         f"teacher.weights_path={root / 'resnet18.pth'}",
-        "recover.ipc=1", "recover.iterations=2", "recover.jitter=2", "recover.classes_per_unit=500",
+        "recover.ipc=1", "recover.iterations=1", "recover.jitter=2", "recover.classes_per_unit=1000",
         "relabel.epochs=1", "evaluate.epochs=1", "evaluate.eval_interval=1",
         "evaluate.baselines=false",  # one student: the baselines' students only repeat the same Ray Train fit
-        "resources.use_gpu=false", "resources.train_workers=1", "resources.recover_actors=2",
+        "resources.use_gpu=false", "resources.train_workers=1", "resources.recover_actors=1",
         "resources.relabel_actors=1", "resources.cpus_per_actor=1", "resources.threads_per_worker=1",
         f"tracking.tracking_uri={mlflow_uri}"])]
 
