@@ -89,3 +89,17 @@ def test_class_order_mismatch_names_the_first_class_by_wnid_and_name():
         teacher.check_classes(["n01443537", "n01440764"], "dataset 'x'")
     with pytest.raises(DataError, match="subset of the teacher's classes"):
         teacher.check_classes(["n01443537"], "dataset 'x'")
+
+
+@pytest.mark.parametrize("arch,weights,size,expected", [
+    ("resnet18", "IMAGENET1K_V1", 224, 256), ("resnet18", "IMAGENET1K_V1", 16, 18),
+    ("resnet50", "IMAGENET1K_V2", 224, 232),  # V2 weights evaluate at resize 232, crop 224
+])
+def test_held_out_images_follow_the_torchvision_weights_own_transform(arch, weights, size, expected):
+    from srel_ray.config import load_config
+
+    cfg = load_config(None, ["teacher.source=torchvision", f"teacher.arch={arch}", f"teacher.weights={weights}",
+                             f"data.image_size={size}"])
+    assert cfg.data.test_resize == expected
+    assert load_config(None, [f"data.image_size={size}"]).data.test_resize == 0  # other teachers: whole image
+    assert load_config(None, ["teacher.source=torchvision", "data.test_resize=0"]).data.test_resize == 0

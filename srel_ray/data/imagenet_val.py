@@ -51,6 +51,8 @@ def _devkit(fs, path: str) -> Iterator[tuple[str, str]]:
     with fs.open(path, "r") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
+                if not line.strip().isdigit():
+                    raise DataError(f"{path!r} line {n}: {line.strip()!r} is not an ILSVRC2012_ID (one integer a line)")
                 ilsvrc_id = int(line)
                 if ilsvrc_id not in wnid_of:
                     raise DataError(f"{path!r} line {n}: ILSVRC2012_ID {ilsvrc_id} is not in {meta!r}")
