@@ -42,9 +42,10 @@ class ShardIndex:
 
 def sample_label(sample: dict, label_key: str) -> int | None:
     """The class index of one sample's members (extension -> bytes): ``.cls`` text, else ``.json``'s key."""
-    if "cls" in sample:
+    # Ray Data gives every sample every column of its block: a member another sample has is None here.
+    if sample.get("cls") is not None:
         return int(sample["cls"].decode().strip())
-    if "json" in sample:
+    if sample.get("json") is not None:
         value = json.loads(sample["json"]).get(label_key)
         return None if value is None else int(value)
     return None
