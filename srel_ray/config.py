@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 class DataConfig:
     """The real dataset: where it is and how images are presented to models."""
 
-    name: str = "digits"  # digits (embedded) | parquet | imagefolder (train/<class>/...) | cifar (torchvision files)
+    # digits (embedded) | parquet | imagefolder (train/<class>/...) | cifar (torchvision files) | webdataset (tars)
+    name: str = "digits"
     path: str | None = None  # where the data lives (local path or fsspec URL), for sources that are not embedded
     image_size: int = 16  # side length models see; images of another size are resized to this
     channels: int = 3  # 1 (grey) or 3 (RGB) for decoded sources; digits are always grey
@@ -35,6 +36,18 @@ class DataConfig:
     split_seed: int = 0  # the held-out split is stable across runs, independent of ``seed``
     val_fraction: float = 0.1  # srel-ray tune: share of each training class held out to score trials (never test)
     hflip: bool = True  # mirror images in augmentation and views; off for data that is not mirror-symmetric
+    # imagefolder, flat val/ (ImageNet's official layout): LOC_val_solution.csv (Kaggle) or the ILSVRC2012 devkit's
+    # data/ILSVRC2012_validation_ground_truth.txt (its meta.mat beside it). None: data.path/LOC_val_solution.csv
+    val_labels: str | None = None
+    image_column: str = "image"  # parquet: encoded bytes, or a {bytes, path} struct (Hugging Face exports)
+    label_column: str = "label"  # parquet: the integer class index column; webdataset: its key in .json labels
+    # webdataset: the class list, a file of one class name a line (relative to data.path or a URL), or a list timm
+    # ships: imagenet1k | imagenet12k | imagenet21k | imagenet21k_p | imagenet22k. None: data.path/classes.txt
+    classes: str | None = None
+    # Held-out images: resize the short side to this, then centre-crop image_size (ImageNet's test transform).
+    # 0: resize the whole image to image_size x image_size. None: a torchvision teacher's own (its weights'
+    # resize/crop ratio, 256/224 for the V1 weights), else 0.
+    test_resize: int | None = None
 
     def validate(self) -> None:
         _check(self.name in DATASETS, "data.name", f"must be one of {sorted(DATASETS)}, got {self.name!r}")
@@ -43,6 +56,8 @@ class DataConfig:
         _check(self.max_corrupt >= 0, "data.max_corrupt", f"must be >= 0, got {self.max_corrupt}")
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(self.test_resize is None or self.test_resize == 0 or self.test_resize >= self.image_size,
+               "data.test_resize", f"must be 0 or >= data.image_size={self.image_size}, got {self.test_resize}")
 
 
 @dataclass
@@ -314,6 +329,12 @@ class Config:
         # Defaults that depend on other sections, made concrete here so the saved config says what ran.
         if self.recover.rded_factor is None:
             self.recover.rded_factor = 2 if self.data.image_size >= RDED_STITCH_FROM_PX else 1
+        if self.data.test_resize is None:
+            self.data.test_resize = 0
+            if self.teacher.source == "torchvision":
+                from srel_ray.teacher import test_resize  # torchvision's weights metadata; keep imports light
+
+                self.data.test_resize = test_resize(self.teacher, self.data.image_size)
 
     def validate(self) -> "Config":
         from srel_ray.methods import METHODS
@@ -338,7 +359,7 @@ class Config:
         return d
 
 
-DATASETS = {"digits", "parquet", "imagefolder", "cifar"}
+DATASETS = {"digits", "parquet", "imagefolder", "cifar", "webdataset"}
 RDED_STITCH_FROM_PX = 128  # RDED's scripts stitch 2 x 2 crops per image from this input size up, none below
 RECOVER_INITS = ("noise", "real", "rded")
 CROP_CURRICULA = ("none", "step", "linear", "cosine")

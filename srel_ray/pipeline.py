@@ -33,8 +33,8 @@ from srel_ray.core.student import count_correct
 from srel_ray.data import sets
 from srel_ray.data.real import RealData, load_dataset, random_real_indices
 from srel_ray.errors import SrelError
-from srel_ray.teacher import (Teacher, extra_teacher, load_teacher, save_teacher, torchvision_teacher,
-                              torchvision_weights)
+from srel_ray.teacher import (Teacher, extra_teacher, imagenet_indices, load_teacher, save_teacher,
+                              torchvision_teacher, torchvision_weights)
 from srel_ray.tracking import Tracker, tracked_run
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,9 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
     if "squeeze" in stages and cfg.teacher.source == "checkpoint":
         _check_teacher(load_teacher(cfg.teacher.checkpoint), data)
     elif "squeeze" in stages and cfg.teacher.source == "torchvision":
-        classes = len(torchvision_weights(cfg.teacher).meta["categories"])
-        if classes != data.num_classes:
-            raise SrelError(f"torchvision {cfg.teacher.arch} ({cfg.teacher.weights}) has {classes} classes, "
-                            f"dataset {data.name!r} has {data.num_classes}")
+        torchvision_weights(cfg.teacher)  # known weights?
+        imagenet_indices(data.class_names, f"torchvision {cfg.teacher.arch} ({cfg.teacher.weights})",
+                         _dataset(cfg, data))
     elif "squeeze" not in stages:
         if not sets.exists(run.teacher):
             raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
@@ -174,10 +173,13 @@ def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[
         elif spec.source == "checkpoint":
             _check_teacher(load_teacher(spec.checkpoint), data)
         else:
-            classes = len(torchvision_weights(TeacherConfig(arch=spec.arch, weights=spec.weights)).meta["categories"])
-            if classes != data.num_classes:
-                raise SrelError(f"teacher.extra[{i}]: torchvision {spec.arch} ({spec.weights}) has {classes} "
-                                f"classes, dataset {data.name!r} has {data.num_classes}")
+            torchvision_weights(TeacherConfig(arch=spec.arch, weights=spec.weights))  # known weights?
+            imagenet_indices(data.class_names, f"teacher.extra[{i}]: torchvision {spec.arch} ({spec.weights})",
+                             _dataset(cfg, data))
+
+
+def _dataset(cfg: Config, data: RealData) -> str:
+    return f"dataset {data.name!r}" + (f" at {cfg.data.path!r}" if cfg.data.path else "")
 
 
 def _check_teacher(teacher: Teacher, data: RealData) -> None:
@@ -209,7 +211,7 @@ def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
             teacher = load_teacher(cfg.teacher.checkpoint)
             _check_teacher(teacher, data)
         else:
-            teacher = torchvision_teacher(cfg.teacher, cfg.data.image_size)
+            teacher = torchvision_teacher(cfg.teacher, cfg.data.image_size, data.class_names)
         teacher.metrics = {**teacher.metrics, **_test_accuracy(teacher, data)}
     save_teacher(teacher, run.teacher)
     _save_extra_teachers(cfg, run, data, teacher)
@@ -220,7 +222,7 @@ def _save_extra_teachers(cfg: Config, run: RunDir, data: RealData, main: Teacher
     """teacher.extra as DIR/teacher/extra-<i>.pt beside the teacher, so recover and relabel read all alike."""
     for spec, path in zip(cfg.teacher.extra, run.extra_teachers(cfg)):
         if not sets.exists(path):
-            teacher = extra_teacher(spec, cfg.data.image_size)
+            teacher = extra_teacher(spec, cfg.data.image_size, data.class_names)
             _check_teacher(teacher, data)
             _check_same_input(teacher, main, path)
             save_teacher(teacher, path)

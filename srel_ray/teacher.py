@@ -17,6 +17,7 @@ from torch import nn
 from srel_ray.config import ExtraTeacherConfig, TeacherConfig
 from srel_ray.core.class_stats import ClassStats
 from srel_ray.core.normalization import IMAGENET, Normalization
+from srel_ray.data import imagenet_classes
 from srel_ray.errors import DataError
 from srel_ray.models import create_model
 
@@ -48,13 +49,20 @@ class Teacher:
                 "in_channels": self.in_channels, "image_size": self.image_size, "metrics": self.metrics}
 
     def check_classes(self, class_names: list[str], what: str) -> None:
-        """A dataset whose class order differs from the teacher's silently wrecks results: refuse it."""
+        """A dataset whose class order differs from the teacher's silently wrecks results: refuse it, naming the
+        first class that differs (by wnid, with its human name, for ImageNet classes)."""
         if len(class_names) != self.num_classes:
-            raise DataError(f"the teacher has {self.num_classes} classes but {what} has {len(class_names)}")
+            reason = ""
+            if set(class_names) < set(self.class_names):
+                reason = (f": {what} holds a subset of the teacher's classes, and a teacher.pt must have exactly "
+                          "the dataset's classes (a torchvision teacher, teacher.source=torchvision, keeps the "
+                          "outputs of the dataset's wnids only)")
+            raise DataError(f"the teacher has {self.num_classes} classes but {what} has {len(class_names)}{reason}")
         for i, (mine, theirs) in enumerate(zip(self.class_names, class_names)):
             if mine != theirs:
                 raise DataError(f"class order differs between the teacher and {what}: index {i} is "
-                                f"{mine!r} in the teacher, {theirs!r} in {what}")
+                                f"{imagenet_classes.describe(mine)} in the teacher, "
+                                f"{imagenet_classes.describe(theirs)} in {what}")
 
 
 def save_teacher(teacher: Teacher, path: str) -> None:
@@ -85,11 +93,14 @@ def load_teacher(path: str) -> Teacher:
                    payload["state_dict"], payload.get("metrics", {}))
 
 
-def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224) -> Teacher:
+def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224, class_names: list[str] | None = None) -> Teacher:
     """An off-the-shelf torchvision ImageNet-1K classifier with its published weights (V1 by default).
 
-    ``weights_path`` loads the same architecture from a local state-dict file instead (offline clusters, tests);
-    otherwise torchvision resolves the weights (its cache in $TORCH_HOME first, then a download).
+    Its classes are ImageNet-1K's wnids in the standard order. ``class_names`` (a dataset's wnids): the teacher
+    keeps only those outputs, in that order, so a subset of ImageNet (ImageNet-100, Imagenette) works with a 1K
+    teacher; each kept logit is the 1K model's logit of that wnid. ``weights_path`` loads the same architecture
+    from a local state-dict file instead (offline clusters, tests); otherwise torchvision resolves the weights
+    (its cache in $TORCH_HOME first, then a download).
     """
     import torchvision
 
@@ -104,8 +115,28 @@ def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224) -> Teacher:
     else:
         state = weights.get_state_dict(progress=False)
     model.load_state_dict(state)
-    return Teacher(cfg.arch, {}, list(weights.meta["categories"]), 3, image_size, IMAGENET, model.state_dict(),
-                   {"top1_published": weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]})
+    wnids = list(imagenet_classes.synsets("imagenet1k"))
+    assert len(wnids) == len(weights.meta["categories"]), "torchvision's ImageNet weights have 1,000 classes"
+    state = model.state_dict()
+    metrics = {"top1_published": weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
+    if class_names is not None and class_names != wnids:
+        rows = torch.tensor(imagenet_indices(class_names, f"teacher {cfg.arch} ({cfg.weights})"))
+        state = {**state, "fc.weight": state["fc.weight"][rows].clone(), "fc.bias": state["fc.bias"][rows].clone()}
+        wnids = list(class_names)
+        metrics["classes_kept"] = f"{len(wnids)} of ImageNet-1K's 1000, by wnid"
+    return Teacher(cfg.arch, {}, wnids, 3, image_size, IMAGENET, state, metrics)
+
+
+def imagenet_indices(class_names: list[str], what: str, dataset: str = "the dataset") -> list[int]:
+    """Each dataset class's output index in an ImageNet-1K classifier; a class that is not one of its wnids (the
+    dataset's class folder, class-list line or ClassLabel name) is an error naming it, before any work."""
+    index = {wnid: i for i, wnid in enumerate(imagenet_classes.synsets("imagenet1k"))}
+    for name in class_names:
+        if name not in index:
+            raise DataError(f"{what} knows the 1000 ImageNet-1K classes by wnid (timm's imagenet_synsets.txt); "
+                            f"class {name!r} of {dataset} ({len(class_names)} classes) is not one of them: name classes by "
+                            "wnid (train/n01440764/...) or use a teacher trained on this dataset")
+    return [index[name] for name in class_names]
 
 
 def torchvision_weights(cfg: TeacherConfig):
@@ -118,6 +149,13 @@ def torchvision_weights(cfg: TeacherConfig):
         raise DataError(f"teacher.weights: torchvision has no weights {cfg.weights!r} for {cfg.arch!r}") from None
 
 
+def test_resize(cfg: TeacherConfig, image_size: int) -> int:
+    """The short side held-out images are resized to before the centre crop to ``image_size``, in the proportion
+    of the weights' own evaluation transform (resize 256, crop 224 for the V1 weights)."""
+    transform = torchvision_weights(cfg).transforms()
+    return round(image_size * transform.resize_size[0] / transform.crop_size[0])
+
+
 def _weights_enum(arch: str) -> str:
     names = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
     if arch not in names:
@@ -125,12 +163,12 @@ def _weights_enum(arch: str) -> str:
     return names[arch]
 
 
-def extra_teacher(spec: ExtraTeacherConfig, image_size: int) -> Teacher:
+def extra_teacher(spec: ExtraTeacherConfig, image_size: int, class_names: list[str] | None = None) -> Teacher:
     """One of ``teacher.extra``: a teacher.pt, or a torchvision model with its published weights."""
     if spec.source == "checkpoint":
         return load_teacher(spec.checkpoint)
     return torchvision_teacher(TeacherConfig(source="torchvision", arch=spec.arch, weights=spec.weights,
-                                             weights_path=spec.weights_path), image_size)
+                                             weights_path=spec.weights_path), image_size, class_names)
 
 
 # ------------------------------------------------------------------------------- per-class BN statistics

@@ -7,7 +7,7 @@ import torchvision
 from srel_ray.cli import main
 from srel_ray.config import TeacherConfig
 from srel_ray.errors import DataError
-from srel_ray.teacher import load_teacher, save_teacher, torchvision_teacher
+from srel_ray.teacher import Teacher, load_teacher, save_teacher, torchvision_teacher
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,9 @@ def test_torchvision_teacher_from_a_local_weights_file(tmp_path, resnet18_state)
     path = tmp_path / "resnet18_v1.pth"
     torch.save(resnet18_state, path)
     teacher = torchvision_teacher(TeacherConfig(source="torchvision", arch="resnet18", weights_path=str(path)), 224)
-    assert teacher.num_classes == 1000 and teacher.class_names[0] == "tench"
+    # Classes are known by wnid, in the standard (sorted-wnid) order that torchvision's outputs follow.
+    assert teacher.num_classes == 1000 and teacher.class_names[:2] == ["n01440764", "n01443537"]
+    assert teacher.class_names == sorted(teacher.class_names)
     assert teacher.norm.mean == (0.485, 0.456, 0.406)
     assert teacher.metrics["top1_published"] == pytest.approx(69.758)
     assert _same_weights(teacher.build().state_dict(), resnet18_state)
@@ -60,5 +62,44 @@ def test_torchvision_teacher_on_a_ten_class_dataset_is_refused_before_work(tmp_p
     code = main(["quickstart", "--out", str(tmp_path / "o"), "--set", "teacher.source=torchvision",
                  "--set", "teacher.arch=resnet18"])
     err = capsys.readouterr().err
-    assert code == 2 and "1000 classes" in err and "10" in err
+    assert code == 2 and "1000 ImageNet-1K classes by wnid" in err and "class '0' of dataset 'digits'" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_subset_of_imagenet_keeps_the_teachers_outputs_of_its_wnids(tmp_path, resnet18_state):
+    """ImageNet-100 style: the dataset's wnids, in its own order, select the 1K model's logits."""
+    path = tmp_path / "w.pth"
+    torch.save(resnet18_state, path)
+    cfg = TeacherConfig(source="torchvision", arch="resnet18", weights_path=str(path))
+    full = torchvision_teacher(cfg, 32).build().eval()
+    subset = ["n01443537", "n01440764", "n15075141"]  # goldfish, tench, toilet tissue (indices 1, 0, 999)
+    teacher = torchvision_teacher(cfg, 32, subset)
+    assert teacher.class_names == subset and teacher.metrics["classes_kept"].startswith("3 of")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(teacher.build().eval()(x), full(x)[:, [1, 0, 999]], atol=1e-5)
+    with pytest.raises(DataError, match="class 'n99999999' of the dataset .* is not one of them"):
+        torchvision_teacher(cfg, 32, ["n01440764", "n99999999"])
+
+
+def test_class_order_mismatch_names_the_first_class_by_wnid_and_name():
+    teacher = Teacher("convnet", {}, ["n01440764", "n01443537"], 3, 8, None, {})
+    with pytest.raises(DataError, match=r"index 0 is 'n01440764' \(tench\) in the teacher, "
+                                        r"'n01443537' \(goldfish\) in dataset"):
+        teacher.check_classes(["n01443537", "n01440764"], "dataset 'x'")
+    with pytest.raises(DataError, match="subset of the teacher's classes"):
+        teacher.check_classes(["n01443537"], "dataset 'x'")
+
+
+@pytest.mark.parametrize("arch,weights,size,expected", [
+    ("resnet18", "IMAGENET1K_V1", 224, 256), ("resnet18", "IMAGENET1K_V1", 16, 18),
+    ("resnet50", "IMAGENET1K_V2", 224, 232),  # V2 weights evaluate at resize 232, crop 224
+])
+def test_held_out_images_follow_the_torchvision_weights_own_transform(arch, weights, size, expected):
+    from srel_ray.config import load_config
+
+    cfg = load_config(None, ["teacher.source=torchvision", f"teacher.arch={arch}", f"teacher.weights={weights}",
+                             f"data.image_size={size}"])
+    assert cfg.data.test_resize == expected
+    assert load_config(None, [f"data.image_size={size}"]).data.test_resize == 0  # other teachers: whole image
+    assert load_config(None, ["teacher.source=torchvision", "data.test_resize=0"]).data.test_resize == 0

@@ -16,7 +16,7 @@ from srel_ray.core.losses import soft_label_kl, topk_correct
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.relabel import view_pixels
 from srel_ray.core.seeding import STREAM_STUDENT_INIT, STREAM_STUDENT_ORDER, STREAM_TEACHER_DATA, generator, seeded_init
-from srel_ray.core.views import Views
+from srel_ray.core.views import Views, render_views, sample_views
 from srel_ray.models import create_model
 
 
@@ -158,6 +158,20 @@ def light_augment(x: torch.Tensor, gen: torch.Generator, pad: int, hflip: bool =
     return torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
 
 
+# From this side length up squeeze augments as torchvision's ImageNet reference recipe does (RandomResizedCrop of
+# 8-100 % of the area, then a flip); below it, the light pad-and-crop that suits 32-64 px data.
+RANDOM_RESIZED_CROP_FROM_PX = 128
+RANDOM_RESIZED_CROP_SCALE = (0.08, 1.0)
+
+
+def squeeze_augment(x: torch.Tensor, gen: torch.Generator, hflip: bool = True) -> torch.Tensor:
+    """Squeeze's augmentation of a batch, by image size (``RANDOM_RESIZED_CROP_FROM_PX``)."""
+    size = x.shape[-1]
+    if size < RANDOM_RESIZED_CROP_FROM_PX:
+        return light_augment(x, gen, pad=max(1, size // 8), hflip=hflip)
+    return render_views(x, sample_views(len(x), x.shape[-2], size, RANDOM_RESIZED_CROP_SCALE, gen, hflip), size)
+
+
 def train_teacher_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -176,7 +190,7 @@ def train_teacher_epoch(
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in batches:
         if augment:
-            x = light_augment(x, gen, pad=max(1, x.shape[-1] // 8), hflip=hflip)
+            x = squeeze_augment(x, gen, hflip)
         x, y = x.to(device), y.to(device)
         out = model(x)
         loss = F.cross_entropy(out, y)

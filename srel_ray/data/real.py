@@ -22,7 +22,6 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.seeding import STREAM_NORMALIZATION, STREAM_RANDOM_REAL, STREAM_VALIDATION, generator
 from srel_ray.errors import DataError
 
-SPLITS = ("train", "test")
 NORMALIZATION_SAMPLE = 2048  # images used to estimate the per-channel mean and std
 
 
@@ -33,6 +32,11 @@ class RealData:
     class_names: list[str]
     channels: int
     image_size: int
+    test_resize: int = 0  # held-out images: short side to this, then a centre crop (0: resize the whole image)
+
+    def resize_for(self, split: str) -> int:
+        """``decode_images``' ``resize`` for a split: ImageNet's test transform applies to held-out images only."""
+        return self.test_resize if split == "test" else 0
 
     @functools.cached_property
     def norm(self) -> Normalization:
@@ -151,9 +155,12 @@ class WithoutRows(RealData):
 # ------------------------------------------------------------------------------------------- decoding
 
 
-def decode_images(encoded: list[bytes], channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded images (PNG, JPEG, ...) -> uint8 (N, C, size, size) resized with Pillow's bilinear filter, and a
-    mask of the ones that decoded (an unreadable image leaves zeros and False, so callers count and drop it)."""
+def decode_images(encoded: list[bytes | None], channels: int, size: int,
+                  resize: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded images (PNG, JPEG, ...) -> uint8 (N, C, size, size), and a mask of the ones that decoded (an
+    unreadable or missing image leaves zeros and False, so callers count and drop it). ``resize`` 0: the whole
+    image resized to size x size with Pillow's bilinear filter; otherwise ImageNet's test transform, as torchvision's
+    weights define it: the short side resized to ``resize`` (bilinear, antialiased), then the centre size x size."""
     mode = "L" if channels == 1 else "RGB"
     out = np.zeros((len(encoded), channels, size, size), dtype=np.uint8)
     ok = np.ones(len(encoded), dtype=bool)
@@ -163,16 +170,30 @@ def decode_images(encoded: list[bytes], channels: int, size: int) -> tuple[np.nd
         except (UnidentifiedImageError, OSError):
             ok[i] = False
             continue
-        if img.size != (size, size):
+        if resize:
+            img = _resize_centre_crop(img, resize, size)
+        elif img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         array = np.asarray(img, dtype=np.uint8)
         out[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return out, ok
 
 
-def decode_rows(encoded: list[bytes], channels: int, size: int, where: list[str], strict: bool) -> np.ndarray:
+def encoded_images(values: list) -> list[bytes | None]:
+    """An image column's values as encoded bytes: plain bytes, or a Hugging Face ``{bytes, path}`` struct's bytes."""
+    return [v["bytes"] if isinstance(v, dict) else v for v in values]
+
+
+def _resize_centre_crop(img: Image.Image, resize: int, size: int) -> Image.Image:
+    import torchvision.transforms.functional as TF  # the ops of torchvision's ImageClassification transform
+
+    return TF.center_crop(TF.resize(img, resize, interpolation=TF.InterpolationMode.BILINEAR, antialias=True), size)
+
+
+def decode_rows(encoded: list[bytes | None], channels: int, size: int, where: list[str], strict: bool,
+                resize: int = 0) -> np.ndarray:
     """Decode images a caller asked for by row: ``strict`` names the first unreadable one, else drops them."""
-    images, ok = decode_images(encoded, channels, size)
+    images, ok = decode_images(encoded, channels, size, resize)
     if strict and not ok.all():
         raise DataError(f"unreadable image: {where[int(np.argmin(ok))]}")
     return images[ok]
@@ -188,6 +209,10 @@ def load_dataset(cfg: DataConfig) -> RealData:
         from srel_ray.data.parquet import ParquetData
 
         return ParquetData(cfg)
+    if cfg.name == "webdataset":
+        from srel_ray.data.webdataset import WebDatasetData
+
+        return WebDatasetData(cfg)
     if cfg.name == "cifar":
         from srel_ray.data.cifar import load_cifar
 

@@ -121,3 +121,48 @@ def test_imagefolder_with_too_many_corrupt_images_stops_with_a_count(ray_cluster
     err = capsys.readouterr().err
     assert code == 2 and "1 training images of 'imagefolder' could not be read" in err
     assert not (tmp_path / "run" / "teacher" / "teacher.pt").exists()
+
+
+def test_webdataset_shards_through_ray_data(ray_cluster, tmp_path):
+    """Shards written with the webdataset package, read by Ray Data's reader: every sample once with its label;
+    teacher.shuffle=files reorders whole shards every epoch (seeded), global mixes rows of different shards."""
+    import ray.data
+
+    from srel_ray.distributed.datasets import ray_dataset
+
+    from ..unit.test_webdataset_source import CLASSES, write_shards
+
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES))
+    images, labels = write_shards(tmp_path, "train", 40, 0, shards=4)  # shard i holds rows 10i .. 10i+9
+    write_shards(tmp_path, "validation", 6, 1, label="json")
+    data = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12))
+    rows = ray_dataset(data, "train").take_all()
+    assert sorted((int(r["label"]), np.asarray(r["image"]).tobytes()) for r in rows) == sorted(
+        (int(l), img.tobytes()) for img, l in zip(images, labels))
+    assert len(ray_dataset(data, "test").take_all()) == 6  # .json labels
+    shard_of = {img.tobytes(): i // 10 for i, img in enumerate(images)}
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        files = ray_dataset(data, "train", shuffle="files", seed=3)
+        epoch0, epoch1 = _shard_sequence(files, shard_of), _shard_sequence(files, shard_of)
+        again = _shard_sequence(ray_dataset(data, "train", shuffle="files", seed=3), shard_of)
+        mixed = _shard_sequence(ray_dataset(data, "train", shuffle="global", seed=3), shard_of)
+    finally:
+        options.preserve_order = before
+    assert sorted(epoch0) == sorted(epoch1) == [0, 1, 2, 3]
+    assert epoch0 != epoch1 and again == epoch0 and len(mixed) > 4
+
+
+def test_hugging_face_parquet_structs_through_ray_data(ray_cluster, tmp_path):
+    from srel_ray.distributed.datasets import ray_dataset
+
+    from ..unit.test_parquet_source import _hf_export
+
+    images, labels = _hf_export(tmp_path, "train", 6, 0, image="img", label="fine_label")
+    _hf_export(tmp_path, "validation", 3, 1, image="img", label="fine_label")
+    data = load_dataset(DataConfig(name="parquet", path=str(tmp_path), image_size=12, image_column="img",
+                                   label_column="fine_label"))
+    rows = ray_dataset(data, "train", shuffle="global").take_all()
+    assert sorted((int(r["label"]), np.asarray(r["image"]).tobytes()) for r in rows) == sorted(
+        (int(l), img.tobytes()) for img, l in zip(images, labels))

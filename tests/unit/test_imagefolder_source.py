@@ -95,3 +95,87 @@ def test_layout_errors(tmp_path):
     fs.pipe_file(f"{tmp_path}/val/n99/0.png", _png(np.zeros((4, 4, 3), np.uint8)))
     with pytest.raises(DataError, match="class folder 'n99' that train/ does not have"):
         ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path)))
+
+
+def _flat_val(fs, root: str, labels: dict[str, str]) -> None:
+    """ImageNet's official val/: every image in one folder, named ILSVRC2012_val_<n>.JPEG."""
+    for image_id in labels:
+        fs.makedirs(f"{root}/val", exist_ok=True)
+        fs.pipe_file(f"{root}/val/{image_id}.JPEG", _png(np.full((6, 6, 3), 7, np.uint8)))
+
+
+def _train_only(fs, root: str) -> None:
+    _tree(fs, root)
+    fs.rm(f"{root}/val", recursive=True)
+
+
+VAL_LABELS = {"ILSVRC2012_val_00000001": "n03", "ILSVRC2012_val_00000002": "n01", "ILSVRC2012_val_00000003": "n03"}
+
+
+def test_flat_val_with_kaggle_csv(root):
+    fs, path = fsspec.core.url_to_fs(root)
+    _train_only(fs, path)
+    _flat_val(fs, path, VAL_LABELS)
+    rows = [f"{i},{wnid} 1 2 5 5 {wnid} 0 0 3 3" for i, wnid in VAL_LABELS.items()]
+    fs.pipe_file(f"{path}/LOC_val_solution.csv", ("ImageId,PredictionString\n" + "\n".join(rows) + "\n").encode())
+    data = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=6))
+    paths, labels = data.files["test"]
+    assert [p.rsplit("/", 1)[-1] for p in paths] == [f"{i}.JPEG" for i in VAL_LABELS]
+    assert [data.class_names[i] for i in labels] == list(VAL_LABELS.values())
+    assert data.images_at("test", torch.tensor([1])).shape == (1, 3, 6, 6)
+
+
+def _devkit(tmp_path, ids: list[int]) -> str:
+    """The ILSVRC2012 devkit's data/: ground truth (ILSVRC2012_IDs, one a line) and meta.mat mapping ids to wnids.
+    The ids deliberately differ from the sorted-wnid order."""
+    import scipy.io
+
+    synsets = np.zeros(3, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")])
+    for row, (ilsvrc_id, wnid) in enumerate([(1, "n03"), (2, "n01"), (3, "n02")]):
+        synsets[row] = (ilsvrc_id, wnid, wnid, 0)
+    data = tmp_path / "devkit" / "data"
+    data.mkdir(parents=True)
+    scipy.io.savemat(data / "meta.mat", {"synsets": synsets})
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{i}\n" for i in ids))
+    return str(data / "ILSVRC2012_validation_ground_truth.txt")
+
+
+def test_flat_val_with_devkit_ground_truth(tmp_path):
+    fs = fsspec.filesystem("file")
+    _train_only(fs, str(tmp_path))
+    _flat_val(fs, str(tmp_path), VAL_LABELS)
+    truth = _devkit(tmp_path, [1, 2, 1])  # n03, n01, n03 as VAL_LABELS
+    data = ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path), image_size=6, val_labels=truth))
+    assert [data.class_names[i] for i in data.labels("test")] == list(VAL_LABELS.values())
+
+
+@pytest.mark.parametrize("case", ["no labels file", "unknown wnid", "missing image"])
+def test_flat_val_errors_name_file_and_key(tmp_path, case):
+    fs = fsspec.filesystem("file")
+    _train_only(fs, str(tmp_path))
+    _flat_val(fs, str(tmp_path), VAL_LABELS)
+    rows = {"no labels file": None, "unknown wnid": "ILSVRC2012_val_00000002,n99 0 0 1 1",
+            "missing image": "ILSVRC2012_val_00000009,n01 0 0 1 1"}[case]
+    if rows:
+        (tmp_path / "LOC_val_solution.csv").write_text(f"ImageId,PredictionString\n{rows}\n")
+    message = {"no labels file": "holds images but no class folders, and its labels file .*LOC_val_solution.csv",
+               "unknown wnid": "LOC_val_solution.csv': image 'ILSVRC2012_val_00000002' has class 'n99' that train/",
+               "missing image": "names image 'ILSVRC2012_val_00000009', which is not in"}[case]
+    with pytest.raises(DataError, match=message):
+        ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path)))
+
+
+def test_test_transform_resizes_the_short_side_then_crops_the_centre(tmp_path):
+    """ImageNet's evaluation transform (torchvision weights: resize 256, centre crop 224), at 8 px from 10 x 20."""
+    fs = fsspec.filesystem("file")
+    _train_only(fs, str(tmp_path))
+    wide = np.zeros((10, 20, 3), np.uint8)
+    wide[:, 5:15] = 255  # a white centre band, half the width
+    fs.makedirs(f"{tmp_path}/val/n01", exist_ok=True)
+    fs.pipe_file(f"{tmp_path}/val/n01/0.png", _png(wide))
+    cropped = ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path), image_size=8, test_resize=10))
+    squashed = ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path), image_size=8, test_resize=0))
+    x = cropped.images_at("test", torch.tensor([0]))[0]
+    assert x.shape == (3, 8, 8) and bool((x[:, 1:-1, 1:-1] == 255).all())  # the centre 8 of the 10 x 20 image
+    assert int(squashed.images_at("test", torch.tensor([0]))[0, 0, 4, 0]) == 0  # squashed: the dark border stays
+    assert torch.equal(cropped.images_at("train", torch.tensor([0])), squashed.images_at("train", torch.tensor([0])))

@@ -119,3 +119,64 @@ def test_conflicting_class_names_are_refused(tmp_path):
     _write(fs, str(tmp_path), "test", 3, 1)
     with pytest.raises(DataError, match="label 0 has two class names 'cat' and 'wolf'"):
         ParquetData(DataConfig(name="parquet", path=str(tmp_path)))
+
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]
+
+
+def _hf_export(root, split: str, n: int, seed: int, image="image", label="label", shards: int = 1):
+    """A split as the Hugging Face ``datasets`` library writes it: data/<split>-0000i-of-0000n.parquet, images as
+    {bytes, path} structs, the class names in the schema's ClassLabel metadata."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    arrays = rng.integers(0, 256, size=(n, 12, 12, 3), dtype=np.uint8)
+    labels = (np.arange(n) % len(WNIDS)).tolist()
+    features = datasets.Features({image: datasets.Image(), label: datasets.ClassLabel(names=WNIDS)})
+    ds = datasets.Dataset.from_dict({image: [Image.fromarray(a) for a in arrays], label: labels}, features=features)
+    (root / "data").mkdir(exist_ok=True)
+    for i in range(shards):
+        ds.shard(shards, i, contiguous=True).to_parquet(root / "data" / f"{split}-{i:05d}-of-{shards:05d}.parquet")
+    return arrays.transpose(0, 3, 1, 2), np.asarray(labels)
+
+
+def test_hugging_face_export_structs_and_class_label_names(tmp_path):
+    train_images, train_labels = _hf_export(tmp_path, "train", 9, 0, shards=2)
+    test_images, _ = _hf_export(tmp_path, "validation", 6, 1)
+    _hf_export(tmp_path, "test", 3, 2)  # unlabelled in the real exports: validation is the held-out split
+    data = load_dataset(DataConfig(name="parquet", path=str(tmp_path), image_size=12))
+    assert data.class_names == WNIDS and len(data.labels("test")) == 6
+    assert torch.equal(data.labels("train"), torch.from_numpy(train_labels))
+    assert torch.equal(data.images_at("train", torch.tensor([8, 1])), torch.from_numpy(train_images[[8, 1]]))
+    assert torch.equal(torch.cat([x for x, _ in data.batches("test", 4)]), torch.from_numpy(test_images))
+
+
+def test_hugging_face_export_with_other_column_names(tmp_path):
+    _hf_export(tmp_path, "train", 6, 0, image="img", label="fine_label")
+    _hf_export(tmp_path, "validation", 3, 1, image="img", label="fine_label")
+    with pytest.raises(DataError, match="no column 'image' \\(data.image_column"):
+        load_dataset(DataConfig(name="parquet", path=str(tmp_path), image_size=12))
+    data = load_dataset(DataConfig(name="parquet", path=str(tmp_path), image_size=12, image_column="img",
+                                   label_column="fine_label"))
+    assert data.class_names == WNIDS and data.images_at("test", torch.tensor([2])).shape == (1, 3, 12, 12)
+
+
+def _struct_table(images: list, labels: list, with_bytes: bool = True) -> pa.Table:
+    rows = [{"bytes": b, "path": f"{i}.png"} if with_bytes else {"path": f"{i}.png"} for i, b in enumerate(images)]
+    return pa.table({"image": rows, "label": labels})
+
+
+@pytest.mark.parametrize("case", ["no bytes field", "null bytes", "label outside"])
+def test_bad_exports_are_named_by_file_and_key(tmp_path, case):
+    png = _png(np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "data").mkdir()
+    good = _struct_table([png, png], [0, 1])
+    train = {"no bytes field": _struct_table([png, png], [0, 1], with_bytes=False),
+             "null bytes": _struct_table([png, None], [0, 1]), "label outside": _struct_table([png, png], [0, -1])}
+    pq.write_table(train[case], tmp_path / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(good, tmp_path / "data" / "validation-00000-of-00001.parquet")
+    message = {"no bytes field": "train-00000-of-00001.parquet': column 'image' is a struct without 'bytes'",
+               "null bytes": "train-00000-of-00001.parquet': 1 rows of row group 0 have no 'image.bytes'",
+               "label outside": "train-00000-of-00001.parquet row 1': 'label' -1 is outside the"}[case]
+    with pytest.raises(DataError, match=message):
+        ParquetData(DataConfig(name="parquet", path=str(tmp_path)))

@@ -96,3 +96,19 @@ def test_train_student_epoch_uses_soft_labels():
     x = NORM.normalize(images.float() / 255)
     assert count_correct(model, [(x, shifted)])["top1"] >= 12
     assert count_correct(model, [(x, class_labels)])["top1"] <= 4
+
+
+def test_squeeze_augmentation_by_image_size():
+    """Below 128 px the light pad-and-crop, bit for bit as before; from 128 px torchvision's RandomResizedCrop +
+    flip: crops of random area, resized back to the full side, so pixel values get interpolated."""
+    from srel_ray.core.seeding import generator
+    from srel_ray.core.student import light_augment, squeeze_augment
+
+    small = torch.rand(4, 3, 32, 32)
+    assert torch.equal(squeeze_augment(small, generator(1)), light_augment(small, generator(1), pad=4))
+    large = torch.arange(128.0).repeat(2, 3, 128, 1)  # column index as the pixel value
+    out = squeeze_augment(large, generator(1))
+    assert out.shape == large.shape and not torch.equal(out, large)
+    spans = out[:, 0, 0].amax(dim=1) - out[:, 0, 0].amin(dim=1)
+    assert bool((spans < 127.5).all())  # each crop covers only part of the columns ...
+    assert torch.equal(out, squeeze_augment(large, generator(1)))  # ... drawn from the generator

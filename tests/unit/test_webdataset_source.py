@@ -1,0 +1,79 @@
+"""The WebDataset source: tar shards written with the ``webdataset`` package, read without Ray."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import webdataset
+from PIL import Image
+
+from srel_ray.config import DataConfig
+from srel_ray.data.imagenet_classes import synsets
+from srel_ray.data.real import load_dataset
+from srel_ray.errors import DataError
+
+CLASSES = ["n01440764", "n01443537", "n01484850"]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_shards(root, split: str, n: int, seed: int, shards: int = 1, label="cls", ext="png", labels=None,
+                 prefix="imagenet") -> tuple[np.ndarray, np.ndarray]:
+    """``n`` samples over ``shards`` tars named <prefix>-<split>-<i>.tar, as the webdataset package writes them."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 12, 12, 3), dtype=np.uint8)
+    labels = np.arange(n) % len(CLASSES) if labels is None else np.asarray(labels)
+    per = -(-n // shards)
+    for s in range(shards):
+        with webdataset.TarWriter(str(root / f"{prefix}-{split}-{s:04d}.tar")) as sink:
+            for i in range(s * per, min(n, (s + 1) * per)):
+                sample = {"__key__": f"{split}_{i:06d}", ext: _png(images[i])}
+                if label == "cls":
+                    sample["cls"] = int(labels[i])
+                elif label == "json":
+                    sample["json"] = {"label": int(labels[i]), "width": 12}
+                sink.write(sample)
+    return images.transpose(0, 3, 1, 2), labels
+
+
+def test_shards_with_a_sidecar_class_list(tmp_path):
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    train_images, train_labels = write_shards(tmp_path, "train", 10, 0, shards=3)
+    test_images, test_labels = write_shards(tmp_path, "validation", 4, 1, label="json")
+    data = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12))
+    assert data.class_names == CLASSES and len(data.shards("train")) == 3
+    assert torch.equal(data.labels("train"), torch.from_numpy(train_labels))
+    assert torch.equal(data.images_at("train", torch.tensor([9, 0, 4])), torch.from_numpy(train_images[[9, 0, 4]]))
+    streamed = list(data.batches("test", 3))
+    assert torch.equal(torch.cat([x for x, _ in streamed]), torch.from_numpy(test_images))
+    assert torch.equal(torch.cat([y for _, y in streamed]), torch.from_numpy(test_labels))
+
+
+def test_a_timm_synset_list_names_the_classes(tmp_path):
+    write_shards(tmp_path, "train", 3, 0, labels=[0, 11819, 11820], ext="jpg")  # ImageNet-12K's last classes
+    write_shards(tmp_path, "val", 1, 1, ext="jpg")
+    data = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12, classes="imagenet12k"))
+    assert data.num_classes == 11821 and data.class_names[11820] == synsets("imagenet12k")[-1]
+    assert data.images_at("train", torch.tensor([2])).shape == (1, 3, 12, 12)  # JPEG decodes (lossy: shape only)
+
+
+@pytest.mark.parametrize("case", ["no label", "label outside", "no class list", "no held-out shards"])
+def test_bad_shards_are_named_by_file_and_key(tmp_path, case):
+    if case != "no class list":
+        (tmp_path / "classes.txt").write_text("\n".join(CLASSES))
+    write_shards(tmp_path, "train", 4, 0, label="none" if case == "no label" else "cls",
+                 labels=[0, 1, 3, 2] if case == "label outside" else None)
+    if case != "no held-out shards":
+        write_shards(tmp_path, "validation", 2, 1)
+    message = {"no label": "imagenet-train-0000.tar': sample 'train_000000' has an image but no label",
+               "label outside": "imagenet-train-0000.tar': sample 'train_000002' has label 3, outside the class "
+                                "list's 3 classes",
+               "no class list": "data.classes: no class list .*classes.txt",
+               "no held-out shards": "found 1 tar files, 1 of them train"}[case]
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataConfig(name="webdataset", path=str(tmp_path)))
