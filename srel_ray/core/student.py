@@ -14,6 +14,7 @@ from torch import nn
 from srel_ray.config import EvaluateConfig
 from srel_ray.core.losses import soft_label_kl, topk_correct
 from srel_ray.core.normalization import Normalization
+from srel_ray.core.precision import autocast, grad_scaler, to_input
 from srel_ray.core.relabel import view_pixels
 from srel_ray.core.seeding import STREAM_STUDENT_INIT, STREAM_STUDENT_ORDER, STREAM_TEACHER_DATA, generator, seeded_init
 from srel_ray.core.views import Views
@@ -110,30 +111,47 @@ def train_student_epoch(
     world: int = 1,
     device: torch.device | str = "cpu",
     ema: WeightEMA | None = None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One epoch over this rank's share of the stored views; returns the mean loss. Scheduler (and ``ema``, when
-    given) step per batch."""
+    given) step per batch.
+
+    ``images``: the set's uint8 images, best already on ``device`` (the caller moves them once): each batch's
+    views are rendered there, so the host only queues work and the device runs batch i while batch i + 1 is
+    queued; the loss is summed on the device and read once, at the end of the epoch. ``precision``: the forward
+    pass's (srel_ray.core.precision); the loss is computed in fp32. ``scaler``: fp16's GradScaler, kept by the
+    caller across epochs (None: a fresh one, enabled for fp16 only)."""
+    device = torch.device(device)
     model.train()
+    scaler = scaler if scaler is not None else grad_scaler(precision, device)
+    images = images.to(device)  # no copy when the caller moved them already
     rows = shard_order(len(labels.image_index), seed, epoch, rank, world)
-    total, count = 0.0, 0
+    boxes, flips = labels.views.boxes.to(device), labels.views.flips.to(device)  # one copy per epoch, not per batch
+    logits = labels.logits.pin_memory() if labels.logits is not None and device.type == "cuda" else labels.logits
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     for batch in rows.split(batch_size):
+        on_device = batch.to(device)
         idx = labels.image_index[batch]
-        views = Views(labels.views.boxes[batch], labels.views.flips[batch])
-        x = view_pixels(images[idx], views, image_size, norm).to(device)
-        out = model(x)
-        if labels.logits is None:
-            loss = F.cross_entropy(out, class_labels[idx].to(device))
+        x = to_input(view_pixels(images[idx.to(device)], Views(boxes[on_device], flips[on_device]), image_size,
+                                 norm), device)
+        with autocast(precision, device):
+            out = model(x).float()
+        if logits is None:
+            loss = F.cross_entropy(out, class_labels[idx].to(device, non_blocking=True))
         else:
-            loss = soft_label_kl(out, labels.logits[batch].to(device), temperature)
+            loss = soft_label_kl(out, logits[batch].to(device, non_blocking=True), temperature)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if ema is not None:
             ema.update(model)
-        total += float(loss.detach()) * len(batch)
+        total += loss.detach().double() * len(batch)  # float64 on the device: the sum a Python float would give
         count += len(batch)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
@@ -169,21 +187,30 @@ def train_teacher_epoch(
     augment: bool,
     hflip: bool = True,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One squeeze epoch of plain cross-entropy training over (normalised images, labels) batches."""
+    """One squeeze epoch of plain cross-entropy training over (normalised images, labels) batches; the forward pass
+    in ``precision``, the loss in fp32, loss and hits summed on the device and read once at the end."""
+    device = torch.device(device)
     model.train()
+    scaler = scaler if scaler is not None else grad_scaler(precision, device)
     gen = generator(seed, STREAM_TEACHER_DATA, epoch, rank)
-    loss_sum, correct, n = 0.0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
     for x, y in batches:
         if augment:
             x = light_augment(x, gen, pad=max(1, x.shape[-1] // 8), hflip=hflip)
-        x, y = x.to(device), y.to(device)
-        out = model(x)
+        x, y = to_input(x.to(device), device), y.to(device)
+        with autocast(precision, device):
+            out = model(x).float()
         loss = F.cross_entropy(out, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((out.argmax(1) == y).sum())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (out.argmax(1) == y).sum()
         n += len(y)
-    return {"train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1), "train_n": n}
+    return {"train_loss": float(loss_sum) / max(n, 1), "train_top1": int(correct) / max(n, 1), "train_n": n}
