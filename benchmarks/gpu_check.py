@@ -66,7 +66,6 @@ def student_rate(s: dict, device: torch.device, precision: str) -> float:
     images, labels, model, optimizer, scheduler = hot_loops.student_setup(
         s["arch"], s["size"], s["kwargs"], s["student_images"], s["classes"], device)
     model = prepare_model(model, device)
-    images = images.to(device)
     run = lambda: hot_loops.student_epoch(False, model, optimizer, scheduler, images, labels, s["size"],  # noqa: E731
                                           s["student_batch"], device, precision)
     run()  # warm-up

@@ -163,7 +163,7 @@ def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs, device:
     the model they were scored with (the EMA of the weights when evaluate.ema_decay is set, as the evaluate stage
     tests it)."""
     e = cfg.evaluate
-    images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels).to(device)  # uint8, once
+    images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
     class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
     model = prepare_model(build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
                                         image_size=cfg.data.image_size).to(device), device)

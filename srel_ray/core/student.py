@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -117,31 +118,29 @@ def train_student_epoch(
     """One epoch over this rank's share of the stored views; returns the mean loss. Scheduler (and ``ema``, when
     given) step per batch.
 
-    ``images``: the set's uint8 images, best already on ``device`` (the caller moves them once): each batch's
-    views are rendered there, so the host only queues work and the device runs batch i while batch i + 1 is
-    queued; the loss is summed on the device and read once, at the end of the epoch. ``precision``: the forward
-    pass's (srel_ray.core.precision); the loss is computed in fp32. ``scaler``: fp16's GradScaler, kept by the
-    caller across epochs (None: a fresh one, enabled for fp16 only)."""
+    ``images``: the set's uint8 images, kept on the host (a set can outgrow a GPU): each batch's images are gathered
+    there, a batch ahead in a helper thread on a GPU (pinned, so the copy does not stall), copied as uint8 and
+    rendered into views on ``device``. The loss is summed on the device and read once, at the end of the epoch, so
+    the host queues batch i + 1 while the device runs batch i. ``precision``: the forward pass's
+    (srel_ray.core.precision); the loss is computed in fp32. ``scaler``: fp16's GradScaler, kept by the caller
+    across epochs (None: a fresh one, enabled for fp16 only)."""
     device = torch.device(device)
     model.train()
     scaler = scaler if scaler is not None else grad_scaler(precision, device)
-    images = images.to(device)  # no copy when the caller moved them already
     rows = shard_order(len(labels.image_index), seed, epoch, rank, world)
     boxes, flips = labels.views.boxes.to(device), labels.views.flips.to(device)  # one copy per epoch, not per batch
-    logits = labels.logits.pin_memory() if labels.logits is not None and device.type == "cuda" else labels.logits
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    for batch in rows.split(batch_size):
-        on_device = batch.to(device)
-        idx = labels.image_index[batch]
-        x = to_input(view_pixels(images[idx.to(device)], Views(boxes[on_device], flips[on_device]), image_size,
-                                 norm), device)
+    gpu = device.type == "cuda"
+    for batch, batch_images, target in prefetch(_host_batches(images, class_labels, labels, rows, batch_size, gpu),
+                                                gpu):
+        on_device = batch.to(device, non_blocking=True)
+        x = to_input(view_pixels(batch_images.to(device, non_blocking=True), Views(boxes[on_device], flips[on_device]),
+                                 image_size, norm), device)
+        target = target.to(device, non_blocking=True)
         with autocast(precision, device):
             out = model(x).float()
-        if logits is None:
-            loss = F.cross_entropy(out, class_labels[idx].to(device, non_blocking=True))
-        else:
-            loss = soft_label_kl(out, logits[batch].to(device, non_blocking=True), temperature)
+        loss = F.cross_entropy(out, target) if labels.logits is None else soft_label_kl(out, target, temperature)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -152,6 +151,30 @@ def train_student_epoch(
         total += loss.detach().double() * len(batch)  # float64 on the device: the sum a Python float would give
         count += len(batch)
     return float(total) / max(count, 1)
+
+
+def _host_batches(images: torch.Tensor, class_labels: torch.Tensor, labels: EpochLabels, rows: torch.Tensor,
+                  batch_size: int, pin: bool):
+    """Per batch of ``rows``: the rows, their uint8 images and their targets (logits, or class indices), gathered
+    on the host; page-locked when ``pin`` (they are bound for a GPU)."""
+    for batch in rows.split(batch_size):
+        idx = labels.image_index[batch]
+        parts = (images[idx], class_labels[idx] if labels.logits is None else labels.logits[batch])
+        yield (batch, *(p.pin_memory() if pin else p for p in parts))
+
+
+def prefetch(items: Iterator, enabled: bool) -> Iterator:
+    """``items``, each produced one step ahead in a helper thread while the caller works on the one before (host
+    work such as gathering and pinning overlaps the caller queueing GPU work); plain iteration when not ``enabled``
+    (on a CPU the thread would only compete for the cores)."""
+    if not enabled:
+        yield from items
+        return
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(next, items, None)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next, items, None)
+            yield item
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ def student_loop(config: dict) -> None:
     norm = Normalization(**config["norm"])
     rank, world, device = trainer.worker_setup(config["threads"])
     info = sets.read_set(config["set_dir"])
-    images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels).to(device)  # uint8, once
+    images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
     class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
     model = build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
                           image_size=cfg.data.image_size)

@@ -202,3 +202,17 @@ def test_gpu_check_runs_on_cpu_at_a_tiny_size(tmp_path):
         assert result["recovery_ms_per_iteration"][p] > 0
         assert result["relabel_views_per_second"][p] > 0 and result["student_images_per_second"][p] > 0
     assert result["published_ms_per_iteration"] == 52.0
+
+
+def test_prefetch_yields_every_item_in_order_and_passes_errors_on():
+    from srel_ray.core.student import prefetch
+
+    assert list(prefetch(iter(range(5)), enabled=True)) == list(range(5))
+    assert list(prefetch(iter(range(5)), enabled=False)) == list(range(5))
+
+    def failing():
+        yield 1
+        raise OSError("unreadable")
+
+    with pytest.raises(OSError, match="unreadable"):
+        list(prefetch(failing(), enabled=True))
