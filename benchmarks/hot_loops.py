@@ -147,7 +147,8 @@ def relabel_inputs(num_images: int, k: int, size: int, seed: int = 0) -> tuple[t
     images = torch.randint(0, 256, (num_images, 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(seed))
     views = [views_for(seed, i, 0, k, size, size, (0.08, 1.0)) for i in range(num_images)]
-    return images.repeat_interleave(k, 0), Views(torch.cat([v.boxes for v in views]), torch.cat([v.flips for v in views]))
+    boxes, flips = torch.cat([v.boxes for v in views]), torch.cat([v.flips for v in views])
+    return images.repeat_interleave(k, 0), Views(boxes, flips)
 
 
 def relabel_before(model, rows_uint8, views, size, batch_size, device="cpu") -> tuple[torch.Tensor, int]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from srel_ray.errors import ConfigError
 
-from srel_ray.config import PRECISIONS
+# The precisions themselves are listed in srel_ray.config.PRECISIONS (the config validates without torch).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
