@@ -39,9 +39,9 @@ from PIL import Image
 from srel_ray.config import Config, from_dict
 from srel_ray.core.bn_matching import BNStatsMatcher
 from srel_ray.core.normalization import to_uint8
-from srel_ray.core.recover import cosine_lr, plan_units
+from srel_ray.core.recover import cosine_lr, plan_units, recovery_views
 from srel_ray.core.seeding import STREAM_RECOVER, generator
-from srel_ray.core.views import random_roll, render_views, sample_views
+from srel_ray.core.views import render_views, roll
 from srel_ray.teacher import load_teacher
 
 GEMM_N, GEMM_REPS = 1024, 10
@@ -74,8 +74,9 @@ def bare_recover(teacher_path: str, cfg: Config, out: Path, part: tuple[int, int
         low, high = norm.bounds(x)
         for step in range(r.iterations):
             optimizer.param_groups[0]["lr"] = cosine_lr(r.lr, step, r.iterations)
-            views = sample_views(len(x), size, size, r.crop_scale, gen, cfg.data.hflip)
-            logits = model(random_roll(render_views(x, views, size), r.jitter, gen))
+            views, shift = recovery_views(cfg.seed, unit.index, step, len(x), size, r.crop_scale, cfg.data.hflip,
+                                          r.jitter)
+            logits = model(roll(render_views(x, views, size), shift))
             loss = F.cross_entropy(logits, targets) + r.bn_weight * bn.loss(r.first_bn_multiplier)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -144,8 +145,8 @@ def step_flops_and_profile(teacher_path: str, cfg: Config) -> tuple[float, list[
     targets = torch.arange(n) % teacher.num_classes
 
     def step() -> None:
-        views = sample_views(n, size, size, cfg.recover.crop_scale, gen, True)
-        F.cross_entropy(model(random_roll(render_views(x, views, size), 4, gen)), targets).backward()
+        views, shift = recovery_views(0, 0, 0, n, size, cfg.recover.crop_scale, True, 4)
+        F.cross_entropy(model(roll(render_views(x, views, size), shift)), targets).backward()
 
     with FlopCounterMode(display=False) as counter:
         step()

@@ -239,6 +239,10 @@ class ResourcesConfig:
     threads_per_worker: int = 1  # torch intra-op threads in every worker and actor
     cpus_per_trial: float = 1.0  # srel-ray tune: CPUs Ray reserves for each trial (its torch threads: threads_per_worker)
     gpus_per_trial: float = 1.0  # srel-ray tune, when use_gpu: a fraction (0.25) lets trials share a GPU
+    # Forward passes of recover, relabel, squeeze and students: fp32 | bf16 | fp16 | None (auto: bf16 on GPUs that
+    # have it, else fp32). bf16/fp16 change outputs, so an explicit value is part of a run's identity (below).
+    precision: str | None = None
+    compile: bool = False  # torch.compile the models (opt-in: minutes of compilation before the first step)
 
     def validate(self) -> None:
         _check(self.train_workers >= 1, "resources.train_workers", f"must be >= 1, got {self.train_workers}")
@@ -250,6 +254,8 @@ class ResourcesConfig:
                f"must be >= 1, got {self.threads_per_worker}")
         _check(0 < self.cpus_per_trial, "resources.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         _check(0 < self.gpus_per_trial, "resources.gpus_per_trial", f"must be > 0, got {self.gpus_per_trial}")
+        _check(self.precision in (None, *PRECISIONS), "resources.precision",
+               f"must be one of {list(PRECISIONS)} or null (auto), got {self.precision!r}")
 
 
 @dataclass
@@ -354,11 +360,17 @@ class Config:
         """The sections that decide outputs; equal identities mean an output folder can be resumed."""
         d = to_dict(self)
         d.pop("resources")
+        # Precision is the one resource that changes numbers (bf16/fp16 round every activation). An explicit value
+        # identifies the run; null (auto) does not, so runs configured before it existed keep their identity, and
+        # the precision auto resolved to is recorded beside each output instead (recover's unit records).
+        if self.resources.precision is not None:
+            d["precision"] = self.resources.precision
         d.pop("tracking")
         d.pop("tune")  # how a search explores configs; never what one run computes
         return d
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # srel_ray.core.precision (kept here so config imports no torch)
 DATASETS = {"digits", "parquet", "imagefolder", "cifar", "webdataset"}
 RDED_STITCH_FROM_PX = 128  # RDED's scripts stitch 2 x 2 crops per image from this input size up, none below
 RECOVER_INITS = ("noise", "real", "rded")

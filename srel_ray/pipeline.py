@@ -377,13 +377,14 @@ STAGE_FUNCTIONS = {"squeeze": squeeze, "recover": recover, "relabel": relabel, "
 def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: str) -> dict | None:
     """Check everything, then run ``stages`` in order on Ray; writes summary.json once evaluate has finished.
     ``out`` is a local folder or an fsspec URL that every Ray worker can reach."""
-    from srel_ray.distributed.cluster import check_resources, resolve_use_gpu, start_ray
+    from srel_ray.distributed.cluster import check_precision, check_resources, resolve_use_gpu, start_ray
 
     data = check_inputs(cfg, RunDir.at(out), stages)  # before anything is written
     run = prepare_out(cfg, out)
     start_ray(cfg.resources)
     use_gpu = resolve_use_gpu(cfg.resources)
     check_resources(cfg.resources, use_gpu)  # requests no node can meet fail now, not after hours of squeeze
+    check_precision(cfg.resources, use_gpu)  # fp16 on a CPU, bf16 on a GPU without it: now, not in a worker
     with tracked_run(cfg, command, run.out) as tracker:
         for i, stage in enumerate(stages, 1):
             log.info("[%d/%d] %s", i, len(stages), stage)

@@ -38,7 +38,8 @@ from tqdm import tqdm
 from srel_ray.config import TRIAL_METRICS, Config, DataConfig, to_dict
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.recover import freeze, plan_units, recover_unit
-from srel_ray.core.relabel import mean_logits, teacher_logits, view_rows
+from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precision
+from srel_ray.core.relabel import label_views, row_views, view_rows
 from srel_ray.core.student import (WeightEMA, build_student, count_correct, student_optimizer,
                                    train_student_epoch)
 from srel_ray.data import sets
@@ -93,7 +94,7 @@ def locked(folder: Path) -> Iterator[None]:
 
 
 def condense(cfg: Config, teacher: Teacher, models: list[nn.Module], set_dir: str, inputs: TrialInputs,
-             device: torch.device | str = "cpu") -> dict:
+             device: torch.device | str = "cpu", precision: str = "fp32") -> dict:
     """Make the condensed set of ``cfg`` at ``set_dir``: recover the units without a marker, then label the
     missing epochs. ``models``: the frozen teacher, then the extra teachers. Returns seconds per phase (0 for work
     found done)."""
@@ -109,15 +110,17 @@ def condense(cfg: Config, teacher: Teacher, models: list[nn.Module], set_dir: st
             class_stats = [load_class_stats(folder, list(unit.classes)) for folder in inputs.class_stats]
         images, stats = recover_unit(models[0], unit, r, seed=cfg.seed, image_size=cfg.data.image_size,
                                      norm=teacher.norm, hflip=cfg.data.hflip, device=device,
-                                     extra_teachers=models[1:], init=start_images(unit), class_stats=class_stats)
+                                     extra_teachers=models[1:], init=start_images(unit), class_stats=class_stats,
+                                     precision=precision)
         sets.write_images(set_dir, unit.targets(), images)
-        sets.write_json_atomic(sets.unit_marker(set_dir, unit.name), {**stats, "unit": unit.index})
+        sets.write_json_atomic(sets.unit_marker(set_dir, unit.name),
+                               {**stats, "unit": unit.index, "precision": precision})
     if not sets.exists(sets.manifest_path(set_dir)):
         _write_manifest(cfg, set_dir, teacher, inputs.dataset)
     recovered = time.perf_counter()
     info = sets.read_set(set_dir)
     if info.label_epochs != cfg.relabel.epochs:
-        relabel(cfg, models, teacher.norm, info, device)
+        relabel(cfg, models, teacher.norm, info, device, precision)
         rl = cfg.relabel
         _write_manifest(cfg, set_dir, teacher, inputs.dataset, labels={
             "epochs": rl.epochs, "views_per_epoch": rl.views_per_epoch, "crop_scale": list(rl.crop_scale),
@@ -126,7 +129,7 @@ def condense(cfg: Config, teacher: Teacher, models: list[nn.Module], set_dir: st
 
 
 def relabel(cfg: Config, models: list[nn.Module], norm: Normalization, info: sets.SetInfo,
-            device: torch.device | str = "cpu") -> None:
+            device: torch.device | str = "cpu", precision: str = "fp32") -> None:
     """Write every missing label epoch: the teacher's logits on each image's views of that epoch (with extra
     teachers, the mean of every teacher's logits)."""
     r = cfg.relabel
@@ -135,10 +138,10 @@ def relabel(cfg: Config, models: list[nn.Module], norm: Normalization, info: set
     for epoch in tqdm([e for e in range(r.epochs) if e not in done], desc="relabel epochs", unit="epoch"):
         ids = list(range(len(images)))
         columns = view_rows(images, ids, [i // info.ipc for i in ids], [epoch] * len(ids), k=r.views_per_epoch,
-                            image_size=cfg.data.image_size, scale=r.crop_scale, hflip=cfg.data.hflip, seed=cfg.seed,
-                            norm=norm)
-        pixels = torch.from_numpy(columns.pop("pixels"))
-        columns["logits"] = mean_logits([teacher_logits(m, pixels, r.batch_size, device) for m in models]).numpy()
+                            scale=r.crop_scale, hflip=cfg.data.hflip, seed=cfg.seed)
+        columns["logits"] = label_views(models, torch.from_numpy(columns.pop("image")), row_views(columns),
+                                        image_size=cfg.data.image_size, norm=norm, batch_size=r.batch_size,
+                                        device=device, precision=precision).numpy()
         sets.write_label_epoch(info.path, epoch, columns, info.num_classes, r.logits_dtype, r.top_k)
 
 
@@ -153,8 +156,8 @@ def _write_manifest(cfg: Config, set_dir: str, teacher: Teacher, dataset: str, l
 # ---------------------------------------------------------------------------------------------- the student
 
 
-def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs,
-                   device: torch.device | str = "cpu") -> Iterator[tuple[dict, nn.Module]]:
+def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs, device: torch.device | str = "cpu",
+                   precision: str = "fp32") -> Iterator[tuple[dict, nn.Module]]:
     """Train the student on the set's stored views and labels; after every ``tune.score_interval``-th epoch and
     the last, yield the trial metrics (scored on the validation images; ``epochs_trained`` is ASHA's clock) and
     the model they were scored with (the EMA of the weights when evaluate.ema_decay is set, as the evaluate stage
@@ -162,8 +165,9 @@ def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs,
     e = cfg.evaluate
     images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
     class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
-    model = build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
-                          image_size=cfg.data.image_size).to(device)
+    model = prepare_model(build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
+                                        image_size=cfg.data.image_size).to(device), device)
+    scaler = grad_scaler(precision, device)
     optimizer, scheduler, batch_size = student_optimizer(model, e, len(images) * cfg.relabel.views_per_epoch)
     ema = WeightEMA(model, e.ema_decay) if e.ema_decay else None
     tested = ema.model if ema is not None else model
@@ -171,7 +175,8 @@ def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs,
         labels = sets.read_label_epoch(info.path, epoch % info.label_epochs)
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=batch_size, temperature=e.temperature,
-                                   image_size=cfg.data.image_size, norm=inputs.norm, device=device, ema=ema)
+                                   image_size=cfg.data.image_size, norm=inputs.norm, device=device, ema=ema,
+                                   precision=precision, scaler=scaler)
         if (epoch + 1) % cfg.tune.score_interval and epoch != e.epochs - 1:
             continue
         val = count_correct(tested, _batches(inputs.val_images, inputs.val_labels, inputs.norm), device)
@@ -211,18 +216,19 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
                 report({**row, "epochs_trained": row["epoch"] + 1, "replayed": True})  # ASHA's clock
             return record
         began = time.perf_counter()
+        precision = resolve_precision(cfg.resources.precision, device)
         teacher = load_teacher(inputs.teacher_path)
-        models = [freeze(t.build()).to(device)
+        models = [prepare_model(freeze(t.build()).to(device), device, cfg.resources.compile)
                   for t in (teacher, *(load_teacher(p) for p in inputs.extra_teachers))]
         set_dir = Path(inputs.out) / "sets" / set_key(cfg)
         with locked(set_dir):
-            seconds = condense(cfg, teacher, models, str(set_dir), inputs, device)
+            seconds = condense(cfg, teacher, models, str(set_dir), inputs, device, precision)
         info = sets.read_set(str(set_dir))
         folder.mkdir(parents=True, exist_ok=True)
         save_grid(info.path, info.num_classes, info.ipc, info.channels, folder / "condensed_grid.png")
         student_began = time.perf_counter()
         history: list[dict] = []
-        for metrics, student in student_epochs(cfg, info, inputs, device):
+        for metrics, student in student_epochs(cfg, info, inputs, device, precision):
             history.append(metrics)
             if metrics["epochs_trained"] == cfg.evaluate.epochs:
                 _save_student(student, folder / "student.pt")

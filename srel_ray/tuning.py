@@ -45,7 +45,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     _check_folder(cfg, out, resume)
     if cfg.tracking.enabled:
         check_reachable(tracking_uri(cfg))
-    from srel_ray.distributed.cluster import resolve_use_gpu, start_ray  # Ray takes seconds to import
+    from srel_ray.distributed.cluster import check_precision, resolve_use_gpu, start_ray  # Ray: seconds to import
     from srel_ray.distributed.tune import fit_search, trial_resources
 
     data = check_inputs(cfg, RunDir.at(out), ("squeeze",))
@@ -57,6 +57,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     start_ray(cfg.resources)
     use_gpu = resolve_use_gpu(cfg.resources)
     trial_resources(cfg, use_gpu)
+    check_precision(cfg.resources, use_gpu)
     previous = sets.read_json(str(out / "search.json")) if (out / "search.json").exists() else {}
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     parent = previous.get("parent_run_id") if previous.get("tracking_uri") == uri else None

@@ -36,7 +36,7 @@ class BNStatsMatcher:
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if not self.recording:
                 return
-            mean, var = batch_stats(inputs[0])
+            mean, var = batch_stats(inputs[0].float())  # fp32 statistics under autocast (no-op in fp32)
             self.batch[index] = (mean, var)
             self.distances[index] = (torch.norm(mean - module.running_mean, 2)
                                      + torch.norm(var - module.running_var, 2))

@@ -3,7 +3,8 @@ statistics match the teacher's BatchNorm running statistics.
 
     x* = argmin_x  CE(f(A(x)), y) + alpha_BN * R_BN(A(x)) [+ alpha_TV * TV(x) + alpha_L2 * ||x||]
 
-with A a random augmentation per step (RandomResizedCrop, flip, roll). The successors' options (docs/methods.md),
+with A a random augmentation per step (RandomResizedCrop, flip, roll), drawn for the whole batch at once from a
+generator keyed by (seed, unit, step) (``recovery_views``). The successors' options (docs/methods.md),
 all off by default: x_0 from real images (``init``); R_BN = (1 - w) R_BN^global + w R_BN^class (EDC's soft
 category-aware matching); + lambda_F * KL(f(A(x_ema)) || f(A(x))) (EDC's flatness term, x_ema an EMA of x);
 teachers f_0..f_{K-1} taking turns, one per step; the crop scale's lower bound annealed from large to small (CDA). Work is cut into units fixed by the config:
@@ -26,8 +27,9 @@ from srel_ray.core.bn_matching import BNStatsMatcher
 from srel_ray.core.class_stats import ClassStats
 from srel_ray.core.losses import l2_prior, soft_label_kl, total_variation
 from srel_ray.core.normalization import Normalization, from_uint8, to_uint8
-from srel_ray.core.seeding import STREAM_RECOVER, generator
-from srel_ray.core.views import render_views, roll, roll_shift, sample_views
+from srel_ray.core.precision import autocast, grad_scaler, to_input
+from srel_ray.core.seeding import STREAM_RECOVER, STREAM_RECOVER_VIEWS, generator
+from srel_ray.core.views import Views, render_views, roll, roll_shift, sample_views_batched
 
 FLATNESS_TEMPERATURE = 4.0  # T of the flatness KL (EDC's value)
 
@@ -84,6 +86,16 @@ def crop_scale_at(scale: tuple[float, float], curriculum: str, start: float, mil
     return (bound, high)
 
 
+def recovery_views(seed: int, unit: int, step: int, n: int, image_size: int, scale: tuple[float, float],
+                   hflip: bool, jitter: int) -> tuple[Views, tuple[int, int]]:
+    """The augmentation A of one recovery step: ``n`` crop boxes and flip flags (srel_ray.core.views.
+    sample_views_batched), then the batch's roll (dy, dx). A pure function of (seed, unit, step): drawn on the host
+    from its own keyed CPU generator, the same on every device and whichever actor runs the unit, resumed or not."""
+    gen = generator(seed, STREAM_RECOVER_VIEWS, unit, step)
+    views = sample_views_batched(n, image_size, image_size, scale, gen, hflip)
+    return views, roll_shift(jitter, gen)
+
+
 def recover_unit(
     teacher: nn.Module,
     unit: Unit,
@@ -98,14 +110,18 @@ def recover_unit(
     extra_teachers: Sequence[nn.Module] = (),
     init: torch.Tensor | None = None,
     class_stats: Sequence[ClassStats] | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, dict]:
     """Optimise one unit's images; returns them as uint8 (N, C, H, W) in ``unit.targets()`` order, and stats.
 
     ``init``: uint8 starting images in ``unit.targets()`` order (recover.init real or rded); None: Gaussian noise.
     ``class_stats``: one per teacher, covering the unit's classes (needed when recover.class_bn_weight > 0).
-    With ``cfg.iterations == 0`` the starting images are returned unchanged (RDED as a method of its own)."""
+    With ``cfg.iterations == 0`` the starting images are returned unchanged (RDED as a method of its own).
+    ``precision`` (srel_ray.core.precision, already checked against ``device``): the teachers' forward passes run
+    in it; the images, BN statistics and losses stay fp32. Nothing in a step waits for the device except
+    ``on_step``, which reads the loss."""
     device = torch.device(device)
-    gen = generator(seed, STREAM_RECOVER, unit.index)  # all draws of this unit, whoever runs it
+    gen = generator(seed, STREAM_RECOVER, unit.index)  # the starting noise of this unit, whoever runs it
     targets = torch.tensor([c for c, _ in unit.targets()], device=device)
     n = len(targets)
     teachers = [teacher, *extra_teachers]  # f_k takes step t when t % K == k (EDC)
@@ -125,7 +141,9 @@ def recover_unit(
         class_targets = [[(mu.to(device), var.to(device)) for mu, var in s.mixture(targets)] for s in class_stats]
     x_ema = x.detach().clone() if cfg.flatness_weight else None
     optimizer = torch.optim.Adam([x], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
+    scaler = grad_scaler(precision, device)  # fp16 only; otherwise it passes everything through
     low, high = norm.bounds(x)
+    pin = device.type == "cuda"  # page-locked boxes copy to the GPU without stalling this thread
 
     matchers = [BNStatsMatcher(t) for t in teachers]
     try:
@@ -136,26 +154,29 @@ def recover_unit(
                 group["lr"] = cosine_lr(cfg.lr, step, cfg.iterations)
             scale = crop_scale_at(cfg.crop_scale, cfg.crop_curriculum, cfg.crop_min_start, cfg.crop_milestone,
                                   step, cfg.iterations)
-            views = sample_views(n, image_size, image_size, scale, gen, hflip)
-            shift = roll_shift(cfg.jitter, gen)
-            augmented = roll(render_views(x, views, image_size), shift)
-            logits = model(augmented)
+            views, shift = recovery_views(seed, unit.index, step, n, image_size, scale, hflip, cfg.jitter)
+            if pin:
+                views = Views(views.boxes.pin_memory(), views.flips.pin_memory())
+            augmented = to_input(roll(render_views(x, views, image_size), shift), device)
+            with autocast(precision, device):
+                logits = model(augmented).float()
             ce = F.cross_entropy(logits, targets)
             r_bn = bn.loss(cfg.first_bn_multiplier)
             if w_class:  # soft category-aware matching
                 r_bn = (1 - w_class) * r_bn + w_class * bn.loss_to(class_targets[k], cfg.first_bn_multiplier)
             loss = ce + cfg.bn_weight * r_bn  # alpha_BN
             if cfg.flatness_weight:  # lambda_F * KL(f(A(x_ema)) || f(A(x))): same view A for both
-                with torch.no_grad(), bn.paused():
-                    ema_logits = model(roll(render_views(x_ema, views, image_size), shift))
-                loss = loss + cfg.flatness_weight * soft_label_kl(logits, ema_logits, FLATNESS_TEMPERATURE)
+                with torch.no_grad(), bn.paused(), autocast(precision, device):
+                    ema_logits = model(to_input(roll(render_views(x_ema, views, image_size), shift), device))
+                loss = loss + cfg.flatness_weight * soft_label_kl(logits, ema_logits.float(), FLATNESS_TEMPERATURE)
             if cfg.tv_weight:
                 loss = loss + cfg.tv_weight * total_variation(x)
             if cfg.l2_weight:
                 loss = loss + cfg.l2_weight * l2_prior(x)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, high), low))  # keep pixels in the valid range
                 if x_ema is not None:  # x_ema <- beta * x_ema + (1 - beta) * x

@@ -1,5 +1,8 @@
 """Relabel (FKD style): every image gets E epochs x K views drawn from (seed, image, epoch); the teacher's logits on
-each view are stored beside the view's parameters, so the student can replay exactly those views."""
+each view are stored beside the view's parameters, so the student can replay exactly those views.
+
+Rows travel as the view's parameters plus the uint8 source image; ``label_views`` renders the views where the
+teacher runs (on its GPU when it has one), a teacher batch at a time."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import torch
 from torch import nn
 
 from srel_ray.core.normalization import Normalization, from_uint8
+from srel_ray.core.precision import autocast, to_input
 from srel_ray.core.seeding import STREAM_VIEWS, generator
 from srel_ray.core.views import Views, render_views, sample_views
 
@@ -24,19 +28,41 @@ def view_pixels(images_uint8: torch.Tensor, views: Views, image_size: int, norm:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, pixels: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
+def teacher_logits(teacher: nn.Module, pixels: torch.Tensor, batch_size: int, device: torch.device | str,
+                   precision: str = "fp32") -> torch.Tensor:
     """Logits of a frozen teacher on normalised view pixels, in chunks of ``batch_size``."""
-    out = [teacher(chunk.to(device)).float().cpu() for chunk in pixels.split(batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
+    with autocast(precision, device):
+        out = [teacher(to_input(chunk.to(device), device)).float() for chunk in pixels.split(batch_size)]
+    return torch.cat(out).cpu() if out else torch.empty(0)
+
+
+@torch.no_grad()
+def label_views(teachers: list[nn.Module], images_uint8: torch.Tensor, views: Views, *, image_size: int,
+                norm: Normalization, batch_size: int, device: torch.device | str,
+                precision: str = "fp32") -> torch.Tensor:
+    """The teachers' mean logits on each row's view (row r: view ``views[r]`` of image ``images_uint8[r]``),
+    rendered on ``device`` a batch at a time from the uint8 images; one copy back at the end. At fp32 the values
+    equal ``teacher_logits`` on ``view_pixels`` (every view pixel depends on its own image and box only)."""
+    device = torch.device(device)
+    pin = device.type == "cuda"  # page-locked rows copy while the previous batch still runs
+    out = []
+    for start in range(0, len(images_uint8), batch_size):
+        rows = slice(start, start + batch_size)
+        chunk = images_uint8[rows].pin_memory() if pin else images_uint8[rows]
+        boxes = views.boxes[rows].pin_memory() if pin else views.boxes[rows]
+        chunk_views = Views(boxes.to(device, non_blocking=True), views.flips[rows].to(device, non_blocking=True))
+        pixels = to_input(view_pixels(chunk.to(device, non_blocking=True), chunk_views, image_size, norm), device)
+        with autocast(precision, device):
+            per_teacher = [t(pixels).float() for t in teachers]
+        out.append(per_teacher[0] if len(per_teacher) == 1 else mean_logits(per_teacher))
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 def view_rows(images_uint8: torch.Tensor, image_ids: list[int], labels: list[int], epochs: list[int], *, k: int,
-              image_size: int, scale: tuple[float, float], hflip: bool, seed: int,
-              norm: Normalization) -> dict[str, np.ndarray]:
+              scale: tuple[float, float], hflip: bool, seed: int) -> dict[str, np.ndarray]:
     """The K views of each (C, H, W) image of ``images_uint8`` in its label epoch, as label-file columns
-    (srel_ray.data.sets) plus ``pixels``: the normalised view inputs the teacher labels. All views are rendered in
-    one batched call: every output pixel depends only on its own image and box, so the pixels equal rendering one
-    image at a time, at a fraction of the cost."""
+    (srel_ray.data.sets) plus ``image``: each row's uint8 source image (a quarter of the bytes of float32 view
+    pixels), which ``label_views`` renders where the teacher runs."""
     height, width = images_uint8.shape[-2:]
     per_image = [views_for(seed, i, e, k, height, width, scale, hflip) for i, e in zip(image_ids, epochs)]
     views = Views(torch.cat([v.boxes for v in per_image]), torch.cat([v.flips for v in per_image]))
@@ -47,7 +73,13 @@ def view_rows(images_uint8: torch.Tensor, image_ids: list[int], labels: list[int
             "view": np.tile(np.arange(k, dtype=np.int32), len(image_ids)),
             "top": box[:, 0], "left": box[:, 1], "height": box[:, 2], "width": box[:, 3],
             "flip": views.flips.numpy(),
-            "pixels": view_pixels(images_uint8.repeat_interleave(k, 0), views, image_size, norm).numpy()}
+            "image": images_uint8.repeat_interleave(k, 0).numpy()}
+
+
+def row_views(columns: dict[str, np.ndarray]) -> Views:
+    """The views of label-file rows (their top, left, height, width and flip columns)."""
+    boxes = np.stack([columns["top"], columns["left"], columns["height"], columns["width"]], 1)
+    return Views(torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(np.asarray(columns["flip"], bool)))
 
 
 def mean_logits(per_teacher: list[torch.Tensor]) -> torch.Tensor:

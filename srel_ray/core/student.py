@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +15,10 @@ from torch import nn
 from srel_ray.config import EvaluateConfig
 from srel_ray.core.losses import soft_label_kl, topk_correct
 from srel_ray.core.normalization import Normalization
+from srel_ray.core.precision import autocast, grad_scaler, to_input
 from srel_ray.core.relabel import view_pixels
 from srel_ray.core.seeding import STREAM_STUDENT_INIT, STREAM_STUDENT_ORDER, STREAM_TEACHER_DATA, generator, seeded_init
-from srel_ray.core.views import Views, render_views, sample_views
+from srel_ray.core.views import Views, render_views, sample_views_batched
 from srel_ray.models import create_model
 
 
@@ -110,30 +112,69 @@ def train_student_epoch(
     world: int = 1,
     device: torch.device | str = "cpu",
     ema: WeightEMA | None = None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One epoch over this rank's share of the stored views; returns the mean loss. Scheduler (and ``ema``, when
-    given) step per batch."""
+    given) step per batch.
+
+    ``images``: the set's uint8 images, kept on the host (a set can outgrow a GPU): each batch's images are gathered
+    there, a batch ahead in a helper thread on a GPU (pinned, so the copy does not stall), copied as uint8 and
+    rendered into views on ``device``. The loss is summed on the device and read once, at the end of the epoch, so
+    the host queues batch i + 1 while the device runs batch i. ``precision``: the forward pass's
+    (srel_ray.core.precision); the loss is computed in fp32. ``scaler``: fp16's GradScaler, kept by the caller
+    across epochs (None: a fresh one, enabled for fp16 only)."""
+    device = torch.device(device)
     model.train()
+    scaler = scaler if scaler is not None else grad_scaler(precision, device)
     rows = shard_order(len(labels.image_index), seed, epoch, rank, world)
-    total, count = 0.0, 0
-    for batch in rows.split(batch_size):
-        idx = labels.image_index[batch]
-        views = Views(labels.views.boxes[batch], labels.views.flips[batch])
-        x = view_pixels(images[idx], views, image_size, norm).to(device)
-        out = model(x)
-        if labels.logits is None:
-            loss = F.cross_entropy(out, class_labels[idx].to(device))
-        else:
-            loss = soft_label_kl(out, labels.logits[batch].to(device), temperature)
+    boxes, flips = labels.views.boxes.to(device), labels.views.flips.to(device)  # one copy per epoch, not per batch
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    gpu = device.type == "cuda"
+    for batch, batch_images, target in prefetch(_host_batches(images, class_labels, labels, rows, batch_size, gpu),
+                                                gpu):
+        on_device = batch.to(device, non_blocking=True)
+        x = to_input(view_pixels(batch_images.to(device, non_blocking=True), Views(boxes[on_device], flips[on_device]),
+                                 image_size, norm), device)
+        target = target.to(device, non_blocking=True)
+        with autocast(precision, device):
+            out = model(x).float()
+        loss = F.cross_entropy(out, target) if labels.logits is None else soft_label_kl(out, target, temperature)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if ema is not None:
             ema.update(model)
-        total += float(loss.detach()) * len(batch)
+        total += loss.detach().double() * len(batch)  # float64 on the device: the sum a Python float would give
         count += len(batch)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
+
+
+def _host_batches(images: torch.Tensor, class_labels: torch.Tensor, labels: EpochLabels, rows: torch.Tensor,
+                  batch_size: int, pin: bool):
+    """Per batch of ``rows``: the rows, their uint8 images and their targets (logits, or class indices), gathered
+    on the host; page-locked when ``pin`` (they are bound for a GPU)."""
+    for batch in rows.split(batch_size):
+        idx = labels.image_index[batch]
+        parts = (images[idx], class_labels[idx] if labels.logits is None else labels.logits[batch])
+        yield (batch, *(p.pin_memory() if pin else p for p in parts))
+
+
+def prefetch(items: Iterator, enabled: bool) -> Iterator:
+    """``items``, each produced one step ahead in a helper thread while the caller works on the one before (host
+    work such as gathering and pinning overlaps the caller queueing GPU work); plain iteration when not ``enabled``
+    (on a CPU the thread would only compete for the cores)."""
+    if not enabled:
+        yield from items
+        return
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(next, items, None)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next, items, None)
+            yield item
 
 
 @torch.no_grad()
@@ -169,7 +210,8 @@ def squeeze_augment(x: torch.Tensor, gen: torch.Generator, hflip: bool = True) -
     size = x.shape[-1]
     if size < RANDOM_RESIZED_CROP_FROM_PX:
         return light_augment(x, gen, pad=max(1, size // 8), hflip=hflip)
-    return render_views(x, sample_views(len(x), x.shape[-2], size, RANDOM_RESIZED_CROP_SCALE, gen, hflip), size)
+    views = sample_views_batched(len(x), x.shape[-2], size, RANDOM_RESIZED_CROP_SCALE, gen, hflip)  # no per-image Python
+    return render_views(x, views, size)
 
 
 def train_teacher_epoch(
@@ -183,21 +225,30 @@ def train_teacher_epoch(
     augment: bool,
     hflip: bool = True,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One squeeze epoch of plain cross-entropy training over (normalised images, labels) batches."""
+    """One squeeze epoch of plain cross-entropy training over (normalised images, labels) batches; the forward pass
+    in ``precision``, the loss in fp32, loss and hits summed on the device and read once at the end."""
+    device = torch.device(device)
     model.train()
+    scaler = scaler if scaler is not None else grad_scaler(precision, device)
     gen = generator(seed, STREAM_TEACHER_DATA, epoch, rank)
-    loss_sum, correct, n = 0.0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
     for x, y in batches:
         if augment:
             x = squeeze_augment(x, gen, hflip)
-        x, y = x.to(device), y.to(device)
-        out = model(x)
+        x, y = to_input(x.to(device), device), y.to(device)
+        with autocast(precision, device):
+            out = model(x).float()
         loss = F.cross_entropy(out, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((out.argmax(1) == y).sum())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (out.argmax(1) == y).sum()
         n += len(y)
-    return {"train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1), "train_n": n}
+    return {"train_loss": float(loss_sum) / max(n, 1), "train_top1": int(correct) / max(n, 1), "train_n": n}

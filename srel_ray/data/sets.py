@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from srel_ray.core.relabel import row_views
 from srel_ray.core.soft_labels import compress_topk, expand_topk
 from srel_ray.core.student import EpochLabels
-from srel_ray.core.views import Views
 from srel_ray.errors import DataError
 
 FORMAT_VERSION = 1
@@ -218,7 +218,6 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
     with fs.open(p, "rb") as f:
         table = pq.read_table(f)
     col = {name: table.column(name).to_numpy() for name in ("image_id", "top", "left", "height", "width", "flip")}
-    boxes = torch.from_numpy(np.stack([col["top"], col["left"], col["height"], col["width"]], 1).astype(np.float32))
     logits = None
     if not hard and "logits" in table.column_names:
         logits = torch.from_numpy(_matrix(table, "logits").astype(np.float32))
@@ -227,8 +226,7 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
         assert num_classes, f"{p}: a top-k label file must record num_classes in its schema metadata"
         logits = torch.from_numpy(expand_topk(_matrix(table, "topk_index"), _matrix(table, "topk_logits"),
                                               table.column("rest_logsumexp").to_numpy(), num_classes))
-    return EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)),
-                       Views(boxes, torch.from_numpy(col["flip"].astype(bool))), logits)
+    return EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)), row_views(col), logits)
 
 
 def label_bytes(set_dir: str) -> int:

@@ -104,14 +104,29 @@ def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | No
                 "Ray Train workers (squeeze, evaluate)", "resources.train_workers, resources.threads_per_worker "
                 "(CPUs per worker), one GPU per worker when GPUs are used")
     if use_gpu:
-        # With GPU labelers, relabel renders views in CPU tasks (1 CPU each) beside the actors; with every CPU held
-        # by the actors no view could ever be rendered, and the stage would wait forever.
+        # With GPU labelers, relabel decodes images and draws views in CPU tasks (1 CPU each) beside the actors;
+        # with every CPU held by the actors no image could ever be decoded, and the stage would wait forever.
         cpus = sum(s["CPU"] * s["count"] for s in shapes if s["CPU"] > 0)
         held = res.relabel_actors * res.cpus_per_actor
         if cpus < held + 1:
             raise ConfigError(f"{res.relabel_actors} relabel actors asking for {res.cpus_per_actor:g} CPU each hold "
                               f"{held:g} of the cluster's {cpus:g} CPUs, leaving less than the 1 CPU that rendering "
                               "views needs (resources.relabel_actors, resources.cpus_per_actor)")
+
+
+def check_precision(res: ResourcesConfig, use_gpu: bool) -> str | None:
+    """``resources.precision`` against the device the workers will use, before any stage starts: the CPU when GPUs
+    are not used; this machine's GPU when it has one (cluster GPUs of another kind are checked by each worker as it
+    starts, with the same message). Returns the precision it resolved to here, None when it could not check."""
+    import torch
+
+    from srel_ray.core.precision import resolve_precision
+
+    if not use_gpu:
+        return resolve_precision(res.precision, torch.device("cpu"))
+    if torch.cuda.is_available():
+        return resolve_precision(res.precision, torch.device("cuda"))
+    return None
 
 
 def check_fits(num_cpus: float, num_gpus: float, what: str, fields: str) -> None:

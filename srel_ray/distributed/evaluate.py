@@ -13,6 +13,7 @@ import torch
 
 from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.normalization import Normalization
+from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precision
 from srel_ray.core.student import (WeightEMA, build_student, count_correct, student_optimizer,
                                     train_student_epoch)
 from srel_ray.data import sets
@@ -33,7 +34,9 @@ def student_loop(config: dict) -> None:
                           image_size=cfg.data.image_size)
     if device.type == "cuda" and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
+    model = prepare_model(model.to(device), device)  # channels_last on GPUs; not compiled (DDP, EMA, checkpoints)
+    precision = resolve_precision(cfg.resources.precision, device)
+    scaler = grad_scaler(precision, device)
     optimizer, scheduler, local_batch = student_optimizer(model, e, len(images) * cfg.relabel.views_per_epoch, world)
     ema = WeightEMA(model, e.ema_decay) if e.ema_decay else None  # tested instead of the raw weights
     start, history = trainer.restore(model, optimizer, scheduler, ema)
@@ -45,7 +48,7 @@ def student_loop(config: dict) -> None:
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=local_batch, temperature=e.temperature,
                                    image_size=cfg.data.image_size, norm=norm, rank=rank, world=world, device=device,
-                                   ema=ema)
+                                   ema=ema, precision=precision, scaler=scaler)
         metrics = {"epoch": epoch, "train_loss": trainer.all_reduce_sum({"l": loss}, device)["l"] / world}
         last = epoch == e.epochs - 1
         if last or (e.eval_interval and (epoch + 1) % e.eval_interval == 0):

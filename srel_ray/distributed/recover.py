@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from srel_ray.config import Config, from_dict, to_dict
+from srel_ray.core.precision import prepare_model, resolve_precision
 from srel_ray.core.recover import Unit, freeze, plan_units, recover_unit
 from srel_ray.data import sets
 from srel_ray.data.class_images import StartImages
@@ -40,10 +41,13 @@ class RecoveryWorker:
         self.cfg = from_dict(cfg)
         self.set_dir = set_dir
         self.device = local_device()
+        res = self.cfg.resources
+        self.precision = resolve_precision(res.precision, self.device)
         teacher = load_teacher(teacher_path)
         self.norm = teacher.norm
-        self.model = freeze(teacher.build()).to(self.device)
-        self.extra = [freeze(load_teacher(p).build()).to(self.device) for p in extra_teachers]
+        self.model = prepare_model(freeze(teacher.build()).to(self.device), self.device, res.compile)
+        self.extra = [prepare_model(freeze(load_teacher(p).build()).to(self.device), self.device, res.compile)
+                      for p in extra_teachers]
         self.class_stats_dirs = list(class_stats)  # one folder per teacher, or none
         # The real dataset's index (labels and file lists; no image is read until a unit asks for its classes').
         data = load_dataset(self.cfg.data) if self.cfg.recover.init != "noise" else None
@@ -65,9 +69,11 @@ class RecoveryWorker:
         images, stats = recover_unit(self.model, unit, self.cfg.recover, seed=self.cfg.seed,
                                      image_size=self.cfg.data.image_size, norm=self.norm,
                                      hflip=self.cfg.data.hflip, device=self.device, extra_teachers=self.extra,
-                                     init=self.start_images(unit), class_stats=stats_per_teacher)
+                                     init=self.start_images(unit), class_stats=stats_per_teacher,
+                                     precision=self.precision)
         sets.write_images(self.set_dir, unit.targets(), images)
-        stats.update(unit=unit.index, attempt=attempt, seconds=time.perf_counter() - start, worker=self.identity())
+        stats.update(unit=unit.index, attempt=attempt, precision=self.precision, seconds=time.perf_counter() - start,
+                     worker=self.identity())
         sets.write_json_atomic(sets.unit_marker(self.set_dir, unit.name), stats)
         return stats
 

@@ -1,5 +1,6 @@
-"""Relabel with Ray Data: (image, epoch) rows -> K views each (map step: decode, crop, flip) -> teacher logits (an
-actor pool, one GPU per actor when present) -> one Parquet file per label epoch, written as each epoch completes.
+"""Relabel with Ray Data: (image, epoch) rows -> K view rows each (map step: decode, draw the views; each row carries
+its view's parameters and its uint8 source image) -> teacher logits (an actor pool, one GPU per actor when present,
+which renders the views on its device) -> one Parquet file per label epoch, written as each epoch completes.
 On a CPU-only cluster Ray Data fuses the map step into the labeling actors (its execution plan shows
 ``MapBatches(expand_views)->MapBatches(TeacherLabeler)``): each actor decodes, renders and labels its blocks.
 
@@ -22,8 +23,9 @@ from tqdm import tqdm
 
 from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
+from srel_ray.core.precision import prepare_model, resolve_precision
 from srel_ray.core.recover import freeze
-from srel_ray.core.relabel import epoch_blocks, mean_logits, pad_rows, teacher_logits, view_rows
+from srel_ray.core.relabel import epoch_blocks, label_views, pad_rows, row_views, view_rows
 from srel_ray.data import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.teacher import load_teacher
@@ -31,40 +33,41 @@ from srel_ray.teacher import load_teacher
 log = logging.getLogger(__name__)
 
 
-def expand_views(batch: dict, *, set_dir: str, ipc: int, channels: int, k: int, image_size: int,
-                 scale: tuple[float, float], hflip: bool, seed: int, norm: dict, rows: int) -> dict:
-    """Map step: a block (epoch, images start..stop-1) -> K view rows per image, with the view's parameters and
-    normalised pixels, padded to ``rows`` rows (``pad`` marks the copies); the views are rendered in one call."""
+def expand_views(batch: dict, *, set_dir: str, ipc: int, channels: int, k: int, scale: tuple[float, float],
+                 hflip: bool, seed: int, rows: int) -> dict:
+    """Map step: a block (epoch, images start..stop-1) -> K view rows per image, with the view's parameters and the
+    uint8 source image, padded to ``rows`` rows (``pad`` marks the copies)."""
     image_ids, epochs = [], []
     for epoch, start, stop in zip(batch["epoch"], batch["start"], batch["stop"]):
         image_ids += range(int(start), int(stop))
         epochs += [int(epoch)] * (int(stop) - int(start))
     labels = [i // ipc for i in image_ids]
     images = sets.read_images_at(set_dir, [(c, i % ipc) for c, i in zip(labels, image_ids)], channels)
-    return pad_rows(view_rows(images, image_ids, labels, epochs, k=k, image_size=image_size, scale=scale,
-                              hflip=hflip, seed=seed, norm=Normalization(**norm)), rows)
+    return pad_rows(view_rows(images, image_ids, labels, epochs, k=k, scale=scale, hflip=hflip, seed=seed), rows)
 
 
 class TeacherLabeler:
-    """Actor-pool step: the frozen teacher's logits on each view's pixels (with ``extra_teachers``, the mean of all
-    teachers' logits, EDC's multi-teacher labels). Loads the teachers once per actor."""
+    """Actor-pool step: the frozen teacher's logits on each row's view, rendered on the actor's device (with
+    ``extra_teachers``, the mean of all teachers' logits, EDC's multi-teacher labels). Loads the teachers once per
+    actor."""
 
-    def __init__(self, teacher_path: str, batch_size: int, threads: int, extra_teachers: tuple = ()):
+    def __init__(self, teacher_path: str, batch_size: int, threads: int, extra_teachers: tuple = (), *,
+                 image_size: int, norm: dict, precision: str | None = None, compile_model: bool = False):
         torch.set_num_threads(threads)
         self.device = local_device()
-        self.model = freeze(load_teacher(teacher_path).build()).to(self.device)
-        self.extra = [freeze(load_teacher(p).build()).to(self.device) for p in extra_teachers]
-        self.batch_size = batch_size
+        self.precision = resolve_precision(precision, self.device)
+        self.teachers = [prepare_model(freeze(load_teacher(p).build()).to(self.device), self.device, compile_model)
+                         for p in (teacher_path, *extra_teachers)]
+        self.batch_size, self.image_size, self.norm = batch_size, image_size, Normalization(**norm)
         ident = worker_identity()
         self.worker = f"{ident['node_id']}|{','.join(ident['gpu_ids'])}|{ident['pid']}|{self.device}"
 
     def __call__(self, batch: dict) -> dict:
-        pixels = torch.from_numpy(np.array(batch.pop("pixels")))  # Ray Data batches are read-only views
-        logits = teacher_logits(self.model, pixels, self.batch_size, self.device)
-        if self.extra:
-            logits = mean_logits([logits, *(teacher_logits(m, pixels, self.batch_size, self.device) for m in self.extra)])
+        images = torch.from_numpy(np.array(batch.pop("image")))  # Ray Data batches are read-only views
+        logits = label_views(self.teachers, images, row_views(batch), image_size=self.image_size, norm=self.norm,
+                             batch_size=self.batch_size, device=self.device, precision=self.precision)
         batch["logits"] = logits.numpy()
-        batch["worker"] = np.array([self.worker] * len(pixels))
+        batch["worker"] = np.array([self.worker] * len(images))
         return batch
 
 
@@ -94,13 +97,14 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
     rows_per_block = images_per_block * r.views_per_epoch
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
     ds = ds.map_batches(expand_views, fn_kwargs=dict(
-        set_dir=info.path, ipc=info.ipc, channels=info.channels, k=r.views_per_epoch,
-        image_size=cfg.data.image_size, scale=tuple(r.crop_scale), hflip=cfg.data.hflip, seed=cfg.seed, norm=norm,
-        rows=rows_per_block), batch_size=1, num_cpus=1)
+        set_dir=info.path, ipc=info.ipc, channels=info.channels, k=r.views_per_epoch, scale=tuple(r.crop_scale),
+        hflip=cfg.data.hflip, seed=cfg.seed, rows=rows_per_block), batch_size=1, num_cpus=1)
     # Every block has exactly rows_per_block rows (padded), so batches of that size are the blocks above: they
     # never mix epochs, even where Ray Data splits a large block and bundles the pieces again.
     ds = ds.map_batches(TeacherLabeler,
                         fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker, tuple(extra_teachers)),
+                        fn_constructor_kwargs=dict(image_size=cfg.data.image_size, norm=norm,
+                                                   precision=res.precision, compile_model=res.compile),
                         batch_size=rows_per_block, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
                         num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
     # Ray Data restarts a dead pool actor and retries its unfinished batches (max_restarts=-1 and

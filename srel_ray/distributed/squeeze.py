@@ -9,6 +9,7 @@ import torch
 
 from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.normalization import Normalization
+from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precision
 from srel_ray.core.seeding import STREAM_TEACHER_DATA, STREAM_TEACHER_INIT, derive_seed, seeded_init
 from srel_ray.core.student import count_correct, train_teacher_epoch
 from srel_ray.data.real import RealData
@@ -30,7 +31,9 @@ def squeeze_loop(config: dict) -> None:
                              image_size=cfg.data.image_size, **t.arch_kwargs)
     if device.type == "cuda" and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
-    model.to(device)
+    model = prepare_model(model.to(device), device)  # channels_last on GPUs; not compiled (DDP, checkpoints)
+    precision = resolve_precision(cfg.resources.precision, device)
+    scaler = grad_scaler(precision, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
     start, history = trainer.restore(model, optimizer, scheduler)
@@ -44,7 +47,8 @@ def squeeze_loop(config: dict) -> None:
             batch_size=local_batch, local_shuffle_buffer_size=t.shuffle_buffer or 4 * local_batch,
             local_shuffle_seed=derive_seed(cfg.seed, STREAM_TEACHER_DATA, epoch, rank)))
         stats = train_teacher_epoch(model, optimizer, batches, epoch=epoch, seed=cfg.seed, rank=rank,
-                                    augment=t.augment, hflip=cfg.data.hflip, device=device)
+                                    augment=t.augment, hflip=cfg.data.hflip, device=device, precision=precision,
+                                    scaler=scaler)
         scheduler.step()
         train_sums = trainer.all_reduce_sum({"loss": stats["train_loss"] * stats["train_n"],
                                              "correct": stats["train_top1"] * stats["train_n"],
