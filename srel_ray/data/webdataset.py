@@ -40,15 +40,21 @@ class ShardIndex:
     labels: np.ndarray  # int64
 
 
-def sample_label(sample: dict, label_key: str) -> int | None:
+def sample_label(sample: dict, label_key: str, where: str = "a WebDataset sample") -> int | None:
     """The class index of one sample's members (extension -> bytes): ``.cls`` text, else ``.json``'s key."""
     # Ray Data gives every sample every column of its block: a member another sample has is None here.
     if sample.get("cls") is not None:
-        return int(sample["cls"].decode().strip())
+        return _class_index(sample["cls"].decode(errors="replace").strip(), f"{where} (.cls)")
     if sample.get("json") is not None:
         value = json.loads(sample["json"]).get(label_key)
-        return None if value is None else int(value)
+        return None if value is None else _class_index(value, f"{where} (.json {label_key!r})")
     return None
+
+
+def _class_index(value, where: str) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or str(value).lstrip("-").isdigit()):
+        raise DataError(f"{where}: label {value!r} is not a class index (an integer into the class list)")
+    return int(value)
 
 
 def sample_image(sample: dict) -> bytes | None:
@@ -115,7 +121,7 @@ class WebDatasetData(RealData):
             for key, entry in samples.items():
                 if "image" not in entry:
                     raise DataError(f"{path!r}: sample {key!r} has no image ({', '.join(IMAGE_EXTENSIONS)})")
-                label = sample_label(entry, self.label_key)
+                label = sample_label(entry, self.label_key, f"{path!r}: sample {key!r}")
                 if label is None:
                     raise DataError(f"{path!r}: sample {key!r} has an image but no label (.cls, or .json with "
                                     f"{self.label_key!r})")

@@ -35,6 +35,8 @@ def write_shards(root, split: str, n: int, seed: int, shards: int = 1, label="cl
                 sample = {"__key__": f"{split}_{i:06d}", ext: _png(images[i])}
                 if label == "cls":
                     sample["cls"] = int(labels[i])
+                elif label == "cls text":
+                    sample["cls"] = "tench"  # a class name where the index belongs
                 elif label == "json":
                     sample["json"] = {"label": int(labels[i]), "width": 12}
                 sink.write(sample)
@@ -62,17 +64,20 @@ def test_a_timm_synset_list_names_the_classes(tmp_path):
     assert data.images_at("train", torch.tensor([2])).shape == (1, 3, 12, 12)  # JPEG decodes (lossy: shape only)
 
 
-@pytest.mark.parametrize("case", ["no label", "label outside", "no class list", "no held-out shards"])
+@pytest.mark.parametrize("case", ["no label", "label outside", "label not an index", "no class list",
+                                  "no held-out shards"])
 def test_bad_shards_are_named_by_file_and_key(tmp_path, case):
     if case != "no class list":
         (tmp_path / "classes.txt").write_text("\n".join(CLASSES))
-    write_shards(tmp_path, "train", 4, 0, label="none" if case == "no label" else "cls",
+    write_shards(tmp_path, "train", 4, 0, label={"no label": "none", "label not an index": "cls text"}.get(case, "cls"),
                  labels=[0, 1, 3, 2] if case == "label outside" else None)
     if case != "no held-out shards":
         write_shards(tmp_path, "validation", 2, 1)
     message = {"no label": "imagenet-train-0000.tar': sample 'train_000000' has an image but no label",
                "label outside": "imagenet-train-0000.tar': sample 'train_000002' has label 3, outside the class "
                                 "list's 3 classes",
+               "label not an index": "imagenet-train-0000.tar': sample 'train_000000' \\(.cls\\): label 'tench' is "
+                                     "not a class index",
                "no class list": "data.classes: no class list .*classes.txt",
                "no held-out shards": "found 1 tar files, 1 of them train"}[case]
     with pytest.raises(DataError, match=message):
