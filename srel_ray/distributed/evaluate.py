@@ -57,7 +57,7 @@ def student_loop(config: dict) -> None:
         if "test_top1" in metrics:  # report (and checkpoint) at test points only: a report costs ~0.1 s
             state = trainer.training_state(model, optimizer, scheduler, epoch, history)
             if ema is not None:
-                state["ema"] = ema.state_dict()
+                state["ema"], state["ema_updates"] = ema.state_dict(), ema.updates
             trainer.report(metrics, state, rank, start)
 
 
