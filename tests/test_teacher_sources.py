@@ -60,5 +60,5 @@ def test_torchvision_teacher_on_a_ten_class_dataset_is_refused_before_work(tmp_p
     code = main(["quickstart", "--out", str(tmp_path / "o"), "--set", "teacher.source=torchvision",
                  "--set", "teacher.arch=resnet18"])
     err = capsys.readouterr().err
-    assert code == 2 and "1000 classes" in err and "10" in err
+    assert code == 3 and "1000 classes" in err and "10" in err
     assert not (tmp_path / "o").exists()
