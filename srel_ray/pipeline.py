@@ -281,7 +281,7 @@ def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
         from srel_ray.distributed.class_stats import run_class_stats
 
         stats_dirs = run.class_stats(cfg)
-        run_class_stats(cfg, data, [run.teacher, *run.extra_teachers(cfg)], stats_dirs, use_gpu)
+        run_class_stats(cfg, data, [run.teacher, *run.extra_teachers(cfg)], stats_dirs, use_gpu, progress)
     result = run_recover(cfg, run.teacher, set_dir, teacher.num_classes, use_gpu,
                          extra_teachers=run.extra_teachers(cfg), class_stats=stats_dirs, progress=progress)
     _write_set_manifest(cfg, set_dir, "condensed", data, teacher)

@@ -2,14 +2,15 @@
 
 from pathlib import Path
 
-from srel_ray.cli import main
+from srel_ray.cli import main, quickstart_config
 from srel_ray.core.normalization import Normalization
 from srel_ray.models import create_model
 from srel_ray.teacher import Teacher, save_teacher
 
 
 def run(capsys, tmp_path, *sets):
-    args = ["quickstart", "--out", str(tmp_path / "o")] + [a for s in sets for a in ("--set", s)]
+    args = ["quickstart", "--config", str(quickstart_config()), "--out", str(tmp_path / "o")]  # method sre2l
+    args += [a for s in sets for a in ("--set", s)]
     code = main(args)
     return code, capsys.readouterr().err
 

@@ -53,10 +53,10 @@ PINNED_TINY_QUICKSTART = {
     "student_top1": 10.22,
     "baseline_random_hard_top1": 10.22,
     "baseline_random_soft_top1": 10.22,
-    "student_top5": 50.0,
-    "condensed_last_train_loss": 0.0,
-    "condensed_images_sha256": "",
-    "condensed_labels_sha256": "",
+    "student_top5": 53.56,
+    "condensed_last_train_loss": 2.1877,
+    "condensed_images_sha256": "0c88cf73837ad586cba3dfbedb3d29d5990f2df705301fbc7b02ee20ba465490",
+    "condensed_labels_sha256": "06aa51260db55d12f6ef78292ea0d87bda4a4fb50d1e8f2517a00182fd719ae1",
 }
 
 
@@ -82,14 +82,15 @@ def console_to(path: Path):
 
 @pytest.fixture(scope="session")
 def quickstart_run(ray_cluster, mlflow_uri, tmp_path_factory) -> Path:
-    """One finished tiny quickstart, shared by the tests that inspect its outputs or reuse its teacher. What it
-    printed is in ``console.txt`` beside the run folder."""
-    from srel_ray.cli import main
+    """One finished tiny quickstart of the tests' base config (quickstart.yaml: method sre2l), shared by the tests
+    that inspect its outputs or reuse its teacher. What it printed is in ``console.txt`` beside the run folder."""
+    from srel_ray.cli import main, quickstart_config
     from srel_ray.progress import setup_logging
 
     out = tmp_path_factory.mktemp("runs") / "quick"
     with console_to(out.parent / "console.txt"):
-        code = main(["quickstart", "--out", str(out), *as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}"])])
+        code = main(["quickstart", "--config", str(quickstart_config()), "--out", str(out),
+                     *as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}"])])
     setup_logging("normal")  # log to the real stderr again, not to the closed console.txt
     assert code == 0, (out.parent / "console.txt").read_text()[-3000:]
     return out

@@ -1,6 +1,7 @@
 """`srel-ray quickstart` end to end at a tiny budget: the output contract other tools read, and MLflow contents."""
 
 import json
+import re
 
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
@@ -84,13 +85,13 @@ def test_mlflow_run_recorded(quickstart_run, mlflow_uri):
 
 def test_rerun_skips_finished_work(quickstart_run, tiny, capsys, mlflow_uri):
     """The same command on a finished folder resumes: every stage is skipped and the outputs stay identical."""
-    from srel_ray.cli import main
+    from srel_ray.cli import main, quickstart_config
     from srel_ray.pipeline import STAGES
 
     before = {p: p.read_bytes() for p in (quickstart_run / "condensed").rglob("*") if p.is_file()}
     summary = (quickstart_run / "summary.json").read_text()
     records = {s: json.loads((quickstart_run / "stages" / f"{s}.json").read_text()) for s in STAGES}
-    assert main(["quickstart", "--out", str(quickstart_run), *tiny]) == 0
+    assert main(["quickstart", "--config", str(quickstart_config()), "--out", str(quickstart_run), *tiny]) == 0
     after = {p: p.read_bytes() for p in (quickstart_run / "condensed").rglob("*") if p.is_file()}
     assert before == after
     rerun = {s: json.loads((quickstart_run / "stages" / f"{s}.json").read_text()) for s in STAGES}
@@ -133,7 +134,12 @@ def test_tiny_quickstart_results_are_pinned(quickstart_run):
 def test_console_shows_stages_and_bars_only(quickstart_run):
     """The default console: a start and an end line per stage, one bar per long loop, then the table; none of
     Ray's or MLflow's own output (it is in DIR/logs/)."""
-    text = (quickstart_run.parent / "console.txt").read_text()
+    text = (quickstart_run.parent / "console.txt").read_bytes().decode()  # keep "\r": bars redraw with it
+    # The one line Ray's core prints on its own (ray-project/ray#53727) for Ray Data's actor pool; srel_ray cannot
+    # silence it without silencing every error of Ray's core.
+    text, ray_lines = re.subn(r"\[[-0-9 :,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: [^\n]* has "
+                              r"constructor arguments in the object store [^\n]*\n", "", text)
+    assert ray_lines <= 2  # one per relabelled set at most
     lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]  # a bar's last state
     table_at = lines.index("digits: 10 classes, IPC 2, teacher convnet, student convnet")
     before = [line for line in lines[:table_at] if line]
@@ -147,7 +153,7 @@ def test_console_shows_stages_and_bars_only(quickstart_run):
     assert sorted(line.split(":")[0] for line in before if not line.startswith("[")) == sorted(bars)
     assert all("100%" in line for line in before if not line.startswith("["))  # every bar finished
     after = [line for line in lines[table_at:] if line]
-    assert len(after) == 8 and after[-1].startswith("outputs: ")  # 7 table lines, then where the outputs are
+    assert len(after) == 9 and after[-1].startswith("outputs: ")  # the 8 lines of the table, then the outputs
     assert (quickstart_run / "logs" / "driver.log").stat().st_size > 0
     assert (quickstart_run / "logs" / "ray").is_dir()  # Ray's session logs: workers' output
 
