@@ -53,39 +53,40 @@ def format_config(cfg: Config, sources: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------- pictures
 
 
-def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]], ax=None):
-    """Test top-1 against epoch: the teacher's, and each student's (the condensed set and both baselines);
-    a student tested every few epochs is drawn at its test points."""
+def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]]):
+    """Test top-1 against epoch, the teacher's (left: squeeze epochs) and each student's (right: the condensed
+    set and both baselines, drawn at the epochs they were tested); returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        ax = plt.subplots(figsize=(7, 4.5))[1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
     labels = {"condensed": "condensed set (soft labels)", "random_real_hard": "random real, hard labels",
               "random_real_soft": "random real, teacher labels"}
-    if teacher_history:
-        ax.plot([r["epoch"] + 1 for r in teacher_history], [100 * r["test_top1"] for r in teacher_history],
-                "k--", label="teacher (squeeze epochs)")
+    left.plot([r["epoch"] + 1 for r in teacher_history], [100 * r["test_top1"] for r in teacher_history],
+              "k.-", label="teacher (squeeze epochs)")
     for name, history in students.items():
         points = [(r["epoch"] + 1, 100 * r["test_top1"]) for r in history if "test_top1" in r]
-        ax.plot(*zip(*points), marker=".", label=labels.get(name, name))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 %")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    return ax
+        right.plot(*zip(*points), marker=".", label=labels.get(name, name))
+    if not teacher_history:  # a torchvision model or a checkpoint: no squeeze epochs here
+        left.text(0.5, 0.5, "loaded, not squeezed", ha="center", transform=left.transAxes)
+    for ax, title in ((left, "teacher"), (right, "students")):
+        ax.set(xlabel="epoch", ylabel="test top-1 %", title=title)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(loc="lower right", fontsize="small")
+    return fig
 
 
 def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], path: str) -> str:
     """The curves as a PNG at ``path`` (local or URL), written atomically."""
     import matplotlib.pyplot as plt
 
-    ax = plot_curves(teacher_history, students)
+    fig = plot_curves(teacher_history, students)
     buffer = io.BytesIO()
-    ax.figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(ax.figure)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
     sets.write_bytes_atomic(path, buffer.getvalue())
     return path
 

@@ -49,8 +49,8 @@ def test_accuracy_curves_draw_the_teacher_and_every_student():
     teacher = [{"epoch": e, "test_top1": 0.5 + 0.1 * e} for e in range(3)]
     students = {"condensed": [{"epoch": 0, "train_loss": 2.0}, {"epoch": 1, "train_loss": 1.0, "test_top1": 0.8}],
                 "random_real_soft": [{"epoch": 1, "test_top1": 0.85}]}
-    ax = plot_curves(teacher, students)
-    lines = {line.get_label(): line for line in ax.get_lines()}
+    fig = plot_curves(teacher, students)
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
     assert set(lines) == {"teacher (squeeze epochs)", "condensed set (soft labels)", "random real, teacher labels"}
     assert list(lines["teacher (squeeze epochs)"].get_ydata()) == [50.0, 60.0, 70.0]
     assert list(lines["condensed set (soft labels)"].get_xdata()) == [2]  # only epochs that were tested
