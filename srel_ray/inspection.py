@@ -64,13 +64,14 @@ def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]]):
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
     labels = {"condensed": "condensed set (soft labels)", "random_real_hard": "random real, hard labels",
               "random_real_soft": "random real, teacher labels"}
-    left.plot([r["epoch"] + 1 for r in teacher_history], [100 * r["test_top1"] for r in teacher_history],
-              "k.-", label="teacher (squeeze epochs)")
+    if teacher_history:
+        left.plot([r["epoch"] + 1 for r in teacher_history], [100 * r["test_top1"] for r in teacher_history],
+                  "k.-", label="teacher (squeeze epochs)")
+    else:  # a torchvision model or a checkpoint: no squeeze epochs here
+        left.text(0.5, 0.5, "loaded, not squeezed", ha="center", transform=left.transAxes)
     for name, history in students.items():
         points = [(r["epoch"] + 1, 100 * r["test_top1"]) for r in history if "test_top1" in r]
         right.plot(*zip(*points), marker=".", label=labels.get(name, name))
-    if not teacher_history:  # a torchvision model or a checkpoint: no squeeze epochs here
-        left.text(0.5, 0.5, "loaded, not squeezed", ha="center", transform=left.transAxes)
     for ax, title in ((left, "teacher"), (right, "students")):
         ax.set(xlabel="epoch", ylabel="test top-1 %", title=title)
         ax.grid(alpha=0.3)
