@@ -116,6 +116,8 @@ def stage_did(stage: str, result: dict) -> str:
     if stage == "evaluate":
         trained = [name for name in ("condensed", "random_real_hard", "random_real_soft")
                    if name in result and name not in result.get("skipped_students", [])]
+        resumed = [name for name, r in result.get("resumed", {}).items() if r.get("skipped_epochs")]
         return f"{len(trained)} students trained" + (
-            f", {len(result['skipped_students'])} already done" if result.get("skipped_students") else "")
+            f", {len(result['skipped_students'])} already done" if result.get("skipped_students") else "") + (
+            f", {len(resumed)} resumed from a checkpoint" if resumed else "")
     return ""

@@ -17,7 +17,10 @@ def test_stage_lines_say_what_was_done_resumed_and_skipped():
                                  "skipped": False}) == \
         "condensed: 180 of 300 label epochs written; random_real: 0 of 300 label epochs written"
     assert stage_did("evaluate", {"condensed": {}, "random_real_hard": {}, "random_real_soft": {},
-                                  "skipped_students": ["condensed"]}) == "2 students trained, 1 already done"
+                                  "skipped_students": ["condensed"],
+                                  "resumed": {"random_real_hard": {"skipped_epochs": 50},
+                                              "random_real_soft": {"skipped_epochs": 0}}}) == \
+        "2 students trained, 1 already done, 1 resumed from a checkpoint"
 
 
 def test_quiet_console_prints_nothing(capsys):
