@@ -29,9 +29,11 @@ def start_ray(res: ResourcesConfig, verbose: bool = False) -> None:
     # The driver's DataContext travels with every dataset it builds (Train's split coordinators included).
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     # Ray Data logs each dataset's start, plan and end to the console and to ray-data.log in Ray's session logs:
-    # without verbose, only its errors reach the console.
+    # without verbose, only its errors reach the console. Only Ray's own console handler is touched (a host such
+    # as pytest may have attached handlers of its own to the logger).
     for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+        if type(handler).__module__.startswith("ray.") and isinstance(handler, logging.StreamHandler) \
+                and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.INFO if verbose else logging.ERROR)
     if ray.is_initialized():
         return
