@@ -266,6 +266,11 @@ class TrackingConfig:
     experiment: str = "srel_ray"
     tracking_uri: str | None = None
     artifact_root: str | None = None  # None: an absolute ``mlartifacts`` folder beside the SQLite file
+    system_metrics: bool = True  # MLflow's CPU/memory/disk (and GPU) samples beside the run (needs psutil)
+    loss_interval: int = 50  # recovery losses reach MLflow and the console every this many iterations (0: off)
+
+    def validate(self) -> None:
+        _check(self.loss_interval >= 0, "tracking.loss_interval", f"must be >= 0, got {self.loss_interval}")
 
 
 # What every tuning trial reports after each scored student epoch (srel_ray.trial); a tune metric must be one of them.
@@ -347,7 +352,7 @@ class Config:
 
         _check(self.method in METHODS, "method", f"must be one of {list(METHODS)}, got {self.method!r}")
         for section in (self.data, self.teacher, self.recover, self.relabel, self.evaluate, self.resources,
-                        self.tune):
+                        self.tracking, self.tune):
             section.validate()
         from srel_ray.models import check_model_name  # models import torch; keep config import light
 
@@ -388,23 +393,37 @@ def to_dict(cfg: Any) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (or the defaults when ``path`` is None), apply ``section.key=value`` overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
-    for item in overrides or []:
-        _apply_override(raw, item)
+    raw = apply_overrides(read_config_file(path), overrides or [])
     from srel_ray.methods import preset_overrides
 
     kept = preset_overrides(raw)
     if kept:
-        log.warning("method %s: the config sets %s; explicit values win over the preset", raw["method"],
+        log.warning("method %s: the config sets %s; explicit values win over the preset (srel-ray config shows "
+                    "where every value comes from)", raw["method"],
                     ", ".join(kept))
     return from_dict(raw).validate()
+
+
+def read_config_file(path: str | Path | None) -> dict:
+    """The plain YAML mapping of a config file ({} for None); a syntax error names the file, line and column."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    raw = _parse_yaml(path.read_text(), f"config file {str(path)!r}") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{what} is not valid YAML{where}: {e.problem or e.context}") from None
 
 
 def from_dict(raw: dict) -> Config:
@@ -433,6 +452,13 @@ def save_config(cfg: Config, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``raw`` (changed in place and returned) with each ``section.key=value`` applied in order."""
+    for item in overrides:
+        _apply_override(raw, item)
+    return raw
+
+
 def _apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
@@ -443,7 +469,7 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {key!r} is not a section")
-    node[keys[-1]] = yaml.safe_load(value)
+    node[keys[-1]] = _parse_yaml(value, f"--set {item!r}")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

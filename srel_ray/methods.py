@@ -60,7 +60,7 @@ def preset_values(method: str, image_size: int) -> dict[str, dict]:
     return out
 
 
-def _image_size(raw: dict) -> int:
+def image_size_of(raw: dict) -> int:
     data = raw.get("data")
     size = data.get("image_size") if isinstance(data, dict) else None
     return size if isinstance(size, int) else DataConfig.image_size  # a wrong type is the config builder's to report
@@ -112,7 +112,7 @@ def preset_overrides(raw: dict) -> list[str]:
     if not isinstance(raw, dict) or raw.get("method", "sre2l") not in PRESETS:
         return []
     out = []
-    for section, values in preset_values(raw.get("method", "sre2l"), _image_size(raw)).items():
+    for section, values in preset_values(raw.get("method", "sre2l"), image_size_of(raw)).items():
         given = raw.get(section)
         for key, value in values.items():
             if isinstance(given, dict) and key in given and given[key] != value:
@@ -128,7 +128,7 @@ def apply_method(raw: dict) -> dict:
     if method not in PRESETS:
         raise ConfigError(f"method must be one of {list(METHODS)}, got {method!r}")
     out = copy.deepcopy(raw)
-    for section, values in preset_values(method, _image_size(raw)).items():
+    for section, values in preset_values(method, image_size_of(raw)).items():
         given = out.get(section)
         if given is None:
             given = out[section] = {}

@@ -9,6 +9,9 @@
     DIR/evaluate/<student>.json         one file per trained student
     DIR/stages/<stage>.json             what each stage did and how long it took
     DIR/summary.json                    written last, once every stage has finished
+    DIR/accuracy_curves.png             teacher and students, test top-1 against epoch (with summary.json)
+    DIR/tracking.json                   the MLflow run (id, store) that a resumed command continues
+    DIR/logs/                           driver.log (every log line) and ray/ (Ray's session logs, a link)
     DIR/ray/                            Ray Train storage (checkpoints that resume squeeze and evaluate)
 
 DIR is a local folder or any fsspec URL (s3://, gs://, file://) that the driver and every Ray worker can reach;
@@ -33,9 +36,10 @@ from srel_ray.core.student import count_correct
 from srel_ray.data import sets
 from srel_ray.data.real import RealData, load_dataset, random_real_indices
 from srel_ray.errors import SrelError
+from srel_ray.progress import Console, log_to_file, stage_did
 from srel_ray.teacher import (Teacher, extra_teacher, imagenet_indices, load_teacher, save_teacher,
                               torchvision_teacher, torchvision_weights)
-from srel_ray.tracking import Tracker, tracked_run
+from srel_ray.tracking import Tracker, tracked_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,18 @@ class RunDir:
         return sets.join(self.out, "ray")
 
     @property
+    def curves(self) -> str:
+        return sets.join(self.out, "accuracy_curves.png")
+
+    @property
+    def tracking(self) -> str:
+        return sets.join(self.out, "tracking.json")
+
+    @property
+    def logs(self) -> str:
+        return sets.join(self.out, "logs")
+
+    @property
     def summary(self) -> str:
         return sets.join(self.out, "summary.json")
 
@@ -107,6 +123,7 @@ class RunDir:
 def prepare_out(cfg: Config, out: str | Path) -> RunDir:
     """Claim ``out`` for this run: refuse a folder holding a different run, then save the config beside it."""
     run = RunDir.at(out)
+    check_out_is_folder(run)
     if sets.exists(run.config):
         previous = config_from_yaml(sets.read_bytes(run.config).decode(), run.config)
         if previous.identity() != cfg.identity():
@@ -118,6 +135,12 @@ def prepare_out(cfg: Config, out: str | Path) -> RunDir:
                         "choose an empty or new folder")
     sets.write_bytes_atomic(run.config, config_yaml(cfg).encode())
     return run
+
+
+def check_out_is_folder(run: RunDir) -> None:
+    """``--out`` must name a folder (new or existing), not a file."""
+    if sets.is_file(run.out):
+        raise SrelError(f"--out {run.out!r} is a file, not a folder; give a new or existing folder")
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> tuple[str, object, object]:
@@ -133,6 +156,7 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> tuple[str, object, 
 
 def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
     """Everything that can be wrong with the inputs, checked before any heavy work starts."""
+    check_out_is_folder(run)
     data = load_dataset(cfg.data)
     if cfg.relabel.top_k >= data.num_classes:
         raise SrelError(f"relabel.top_k={cfg.relabel.top_k} must be below the class count {data.num_classes} "
@@ -192,8 +216,9 @@ def _check_teacher(teacher: Teacher, data: RealData) -> None:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
-    """Produce DIR/teacher/teacher.pt: train it (Ray Train), or take a torchvision model or a checkpoint."""
+def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker, progress=None) -> dict:
+    """Produce DIR/teacher/teacher.pt: train it (Ray Train), or take a torchvision model or a checkpoint.
+    ``progress`` (every stage takes it): the command's srel_ray.distributed.progress.Progress, or None."""
     if sets.exists(run.teacher):
         log.info("squeeze: the teacher is already at %s, skipping the stage", run.teacher)
         _save_extra_teachers(cfg, run, data, load_teacher(run.teacher))
@@ -203,9 +228,11 @@ def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
     if source == "squeeze":
         from srel_ray.distributed.squeeze import run_squeeze
 
-        with _resumable(run, "squeeze", cfg.teacher.epochs) as resumed:
-            teacher = run_squeeze(cfg, data, run.ray_storage, use_gpu)
-        tracker.log_history(teacher.metrics.get("history", []), prefix="teacher.")
+        with _resumable(run, "squeeze", cfg.teacher.epochs) as resumed, \
+                _epochs(progress, "teacher", "squeeze", cfg.teacher.epochs, resumed):
+            teacher = run_squeeze(cfg, data, run.ray_storage, use_gpu, progress.board if progress else None)
+        tracker.log_history(teacher.metrics.get("history", []), prefix="teacher.",
+                            skip=_logged(progress, "teacher", resumed))
     else:
         if source == "checkpoint":
             teacher = load_teacher(cfg.teacher.checkpoint)
@@ -242,7 +269,7 @@ def _test_accuracy(teacher: Teacher, data: RealData) -> dict:
     return {"test_top1": counts["top1"] / counts["n"], "test_top5": counts["top5"] / counts["n"]}
 
 
-def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
+def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker, progress=None) -> dict:
     """Recover the condensed images with the actor pool; the manifest is written once all units are done."""
     set_dir = run.set_dir("condensed")
     if sets.exists(sets.manifest_path(set_dir)):
@@ -256,9 +283,9 @@ def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
         from srel_ray.distributed.class_stats import run_class_stats
 
         stats_dirs = run.class_stats(cfg)
-        run_class_stats(cfg, data, [run.teacher, *run.extra_teachers(cfg)], stats_dirs, use_gpu)
+        run_class_stats(cfg, data, [run.teacher, *run.extra_teachers(cfg)], stats_dirs, use_gpu, progress)
     result = run_recover(cfg, run.teacher, set_dir, teacher.num_classes, use_gpu,
-                         extra_teachers=run.extra_teachers(cfg), class_stats=stats_dirs)
+                         extra_teachers=run.extra_teachers(cfg), class_stats=stats_dirs, progress=progress)
     _write_set_manifest(cfg, set_dir, "condensed", data, teacher)
     save_grid(set_dir, teacher.num_classes, cfg.recover.ipc, data.channels, run.grid)
     tracker.log_artifact(run.grid)
@@ -268,7 +295,7 @@ def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
             "retried_units": result["retried"], "actors": result["actors"], "unit_nodes": result["unit_nodes"]}
 
 
-def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
+def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker, progress=None) -> dict:
     """Soft labels for the condensed set and, for the baselines, for IPC random real images per class."""
     from srel_ray.distributed.relabel import run_relabel
 
@@ -283,7 +310,8 @@ def relabel(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
             log.info("relabel %s: all %d label epochs are written, skipping the set", name, cfg.relabel.epochs)
             report[name] = {"skipped": True, "epochs": cfg.relabel.epochs, "skipped_epochs": cfg.relabel.epochs}
             continue
-        report[name] = run_relabel(cfg, run.teacher, info, use_gpu, extra_teachers=run.extra_teachers(cfg))
+        report[name] = run_relabel(cfg, run.teacher, info, use_gpu, extra_teachers=run.extra_teachers(cfg),
+                                   progress=progress)
         labels = {"epochs": cfg.relabel.epochs, "views_per_epoch": cfg.relabel.views_per_epoch,
                   "crop_scale": list(cfg.relabel.crop_scale), "logits_dtype": cfg.relabel.logits_dtype,
                   "top_k": cfg.relabel.top_k, "bytes_per_image_per_epoch": _label_bytes(info, cfg)}
@@ -319,7 +347,7 @@ def _write_set_manifest(cfg: Config, set_dir: str, kind: str, data: RealData, te
                         teacher=teacher.describe(), config=to_dict(cfg), labels=labels, source=extra)
 
 
-def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker) -> dict:
+def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker, progress=None) -> dict:
     """Train the condensed-set student and, with baselines on, both random-real students, all on one protocol."""
     from srel_ray.distributed.evaluate import run_student
 
@@ -339,10 +367,13 @@ def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: T
         if info.label_epochs != cfg.relabel.epochs:
             raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
         log.info("evaluate: training the %s student", name)
-        with _resumable(run, f"student-{name}", cfg.evaluate.epochs) as resumed[name]:
+        source = f"student.{name}"
+        with _resumable(run, f"student-{name}", cfg.evaluate.epochs) as resumed[name], \
+                _epochs(progress, source, f"student {name}", cfg.evaluate.epochs, resumed[name]):
             result = run_student(cfg, data, info.path, hard=hard, name=f"student-{name}", storage=run.ray_storage,
-                                 use_gpu=use_gpu)
-        tracker.log_history(result["history"], prefix=f"student.{name}.")
+                                 use_gpu=use_gpu, progress_board=progress.board if progress else None,
+                                 progress_source=source)
+        tracker.log_history(result["history"], prefix=f"{source}.", skip=_logged(progress, source, resumed[name]))
         sets.write_json_atomic(record, result)
         results[name] = result
     return {**{name: {"top1": r["top1"], "top5": r["top5"]} for name, r in results.items()},
@@ -368,43 +399,110 @@ def _resumable(run: RunDir, name: str, epochs: int) -> Iterator[dict]:
                  after["start_epoch"] - 1)
 
 
+def _epochs(progress, source: str, desc: str, total: int, resumed: dict):
+    """The epoch bar of one training fit (nothing without ``progress``)."""
+    if progress is None:
+        return contextlib.nullcontext()
+    return progress.epochs(source, desc, total, resumed["skipped_epochs"])
+
+
+def _logged(progress, source: str, resumed: dict) -> set[int]:
+    """Epochs whose metrics are in MLflow already: sent live during this fit, or trained (and sent) by the earlier
+    command whose checkpoint this one resumed."""
+    return set(range(resumed["skipped_epochs"])) | (progress.already_logged(source) if progress else set())
+
+
 STAGE_FUNCTIONS = {"squeeze": squeeze, "recover": recover, "relabel": relabel, "evaluate": evaluate}
 
 
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: str) -> dict | None:
+def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: str,
+               console: Console | None = None) -> dict | None:
     """Check everything, then run ``stages`` in order on Ray; writes summary.json once evaluate has finished.
-    ``out`` is a local folder or an fsspec URL that every Ray worker can reach."""
+    ``out`` is a local folder or an fsspec URL that every Ray worker can reach. ``console``: what the person
+    running the command sees (default: stage lines and progress bars)."""
     from srel_ray.distributed.cluster import check_precision, check_resources, resolve_use_gpu, start_ray
+    from srel_ray.distributed.progress import Progress
 
+    console = console or Console()
     data = check_inputs(cfg, RunDir.at(out), stages)  # before anything is written
     run = prepare_out(cfg, out)
-    start_ray(cfg.resources)
+    _keep_logs(run)
+    start_ray(cfg.resources, verbose=console.verbosity == "verbose")
+    _link_ray_logs(run)
     use_gpu = resolve_use_gpu(cfg.resources)
     check_resources(cfg.resources, use_gpu)  # requests no node can meet fail now, not after hours of squeeze
     check_precision(cfg.resources, use_gpu)  # fp16 on a CPU, bf16 on a GPU without it: now, not in a worker
-    with tracked_run(cfg, command, run.out) as tracker:
-        for i, stage in enumerate(stages, 1):
-            log.info("[%d/%d] %s", i, len(stages), stage)
-            began = time.perf_counter()
-            result = STAGE_FUNCTIONS[stage](cfg, run, data, use_gpu, tracker)
-            seconds = time.perf_counter() - began
-            record = run.stage_record(stage)
-            if sets.exists(record) and result.get("skipped"):
-                seconds = sets.read_json(record)["seconds"]  # keep the time of the run that did the work
-            sets.write_json_atomic(record, {"stage": stage, "seconds": seconds, "result": result})
-            tracker.log_metrics({f"seconds.{stage}": seconds})
+    with tracked_run(cfg, command, run.out, run_id=_previous_run_id(cfg, run)) as tracker:
+        if tracker.enabled:
+            sets.write_json_atomic(run.tracking, {"run_id": tracker.run_id, "tracking_uri": tracking_uri(cfg)})
+
+        def live(prefix: str, step: int, metrics: dict) -> None:
+            tracker.log_metrics(metrics, step=step, prefix=prefix)
+
+        with Progress(console, live, cfg.recover.iterations) as progress:
+            for i, stage in enumerate(stages, 1):
+                log.info("[%d/%d] %s", i, len(stages), stage)
+                console.stage_started(i, len(stages), stage)
+                began = time.perf_counter()
+                result = STAGE_FUNCTIONS[stage](cfg, run, data, use_gpu, tracker, progress)
+                seconds = time.perf_counter() - began
+                console.stage_finished(i, len(stages), stage, seconds, stage_did(stage, result))
+                record = run.stage_record(stage)
+                if sets.exists(record) and result.get("skipped"):
+                    seconds = sets.read_json(record)["seconds"]  # keep the time of the run that did the work
+                sets.write_json_atomic(record, {"stage": stage, "seconds": seconds, "result": result})
+                tracker.log_metrics({f"seconds.{stage}": seconds})
         summary = write_summary(cfg, run, data) if _finished(run) else None
         if summary:
             tracker.log_metrics({k: v for k, v in summary.items() if k.endswith("top1") or k.endswith("top5")})
+            tracker.log_artifact(draw_curves(run))
             tracker.log_artifact(run.summary)
     return summary
 
 
+def _previous_run_id(cfg: Config, run: RunDir) -> str | None:
+    """The MLflow run of an earlier command on this folder, continued when it is in the same store."""
+    if not cfg.tracking.enabled or not sets.exists(run.tracking):
+        return None
+    previous = sets.read_json(run.tracking)
+    return previous["run_id"] if previous["tracking_uri"] == tracking_uri(cfg) else None
+
+
+def _keep_logs(run: RunDir) -> None:
+    """The driver's full log in DIR/logs/driver.log (local folders; a URL's logs stay with Ray's session logs)."""
+    if "://" not in run.out:
+        log_to_file(run.logs)
+
+
+def _link_ray_logs(run: RunDir) -> None:
+    """DIR/logs/ray: a link to Ray's session logs on this machine (workers' output, Ray Data, Ray Train)."""
+    from srel_ray.distributed.cluster import ray_logs_dir
+
+    ray_logs = ray_logs_dir()
+    if "://" in run.out or ray_logs is None:
+        return
+    link = Path(run.logs) / "ray"
+    if link.is_symlink():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(ray_logs, target_is_directory=True)
+    log.info("Ray's logs (workers' output, Ray Data, Ray Train): %s", ray_logs)
+
+
 def _finished(run: RunDir) -> bool:
     return all(sets.exists(run.stage_record(s)) for s in STAGES) and sets.exists(run.student_record("condensed"))
+
+
+def draw_curves(run: RunDir) -> str:
+    """DIR/accuracy_curves.png: the teacher's and every trained student's test top-1 against epoch."""
+    from srel_ray.inspection import save_curves
+
+    students = {name: sets.read_json(run.student_record(name))["history"]
+                for name in STUDENTS if sets.exists(run.student_record(name))}
+    return save_curves(load_teacher(run.teacher).metrics.get("history", []), students, run.curves)
 
 
 def write_summary(cfg: Config, run: RunDir, data: RealData) -> dict:

@@ -34,46 +34,56 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 class Tracker:
-    """A thin, optional MLflow run. Disabled trackers accept every call and do nothing."""
+    """A thin, optional MLflow run. Disabled trackers accept every call and do nothing.
 
-    def __init__(self, enabled: bool):
+    Every call names the run explicitly (MlflowClient), so a progress thread may log metrics while the stage runs
+    (MLflow's fluent API keeps its active run per thread)."""
+
+    def __init__(self, enabled: bool, run_id: str | None = None, uri: str | None = None):
         self.enabled = enabled
+        self.run_id = run_id
+        self.client = None
+        if enabled:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=uri)
 
     def log_metrics(self, metrics: dict, step: int | None = None, prefix: str = "") -> None:
-        if self.enabled:
-            import mlflow
+        if not self.enabled:
+            return
+        import time
 
-            numeric = {f"{prefix}{k}": float(v) for k, v in metrics.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            mlflow.log_metrics(numeric, step=step)
+        from mlflow.entities import Metric
 
-    def log_history(self, history: list[dict], prefix: str) -> None:
+        now = int(time.time() * 1000)
+        numeric = [Metric(f"{prefix}{k}", float(v), now, step or 0) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numeric:
+            self.client.log_batch(self.run_id, metrics=numeric)
+
+    def log_history(self, history: list[dict], prefix: str, skip: set[int] = frozenset()) -> None:
+        """Per-epoch rows as metrics stepped by epoch; ``skip``: epochs already logged (live, while training)."""
         for row in history:
-            self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]), prefix=prefix)
+            if int(row["epoch"]) not in skip:
+                self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]),
+                                 prefix=prefix)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """Log a local file or an fsspec URL (fetched into a temporary folder first)."""
         if not self.enabled:
             return
         import fsspec
-        import mlflow
 
         fs, p = fsspec.core.url_to_fs(str(path))
         if not fs.exists(p):
             return
         if "://" not in str(path):
-            mlflow.log_artifact(p, artifact_path=folder)
+            self.client.log_artifact(self.run_id, p, artifact_path=folder)
             return
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, p.rsplit("/", 1)[-1])
             fs.get(p, local)
-            mlflow.log_artifact(local, artifact_path=folder)
-
-    def log_image(self, image, name: str) -> None:
-        if self.enabled:
-            import mlflow
-
-            mlflow.log_image(image, name)
+            self.client.log_artifact(self.run_id, local, artifact_path=folder)
 
 
 def config_params(cfg: Config) -> dict[str, str]:
@@ -124,14 +134,26 @@ def tracked_run(cfg: Config, command: str, out: str | Path, run_id: str | None =
         experiment_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=root)
     else:
         experiment_id = experiment.experiment_id
+    system = cfg.tracking.system_metrics and _psutil_present()
     if run_id is not None:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id, log_system_metrics=system):
             log.info("mlflow: continuing run %s at %s", run_id, uri)
-            yield Tracker(True)
+            yield Tracker(True, run_id, uri)
         return
     out = str(out) if "://" in str(out) else str(Path(out).resolve())
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{command}:{out.rstrip('/').rsplit('/', 1)[-1]}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{command}:{out.rstrip('/').rsplit('/', 1)[-1]}",
+                          log_system_metrics=system) as run:
         mlflow.set_tags({"srel_ray.command": command, "srel_ray.out": out})
         mlflow.log_params(config_params(cfg))
         log.info("mlflow: run %s in experiment %r at %s", run.info.run_id, cfg.tracking.experiment, uri)
-        yield Tracker(True)
+        yield Tracker(True, run.info.run_id, uri)
+
+
+def _psutil_present() -> bool:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU with pynvml) need psutil."""
+    import importlib.util
+
+    if importlib.util.find_spec("psutil") is None:
+        log.info("mlflow: no system metrics (psutil is not installed)")
+        return False
+    return True

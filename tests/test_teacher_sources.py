@@ -62,7 +62,7 @@ def test_torchvision_teacher_on_a_ten_class_dataset_is_refused_before_work(tmp_p
     code = main(["quickstart", "--out", str(tmp_path / "o"), "--set", "teacher.source=torchvision",
                  "--set", "teacher.arch=resnet18"])
     err = capsys.readouterr().err
-    assert code == 2 and "1000 ImageNet-1K classes by wnid" in err and "class '0' of dataset 'digits'" in err
+    assert code == 3 and "1000 ImageNet-1K classes by wnid" in err and "class '0' of dataset 'digits'" in err
     assert not (tmp_path / "o").exists()
 
 

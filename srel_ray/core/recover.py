@@ -107,6 +107,7 @@ def recover_unit(
     hflip: bool = True,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, float], None] | None = None,
+    on_step_every: int = 1,
     extra_teachers: Sequence[nn.Module] = (),
     init: torch.Tensor | None = None,
     class_stats: Sequence[ClassStats] | None = None,
@@ -114,6 +115,7 @@ def recover_unit(
 ) -> tuple[torch.Tensor, dict]:
     """Optimise one unit's images; returns them as uint8 (N, C, H, W) in ``unit.targets()`` order, and stats.
 
+    ``on_step(step, loss)``: called after every ``on_step_every``-th step (progress, live tracking).
     ``init``: uint8 starting images in ``unit.targets()`` order (recover.init real or rded); None: Gaussian noise.
     ``class_stats``: one per teacher, covering the unit's classes (needed when recover.class_bn_weight > 0).
     With ``cfg.iterations == 0`` the starting images are returned unchanged (RDED as a method of its own).
@@ -181,7 +183,7 @@ def recover_unit(
                 x.copy_(torch.maximum(torch.minimum(x, high), low))  # keep pixels in the valid range
                 if x_ema is not None:  # x_ema <- beta * x_ema + (1 - beta) * x
                     x_ema.mul_(cfg.flatness_ema).add_(x, alpha=1 - cfg.flatness_ema)
-            if on_step is not None:
+            if on_step is not None and (step + 1) % on_step_every == 0:  # float(): a device sync, so not every step
                 on_step(step, float(loss.detach()))
     finally:
         for bn in matchers:

@@ -64,30 +64,44 @@ def stretched_cosine(optimizer: torch.optim.Optimizer, total_steps: int, stretch
 
 
 class WeightEMA:
-    """theta_ema <- d * theta_ema + (1 - d) * theta after every optimiser step, over all floating-point state
+    """theta_ema <- d_t * theta_ema + (1 - d_t) * theta after every optimiser step, over all floating-point state
     (parameters and BatchNorm running statistics); integer buffers (batch counters) are copied. EDC tests the
-    student with these averaged weights."""
+    student with these averaged weights.
 
-    def __init__(self, model: nn.Module, decay: float):
+    With ``warmup`` the decay of update t (0, 1, ...) is min(decay, (1 + t) / (10 + t)), the warm-up of
+    TensorFlow's ExponentialMovingAverage(num_updates) (timm's ModelEmaV3 warms up likewise): a short run (a few
+    hundred steps) would otherwise keep a visible share of the random initial weights (0.99^300 ~ 5 %)."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
         self.decay = decay
+        self.warmup = warmup
+        self.updates = 0  # optimiser steps averaged so far; checkpointed with the weights
         self.model = copy.deepcopy(_unwrap(model)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
         current = _unwrap(model).state_dict()
         for name, value in self.model.state_dict().items():
             if value.dtype.is_floating_point:
-                value.mul_(self.decay).add_(current[name].detach(), alpha=1 - self.decay)
+                value.mul_(decay).add_(current[name].detach(), alpha=1 - decay)
             else:
                 value.copy_(current[name])
+        self.updates += 1
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, updates: int) -> None:
         self.model.load_state_dict(state)
+        self.updates = updates
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

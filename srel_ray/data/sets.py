@@ -99,6 +99,11 @@ def exists(path: str) -> bool:
     return fs.exists(p)
 
 
+def is_file(path: str) -> bool:
+    fs, p = _fs(path)
+    return fs.isfile(p)
+
+
 def remove(path: str) -> None:
     fs, p = _fs(path)
     if fs.exists(p):

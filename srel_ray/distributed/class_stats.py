@@ -14,7 +14,6 @@ import numpy as np
 import ray
 import ray.data
 import torch
-from tqdm import tqdm
 
 from srel_ray.config import Config
 from srel_ray.core.class_stats import ClassStatsAccumulator, ClassSums, batch_sums
@@ -22,6 +21,7 @@ from srel_ray.core.recover import freeze
 from srel_ray.data.real import RealData
 from srel_ray.distributed.cluster import actor_resources, local_device
 from srel_ray.distributed.datasets import ray_dataset
+from srel_ray.distributed.progress import close_bar, open_bar
 from srel_ray.errors import DataError
 from srel_ray.teacher import class_stats_complete, load_teacher, save_class_stats
 
@@ -60,8 +60,9 @@ def _parts(batch: dict, teachers: int) -> list[ClassSums]:
 
 
 def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folders: list[str],
-                    use_gpu: bool) -> dict:
-    """Write the per-class statistics of each teacher to its folder, unless all folders are already complete."""
+                    use_gpu: bool, progress=None) -> dict:
+    """Write the per-class statistics of each teacher to its folder, unless all folders are already complete.
+    ``progress``: the command's srel_ray.distributed.progress.Progress (its bars), or None for a plain bar."""
     if all(class_stats_complete(f) for f in folders):
         log.info("class statistics: reusing %s", ", ".join(folders))
         return {"skipped": True}
@@ -74,12 +75,12 @@ def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folde
         compute=ray.data.ActorPoolStrategy(size=res.relabel_actors), num_cpus=request["num_cpus"],
         num_gpus=request["num_gpus"])
     totals = [ClassStatsAccumulator(data.num_classes) for _ in teacher_paths]
-    progress = tqdm(total=len(data.labels("train")), desc="class statistics", unit="image")
+    bar = open_bar(progress, "class_stats", "class statistics", len(data.labels("train")), "image")
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for total, part in zip(totals, _parts(batch, len(teacher_paths))):
             total.add(part)
-        progress.update(int(batch["images"].sum()))
-    progress.close()
+        bar.update(int(batch["images"].sum()))
+    close_bar(progress, "class_stats", bar)
     missing = totals[0].missing()
     if missing:
         raise DataError(f"no readable training images of classes {missing[:10]}: their statistics are undefined")

@@ -19,8 +19,22 @@ log = logging.getLogger(__name__)
 REACH_TIMEOUT_S = 5.0  # a cluster address that does not answer within this is an error, not a hang
 
 
-def start_ray(res: ResourcesConfig) -> None:
-    """Join ``res.ray_address`` (or $RAY_ADDRESS), else start a local cluster; reuse one already joined."""
+def start_ray(res: ResourcesConfig, verbose: bool = False) -> None:
+    """Join ``res.ray_address`` (or $RAY_ADDRESS), else start a local cluster; reuse one already joined.
+
+    ``verbose`` False: workers' output stays in Ray's session logs (``ray_logs_dir()``) and Ray Data draws no
+    progress bars, so the console holds srel_ray's own stage lines and bars; True: both go to the console."""
+    import ray.data
+
+    # The driver's DataContext travels with every dataset it builds (Train's split coordinators included).
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+    # Ray Data logs each dataset's start, plan and end to the console and to ray-data.log in Ray's session logs:
+    # without verbose, only its errors reach the console. Only Ray's own console handler is touched (a host such
+    # as pytest may have attached handlers of its own to the logger).
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__module__.startswith("ray.") and isinstance(handler, logging.StreamHandler) \
+                and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.INFO if verbose else logging.ERROR)
     if ray.is_initialized():
         return
     # A local single-user cluster needs no token; a cluster we join keeps whatever auth it was started with.
@@ -28,7 +42,7 @@ def start_ray(res: ResourcesConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Without the dashboard, Train's state-actor reconciliation only logs failed state-API queries.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": verbose}
     address = res.ray_address or os.environ.get("RAY_ADDRESS")  # a submitted Ray job joins its cluster
     if address is None:
         # "local": a new cluster even where a `ray start` (perhaps long dead) left its address in
@@ -43,6 +57,13 @@ def start_ray(res: ResourcesConfig) -> None:
         kwargs.update(address=address)
     ray.init(**kwargs)
     log.info("ray cluster resources: %s", ray.cluster_resources())
+
+
+def ray_logs_dir() -> str | None:
+    """This machine's folder of Ray's session logs (workers' output, Ray Data's and Train's logs), when this driver
+    runs on a node of the cluster; None for a client (ray://) connection."""
+    node = ray._private.worker.global_worker.node
+    return node.get_logs_dir_path() if node is not None else None
 
 
 def _bootstrap_endpoint(address: str, source: str) -> tuple[str, int]:

@@ -19,6 +19,7 @@ from srel_ray.core.student import (WeightEMA, build_student, count_correct, stud
 from srel_ray.data import sets
 from srel_ray.data.real import RealData
 from srel_ray.distributed import trainer
+from srel_ray.distributed.progress import send
 from srel_ray.distributed.datasets import ray_dataset
 
 
@@ -57,19 +58,24 @@ def student_loop(config: dict) -> None:
                                           device)
             metrics.update(test_top1=test["top1"] / test["n"], test_top5=test["top5"] / test["n"])
         history.append(metrics)
+        if rank == 0:
+            send(config["progress"], source=config["progress_source"], epoch=epoch,
+                 metrics={k: v for k, v in metrics.items() if k != "epoch"})
         if "test_top1" in metrics:  # report (and checkpoint) at test points only: a report costs ~0.1 s
             state = trainer.training_state(model, optimizer, scheduler, epoch, history)
             if ema is not None:
-                state["ema"] = ema.state_dict()
+                state["ema"], state["ema_updates"] = ema.state_dict(), ema.updates
             trainer.report(metrics, state, rank, start)
 
 
 def run_student(cfg: Config, data: RealData, set_dir: str, *, hard: bool, name: str, storage: str,
-                use_gpu: bool) -> dict:
-    """Train and test one student; returns final top-1/top-5 and the per-epoch history."""
+                use_gpu: bool, progress_board=None, progress_source: str = "student") -> dict:
+    """Train and test one student; returns final top-1/top-5 and the per-epoch history. ``progress_board``: a
+    srel_ray.distributed.progress.ProgressBoard that gets each epoch's metrics as ``progress_source`` (or None)."""
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
-                   "set_dir": set_dir, "hard": hard, "threads": res.threads_per_worker}
+                   "set_dir": set_dir, "hard": hard, "threads": res.threads_per_worker, "progress": progress_board,
+                   "progress_source": progress_source}
     datasets = {"test": ray_dataset(data, "test")}
     result = trainer.fit(student_loop, loop_config, name=name, storage=storage, res=res, use_gpu=use_gpu,
                          datasets=datasets)

@@ -18,7 +18,6 @@ import time
 
 import ray
 import torch
-from tqdm import tqdm
 
 from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.precision import prepare_model, resolve_precision
@@ -27,6 +26,7 @@ from srel_ray.data import sets
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import load_dataset
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
+from srel_ray.distributed.progress import close_bar, open_bar, send
 from srel_ray.teacher import load_class_stats, load_teacher
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class RecoveryWorker:
         # A restarted actor keeps its actor id and gets a new process: both say who did a unit, and after what.
         return {**worker_identity(), "actor_id": ray.get_runtime_context().get_actor_id(), "device": str(self.device)}
 
-    def recover(self, unit: Unit) -> dict:
+    def recover(self, unit: Unit, progress_board=None) -> dict:
+        """``progress_board`` (a ProgressBoard, or None) gets the loss every tracking.loss_interval iterations."""
         start = time.perf_counter()
         started = sets.unit_started(self.set_dir, unit.name)
         attempt = sets.read_json(started)["attempt"] + 1 if sets.exists(started) else 1
@@ -66,7 +67,13 @@ class RecoveryWorker:
         stats_per_teacher = None
         if self.cfg.recover.class_bn_weight and self.cfg.recover.iterations:
             stats_per_teacher = [load_class_stats(d, list(unit.classes)) for d in self.class_stats_dirs]
-        images, stats = recover_unit(self.model, unit, self.cfg.recover, seed=self.cfg.seed,
+        every = self.cfg.tracking.loss_interval
+        on_step = None
+        if every and progress_board is not None:
+            def on_step(step: int, loss: float) -> None:
+                send(progress_board, source="recover", unit=unit.index, step=step, loss=loss)
+        images, stats = recover_unit(self.model, unit, self.cfg.recover, seed=self.cfg.seed, on_step=on_step,
+                                     on_step_every=max(every, 1),
                                      image_size=self.cfg.data.image_size, norm=self.norm,
                                      hflip=self.cfg.data.hflip, device=self.device, extra_teachers=self.extra,
                                      init=self.start_images(unit), class_stats=stats_per_teacher,
@@ -79,10 +86,11 @@ class RecoveryWorker:
 
 
 def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, use_gpu: bool,
-                extra_teachers: list[str] = (), class_stats: list[str] = ()) -> dict:
+                extra_teachers: list[str] = (), class_stats: list[str] = (), progress=None) -> dict:
     """Recover every unit not yet marked done; returns counts, per-unit stats, the actors' identities and the node
     each unit of this call ran on. ``extra_teachers``: more teacher.pt paths (teacher.extra); ``class_stats``:
-    per-class statistics folders, one per teacher (recover.class_bn_weight > 0)."""
+    per-class statistics folders, one per teacher (recover.class_bn_weight > 0). ``progress``: the command's
+    srel_ray.distributed.progress.Progress (the units bar, live losses), or None for a plain bar."""
     units = plan_units(num_classes, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit)
     pending = [u for u in units if not sets.exists(sets.unit_marker(set_dir, u.name))]
     skipped = len(units) - len(pending)
@@ -106,9 +114,14 @@ def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, 
     identities = ray.get([a.identity.remote() for a in actors])
     pool = ray.util.ActorPool(actors)
     stats = []
-    for result in tqdm(pool.map_unordered(lambda a, u: a.recover.remote(u), pending), total=len(pending),
-                       desc="recover units", unit="unit"):
+    bar = open_bar(progress, "recover", "recover", len(units), "unit", initial=skipped)
+    # The board goes with each call, not to the constructor: Ray warns on the console about restartable actors
+    # whose constructor arguments live in the object store.
+    board = progress.board if progress else None
+    for result in pool.map_unordered(lambda a, u: a.recover.remote(u, board), pending):
         stats.append(result)
+        bar.update(1)
+    close_bar(progress, "recover", bar)
     for actor in actors:
         ray.kill(actor)
     stats.sort(key=lambda s: s["unit"])

@@ -19,7 +19,6 @@ import numpy as np
 import ray
 import ray.data
 import torch
-from tqdm import tqdm
 
 from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
@@ -28,6 +27,7 @@ from srel_ray.core.recover import freeze
 from srel_ray.core.relabel import epoch_blocks, label_views, pad_rows, row_views, view_rows
 from srel_ray.data import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
+from srel_ray.distributed.progress import close_bar, open_bar
 from srel_ray.teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,10 @@ class TeacherLabeler:
 
 
 def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: bool,
-                extra_teachers: list[str] = ()) -> dict:
+                extra_teachers: list[str] = (), progress=None) -> dict:
     """Write every missing label epoch of the set at ``info.path``; returns counts and the labeling actors.
-    ``extra_teachers``: more teacher.pt paths whose logits are averaged with the teacher's."""
+    ``extra_teachers``: more teacher.pt paths whose logits are averaged with the teacher's. ``progress``: the
+    command's srel_ray.distributed.progress.Progress (its bars), or None for a plain bar."""
     r, res = cfg.relabel, cfg.resources
     done = set(sets.label_epochs_done(info.path, r.epochs))
     pending = [e for e in range(r.epochs) if e not in done]
@@ -113,7 +114,8 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
     buffers: dict[int, list[dict]] = defaultdict(list)
     counts: dict[int, int] = defaultdict(int)
     workers: set[str] = set()
-    progress = tqdm(total=len(pending), desc=f"relabel {info.path.rsplit('/', 1)[-1]}", unit="epoch")
+    desc = f"relabel {info.path.rsplit('/', 1)[-1]}"
+    bar = open_bar(progress, "relabel", desc, r.epochs, "epoch", initial=len(done))
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         workers.update(batch.pop("worker").tolist())
         keep = ~batch.pop("pad")  # the copies that filled a short block
@@ -125,8 +127,8 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
             assert counts[int(epoch)] <= rows_per_epoch, f"epoch {epoch}: more label rows than views (duplicates)"
             if counts[int(epoch)] == rows_per_epoch:
                 _write_epoch(info, int(epoch), buffers.pop(int(epoch)), r.logits_dtype, r.top_k)
-                progress.update(1)
-    progress.close()
+                bar.update(1)
+    close_bar(progress, "relabel", bar)
     assert not buffers, f"relabel ended with incomplete epochs {sorted(buffers)}"
     return {"epochs": r.epochs, "skipped_epochs": len(done), "workers": sorted(workers)}
 

@@ -14,6 +14,7 @@ from srel_ray.core.seeding import STREAM_TEACHER_DATA, STREAM_TEACHER_INIT, deri
 from srel_ray.core.student import count_correct, train_teacher_epoch
 from srel_ray.data.real import RealData
 from srel_ray.distributed import trainer
+from srel_ray.distributed.progress import send
 from srel_ray.errors import DataError
 from srel_ray.distributed.datasets import ray_dataset
 from srel_ray.models import create_model
@@ -61,18 +62,22 @@ def squeeze_loop(config: dict) -> None:
         # Unreadable images are dropped in the data pipeline; an equal split may also drop up to world-1 rows.
         metrics["skipped_images"] = max(0, config["expected_train"] - int(train_sums["n"]) - (world - 1))
         history.append(metrics)
+        if rank == 0:
+            send(config["progress"], source="teacher", epoch=epoch,
+                 metrics={k: v for k, v in metrics.items() if k != "epoch"})
         state = trainer.training_state(model, optimizer, scheduler, epoch, history)
         trainer.report(metrics, state, rank, start)
         if metrics["skipped_images"] > cfg.data.max_corrupt:
             return  # the driver reads the count from the history and stops the run
 
 
-def run_squeeze(cfg: Config, data: RealData, storage: str, use_gpu: bool) -> Teacher:
-    """Train the teacher with ``cfg.resources.train_workers`` workers; returns it with its per-epoch history."""
+def run_squeeze(cfg: Config, data: RealData, storage: str, use_gpu: bool, progress_board=None) -> Teacher:
+    """Train the teacher with ``cfg.resources.train_workers`` workers; returns it with its per-epoch history.
+    ``progress_board``: a srel_ray.distributed.progress.ProgressBoard that gets each epoch's metrics (or None)."""
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
                    "num_classes": data.num_classes, "channels": data.channels, "threads": res.threads_per_worker,
-                   "expected_train": len(data.labels("train"))}
+                   "expected_train": len(data.labels("train")), "progress": progress_board}
     # Shards often come sorted by class (the CIFAR-10 copy is): a local shuffle buffer alone would then feed
     # single-class batches. A seeded global shuffle mixes classes; the per-epoch local buffer varies the order.
     train = ray_dataset(data, "train", shuffle=cfg.teacher.shuffle, seed=derive_seed(cfg.seed, STREAM_TEACHER_DATA))

@@ -60,7 +60,8 @@ def worker_setup(threads: int) -> tuple[int, int, torch.device]:
 
 def restore(model: torch.nn.Module, optimizer, scheduler, ema=None) -> tuple[int, list[dict]]:
     """Load the last checkpoint of this Train run, if any; returns the next epoch and the history so far.
-    ``ema``: a WeightEMA whose averaged weights were saved as ``state["ema"]``."""
+    ``ema``: a WeightEMA whose averaged weights and update count were saved as ``state["ema"]`` and
+    ``state["ema_updates"]``."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0, []
@@ -70,7 +71,7 @@ def restore(model: torch.nn.Module, optimizer, scheduler, ema=None) -> tuple[int
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if ema is not None:
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"], state["ema_updates"])
     return state["epoch"] + 1, state["history"]
 
 

@@ -1,6 +1,9 @@
 """One local Ray cluster for the whole session (2 CPUs, 2 logical GPUs to test placement without hardware), and a
 tiny-budget config on the digits set that every integration test starts from."""
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,8 @@ def as_args(overrides: list[str]) -> list[str]:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    # Workers' output stays in Ray's session logs, as a command's does by default (tests count console lines).
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -39,11 +43,54 @@ def tiny(mlflow_uri) -> list[str]:
     return as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}"])
 
 
+# What the tiny quickstart (``quickstart_run``) computes, pinned so that a change of results is a deliberate,
+# visible decision: accuracies (%), the last student loss, and sha256 digests over the condensed set's images and
+# label files (of their manifest checksums). After a change that is meant to move results, regenerate with
+#   PYTHONPATH=. python -m pytest -q tests/integration/test_quickstart.py::test_tiny_quickstart_results_are_pinned
+# which prints the new values to paste here.
+PINNED_TINY_QUICKSTART = {
+    "teacher_top1": 95.78,
+    "student_top1": 10.22,
+    "baseline_random_hard_top1": 10.22,
+    "baseline_random_soft_top1": 10.22,
+    "student_top5": 53.56,
+    "condensed_last_train_loss": 2.1877,
+    "condensed_images_sha256": "0c88cf73837ad586cba3dfbedb3d29d5990f2df705301fbc7b02ee20ba465490",
+    "condensed_labels_sha256": "06aa51260db55d12f6ef78292ea0d87bda4a4fb50d1e8f2517a00182fd719ae1",
+}
+
+
+@contextlib.contextmanager
+def console_to(path: Path):
+    """Everything a command prints, into ``path``: Python's sys.stdout/sys.stderr and the file descriptors 1 and 2
+    (Ray's core and other C++ code write to those directly)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "w", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            f.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(ray_cluster, mlflow_uri, tmp_path_factory) -> Path:
-    """One finished tiny quickstart, shared by the tests that inspect its outputs or reuse its teacher."""
-    from srel_ray.cli import main
+    """One finished tiny quickstart of the tests' base config (quickstart.yaml: method sre2l), shared by the tests
+    that inspect its outputs or reuse its teacher. What it printed is in ``console.txt`` beside the run folder."""
+    from srel_ray.cli import main, quickstart_config
+    from srel_ray.progress import setup_logging
 
     out = tmp_path_factory.mktemp("runs") / "quick"
-    assert main(["quickstart", "--out", str(out), *as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}"])]) == 0
+    with console_to(out.parent / "console.txt"):
+        code = main(["quickstart", "--config", str(quickstart_config()), "--out", str(out),
+                     *as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}"])])
+    setup_logging("normal")  # log to the real stderr again, not to the closed console.txt
+    assert code == 0, (out.parent / "console.txt").read_text()[-3000:]
     return out

@@ -46,12 +46,13 @@ def reference(config, fault_args, tmp_path_factory) -> Path:
 
 def outputs(folder: Path, under: str = "") -> dict[str, bytes]:
     """Every output file by path, except what differs between two identical runs by nature: Ray Train's storage
-    (checkpoint folders are named by time), progress and stage records (pids, seconds), and the summary's seconds
-    and absolute paths."""
+    (checkpoint folders are named by time), progress and stage records (pids, seconds), the logs, the MLflow run's
+    id, and the summary's seconds and absolute paths."""
     files = {}
     for path in sorted((folder / under).rglob("*")):
         rel = path.relative_to(folder)
-        if path.is_dir() or rel.parts[0] in ("ray", "stages") or ".progress" in rel.parts:
+        if path.is_dir() or rel.parts[0] in ("ray", "stages", "logs") or ".progress" in rel.parts \
+                or rel.name == "tracking.json":
             continue
         data = path.read_bytes()
         if rel.name == "summary.json":
@@ -180,7 +181,8 @@ def test_driver_killed_twice_and_the_same_command_run_again(reference, config, f
     are done, again once some label epochs are written, then run to the end. Each rerun says what it skipped."""
     out = tmp_path / "run"
     progress, labels = out / "condensed" / ".progress", out / "condensed" / "labels"
-    cmd = [sys.executable, "-m", "srel_ray.cli", "run", "--config", config, "--out", str(out), *fault_args]
+    # -v: every log line on the console too (by default they go to DIR/logs/driver.log only).
+    cmd = [sys.executable, "-m", "srel_ray.cli", "run", "--config", config, "--out", str(out), *fault_args, "-v"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts its own cluster
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
 

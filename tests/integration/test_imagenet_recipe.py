@@ -88,5 +88,5 @@ def test_a_folder_that_is_not_an_imagenet_wnid_is_refused_before_work(tmp_path, 
         (stray / "x.JPEG").unlink()
         stray.rmdir()
     err = capsys.readouterr().err
-    assert code == 2 and "class 'n99999999' of dataset 'imagefolder'" in err and "1001 classes" in err
+    assert code == 3 and "class 'n99999999' of dataset 'imagefolder'" in err and "1001 classes" in err
     assert not (tmp_path / "o").exists()

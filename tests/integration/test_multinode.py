@@ -109,7 +109,7 @@ def test_an_address_nothing_answers_at_is_an_error_not_a_hang(tmp_path, via):
         done = run_cli(tmp_path, f"resources.ray_address={address}")
     else:
         done = run_cli(tmp_path, env={"RAY_ADDRESS": address})
-    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.returncode == 3, done.stderr[-3000:]
     source = "resources.ray_address" if via == "config" else "$RAY_ADDRESS"
     assert f"{source}='{address}': no Ray cluster answers at {address}" in done.stderr
     assert "Traceback" not in done.stderr
@@ -123,6 +123,6 @@ def test_an_address_nothing_answers_at_is_an_error_not_a_hang(tmp_path, via):
 ], ids=["gpus-per-actor", "train-workers"])
 def test_resources_the_cluster_can_never_meet_are_refused(cluster, tmp_path, overrides, message):
     done = run_cli(tmp_path, f"resources.ray_address={cluster.address}", *overrides)
-    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.returncode == 3, done.stderr[-3000:]
     assert message in done.stderr
     assert not (tmp_path / "o" / "teacher").exists()  # refused before squeeze started

@@ -104,7 +104,7 @@ def test_missing_cifar_path_is_one_clear_error(tmp_path, capsys):
     code = main(["squeeze", "--config", str(REPO / "jobs/configs/cifar10.yaml"), "--out", str(tmp_path / "o"),
                  "--set", f"data.path={tmp_path / 'absent'}"])
     err = capsys.readouterr().err
-    assert code == 2 and "absent" in err and "train.parquet" in err
+    assert code == 3 and "absent" in err and "train.parquet" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -119,7 +119,7 @@ def test_imagefolder_with_too_many_corrupt_images_stops_with_a_count(ray_cluster
                  "--set", "teacher.arch_kwargs={width: 8, depth: 1}", "--set", "resources.use_gpu=false",
                  "--set", f"tracking.tracking_uri={mlflow_uri}"])
     err = capsys.readouterr().err
-    assert code == 2 and "1 training images of 'imagefolder' could not be read" in err
+    assert code == 3 and "1 training images of 'imagefolder' could not be read" in err
     assert not (tmp_path / "run" / "teacher" / "teacher.pt").exists()
 
 

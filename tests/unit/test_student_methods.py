@@ -35,7 +35,7 @@ def test_stretched_cosine_values(stretch):
 
 def test_weight_ema_follows_its_closed_form():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = WeightEMA(model, decay=0.9)
+    ema = WeightEMA(model, decay=0.9, warmup=False)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     values = [1.0, 3.0, -2.0]
     for v in values:
@@ -55,6 +55,28 @@ def test_weight_ema_follows_its_closed_form():
     assert not any(p.requires_grad for p in ema.model.parameters()) and not ema.model.training
 
 
+def test_weight_ema_warms_up_before_reaching_its_decay():
+    model = nn.Sequential(nn.Linear(1, 1, bias=False))
+    ema = WeightEMA(model, decay=0.99)
+    start = model[0].weight.item()
+    decays = []
+    for step in range(2000):
+        decays.append(ema.current_decay())
+        with torch.no_grad():
+            model[0].weight.fill_(1.0)
+        ema.update(model)
+    assert decays[:3] == pytest.approx([1 / 10, 2 / 11, 3 / 12])
+    assert decays[889] < 0.99 and decays[890] == 0.99 and decays[-1] == 0.99  # (1 + t) / (10 + t) >= 0.99 from 890
+    assert ema.updates == 2000
+    # The initial weight keeps the product of all decays: 0.1 * 2/11 * ... (about 1e-6 after 300 steps; without
+    # the warm-up 0.99^300 ~ 5 % would survive).
+    survivor = start * math.prod(decays)
+    assert ema.model[0].weight.item() == pytest.approx(1.0 - math.prod(decays) + survivor, abs=1e-6)
+    again = WeightEMA(model, decay=0.99)
+    again.load_state_dict(ema.state_dict(), ema.updates)  # a resumed student continues the schedule
+    assert again.current_decay() == ema.current_decay() == 0.99
+
+
 def test_ema_updates_once_per_student_batch():
     from srel_ray.core.seeding import seeded_init
     from srel_ray.models import create_model
@@ -65,8 +87,8 @@ def test_ema_updates_once_per_student_batch():
         model = create_model("convnet", num_classes=4, in_channels=1, image_size=8, width=8, depth=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = stretched_cosine(optimizer, 4)
-    copy_of_model = WeightEMA(model, decay=0.0)  # decay 0: the EMA is the model after the last step
-    halfway = WeightEMA(model, decay=0.5)
+    copy_of_model = WeightEMA(model, decay=0.0, warmup=False)  # decay 0: the EMA is the model after the last step
+    halfway = WeightEMA(model, decay=0.5, warmup=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=0, seed=0,
                         batch_size=32, temperature=4.0, image_size=8, norm=NORM, ema=copy_of_model)

@@ -187,8 +187,9 @@ def test_the_student_a_trial_scores_is_the_ema_of_its_weights(search):
                 for _, model in student_epochs(apply_params(one_step, {"evaluate.ema_decay": 0.6}), info, inputs)]
     ema = build_student(cfg.evaluate, seed=cfg.seed, num_classes=10, channels=1, image_size=16).state_dict()
     assert len(raw) == len(averaged) == 3
-    for weights, got in zip(raw, averaged):  # theta_ema <- d theta_ema + (1 - d) theta, d = 0.6
-        ema = {k: 0.6 * v + 0.4 * weights[k] if v.dtype.is_floating_point else weights[k] for k, v in ema.items()}
+    for t, (weights, got) in enumerate(zip(raw, averaged)):  # theta_ema <- d theta_ema + (1 - d) theta
+        d = min(0.6, (1 + t) / (10 + t))  # the warm-up: 0.1, 0.18, 0.25 at these first three steps
+        ema = {k: d * v + (1 - d) * weights[k] if v.dtype.is_floating_point else weights[k] for k, v in ema.items()}
         for key in ema:
             torch.testing.assert_close(got[key], ema[key])
     assert any(not torch.equal(averaged[-1][k], v) for k, v in raw[-1].items() if v.dtype.is_floating_point)

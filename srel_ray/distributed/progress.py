@@ -1,0 +1,147 @@
+"""Progress from Ray workers to the driver, without a sync per step.
+
+Workers (Train rank 0 once per epoch, recovery actors every ``tracking.loss_interval`` iterations) call ``send``:
+a fire-and-forget actor call on a small ``ProgressBoard`` actor, never awaited, so a training loop does not wait
+for it. A thread on the driver drains the board twice a second and hands each event to the console's bars and to
+the MLflow run (``on_metrics``), so metrics are in ``mlflow ui`` while a stage runs, not only when it returns.
+
+Events: ``{"source": "teacher" | "student.<name>", "epoch": e, "metrics": {...}}`` from training loops and
+``{"source": "recover", "unit": u, "step": s, "loss": l}`` from recovery actors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import defaultdict
+from typing import Callable, Iterator
+
+import ray
+from tqdm import tqdm
+
+from srel_ray.progress import Console
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Holds events until the driver drains them (a few per epoch or per unit: small)."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def put(self, event: dict) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list[dict]:
+        events, self.events = self.events, []
+        return events
+
+
+def send(board, **event) -> None:
+    """From a worker: post ``event`` to ``board`` (None: nobody watches) without waiting for it."""
+    if board is not None:
+        board.put.remote(event)
+
+
+class Progress:
+    """The driver's side for one command: the board workers post to, the bars of the running stage, and a thread
+    that turns events into bar updates and ``on_metrics(prefix, step, metrics)`` calls. A context manager."""
+
+    def __init__(self, console: Console, on_metrics: Callable[[str, int, dict], None], recover_iterations: int):
+        self.console = console
+        self.on_metrics = on_metrics
+        self.recover_iterations = recover_iterations
+        self.board = ProgressBoard.remote()
+        self.bars: dict[str, tqdm] = {}
+        self.logged: dict[str, set[int]] = defaultdict(set)  # source -> epochs already sent to on_metrics
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="srel_ray-progress", daemon=True)
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._handle_all()  # what arrived after the last poll
+        for key in list(self.bars):
+            self.close_bar(key)
+        ray.kill(self.board)
+
+    def bar(self, source: str, desc: str, total: int, unit: str, initial: int = 0) -> tqdm:
+        """Open the bar that events of ``source`` advance (``initial``: done by an earlier command)."""
+        with self._lock:
+            self.bars[source] = self.console.bar(desc, total, unit, initial)
+            return self.bars[source]
+
+    def close_bar(self, source: str) -> None:
+        with self._lock:
+            bar = self.bars.pop(source, None)
+        if bar is not None:
+            bar.close()
+
+    @contextlib.contextmanager
+    def epochs(self, source: str, desc: str, total: int, done: int) -> Iterator[None]:
+        """An epoch bar around one training fit; ``done``: epochs restored from a checkpoint."""
+        self.bar(source, desc, total, "epoch", initial=done)
+        try:
+            yield
+        finally:
+            self.flush()
+            self.close_bar(source)
+
+    def already_logged(self, source: str) -> set[int]:
+        return set(self.logged[source])
+
+    def flush(self) -> None:
+        """Handle every event posted so far (call once a stage's workers have returned)."""
+        self._handle_all()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self._handle_all()
+
+    def _handle_all(self) -> None:
+        with self._lock:
+            for event in ray.get(self.board.drain.remote()):
+                self._handle(event)
+
+    def _handle(self, event: dict) -> None:
+        source = event["source"]
+        bar = self.bars.get(source)
+        if "epoch" in event:
+            epoch, metrics = event["epoch"], event["metrics"]
+            if bar is not None:
+                bar.n = max(bar.n, epoch + 1)  # a restarted worker group repeats epochs: the bar never goes back
+                bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k in ("train_loss", "test_top1")},
+                                refresh=True)
+            if epoch not in self.logged[source]:  # repeated epochs give the same values: log each once
+                self.logged[source].add(epoch)
+                self.on_metrics(f"{source}.", epoch, metrics)
+        else:
+            if bar is not None:
+                bar.set_postfix({"unit": event["unit"], "loss": round(event["loss"], 4)}, refresh=True)
+            self.on_metrics("recover.", event["unit"] * self.recover_iterations + event["step"],
+                            {"loss": event["loss"]})
+
+
+def open_bar(progress: Progress | None, source: str, desc: str, total: int, unit: str, initial: int = 0) -> tqdm:
+    """A driver-side bar: the command's (``progress``), or a plain tqdm bar for callers without one (benchmarks)."""
+    if progress is None:
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit)
+    return progress.bar(source, desc, total, unit, initial)
+
+
+def close_bar(progress: Progress | None, source: str, bar: tqdm) -> None:
+    if progress is None:
+        bar.close()
+    else:
+        progress.flush()
+        progress.close_bar(source)

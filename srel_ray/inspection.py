@@ -1,0 +1,133 @@
+"""Looking at configs and runs: ``srel-ray config`` (the resolved config and where each value came from),
+``srel-ray show DIR`` (what a run did, its table and its pictures), and the accuracy curves a run draws."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+from srel_ray.config import Config, apply_overrides, from_dict, read_config_file, to_dict
+from srel_ray.data import sets
+from srel_ray.errors import SrelError
+from srel_ray.methods import image_size_of, preset_values
+from srel_ray.tracking import flatten
+
+SOURCES = ("default", "preset", "file", "--set")
+
+
+def config_sources(path: str | Path | None, overrides: list[str]) -> tuple[Config, dict[str, str]]:
+    """The config ``srel-ray`` would run with, and for every field (dotted key) where its value came from:
+    ``default`` (the dataclass), ``preset`` (the method's), ``file`` or ``--set`` (the last one given wins); a file
+    or --set value that differs from the method's preset says so (``file; edc preset: 150``)."""
+    from_file = read_config_file(path)
+    raw = apply_overrides(copy.deepcopy(from_file), overrides)
+    cfg = from_dict(raw).validate()
+    given_file = set(flatten(from_file))
+    given_set = set(flatten(apply_overrides({}, overrides)))
+    preset = flatten({section: values for section, values in preset_values(cfg.method, image_size_of(raw)).items()})
+    sources = {}
+    for key, value in flatten(to_dict(cfg)).items():
+        if key in given_set or key in given_file:
+            sources[key] = "--set" if key in given_set else "file"
+            if key in preset and preset[key] != value:
+                sources[key] += f"; {cfg.method} preset: {preset[key]!r}"
+        else:
+            sources[key] = "preset" if key in preset else "default"
+    return cfg, sources
+
+
+def format_config(cfg: Config, sources: dict[str, str]) -> str:
+    """One line per field: ``key: value  [source]``, then how many values each source gave."""
+    values = flatten(to_dict(cfg))
+    width = max(len(k) for k in values)
+    lines = [f"{key:{width}s}  {values[key]!r:40s} [{sources[key]}]" for key in values]
+    counts = {s: sum(v.split(";")[0] == s for v in sources.values()) for s in SOURCES}
+    overridden = [k for k, v in sources.items() if "preset:" in v]
+    lines.append("\nvalues from: " + ", ".join(f"{s} {n}" for s, n in counts.items() if n) + f" (method {cfg.method})")
+    if overridden:
+        lines.append(f"the config overrides {len(overridden)} of {cfg.method}'s preset values: " + ", ".join(overridden))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+
+
+def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]]):
+    """Test top-1 against epoch, the teacher's (left: squeeze epochs) and each student's (right: the condensed
+    set and both baselines, drawn at the epochs they were tested); returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
+    labels = {"condensed": "condensed set (soft labels)", "random_real_hard": "random real, hard labels",
+              "random_real_soft": "random real, teacher labels"}
+    if teacher_history:
+        left.plot([r["epoch"] + 1 for r in teacher_history], [100 * r["test_top1"] for r in teacher_history],
+                  "k.-", label="teacher (squeeze epochs)")
+    else:  # a torchvision model or a checkpoint: no squeeze epochs here
+        left.text(0.5, 0.5, "loaded, not squeezed", ha="center", transform=left.transAxes)
+    for name, history in students.items():
+        points = [(r["epoch"] + 1, 100 * r["test_top1"]) for r in history if "test_top1" in r]
+        right.plot(*zip(*points), marker=".", label=labels.get(name, name))
+    for ax, title in ((left, "teacher"), (right, "students")):
+        ax.set(xlabel="epoch", ylabel="test top-1 %", title=title)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], path: str) -> str:
+    """The curves as a PNG at ``path`` (local or URL), written atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_curves(teacher_history, students)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    sets.write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- show
+
+
+def show_run(out: str) -> str:
+    """What ``srel-ray show DIR`` prints: the summary table, where the pictures are, and what each stage did.
+    A folder that is no run, or a run still in progress, gets a SrelError saying what is there and what is not."""
+    from srel_ray.pipeline import STAGES, RunDir, format_summary
+    from srel_ray.progress import stage_did
+
+    run = RunDir.at(out)
+    if not sets.exists(run.out):
+        raise SrelError(f"{run.out!r} does not exist")
+    if sets.is_file(run.out):
+        raise SrelError(f"{run.out!r} is a file; srel-ray show takes a run's output folder (--out of srel-ray run)")
+    if not sets.exists(run.config):
+        raise SrelError(f"{run.out!r} is not a srel_ray run: it has no config.yaml (written when a run starts)")
+    lines = []
+    done = [s for s in STAGES if sets.exists(run.stage_record(s))]
+    for stage in STAGES:
+        if stage in done:
+            record = sets.read_json(run.stage_record(stage))
+            did = stage_did(stage, record["result"])
+            lines.append(f"{stage:9s} {record['seconds']:8.1f} s  {did}")
+        else:
+            lines.append(f"{stage:9s}        -    not finished (no stages/{stage}.json)")
+    if sets.exists(run.summary):
+        lines = [format_summary(sets.read_json(run.summary)), "", "stages:"] + lines
+    else:
+        missing = [s for s in STAGES if s not in done]
+        lines = [f"{run.out}: a run in progress or stopped before the end (no summary.json); stages not finished: "
+                 f"{', '.join(missing)}", "", "stages:"] + lines
+    pictures = [p for p in (run.curves, run.grid) if sets.exists(p)]
+    lines += ["", "pictures: " + (", ".join(pictures) if pictures else "none yet (drawn after recover and evaluate)")]
+    if sets.exists(run.tracking):
+        tracking = sets.read_json(run.tracking)
+        lines.append(f"mlflow: run {tracking['run_id']} at {tracking['tracking_uri']}")
+    if sets.exists(run.logs):
+        lines.append(f"logs: {run.logs}")
+    return "\n".join(lines)
