@@ -53,10 +53,10 @@ PINNED_TINY_QUICKSTART = {
     "student_top1": 10.22,
     "baseline_random_hard_top1": 10.22,
     "baseline_random_soft_top1": 10.22,
-    "student_top5": 53.56,
-    "condensed_last_train_loss": 2.1877,
-    "condensed_images_sha256": "0c88cf73837ad586cba3dfbedb3d29d5990f2df705301fbc7b02ee20ba465490",
-    "condensed_labels_sha256": "06aa51260db55d12f6ef78292ea0d87bda4a4fb50d1e8f2517a00182fd719ae1",
+    "student_top5": 51.56,
+    "condensed_last_train_loss": 2.4546,
+    "condensed_images_sha256": "1cca2f042b438d763feec9deb808ddf162caa50f53f9a80ca11a5d66a12609ea",
+    "condensed_labels_sha256": "ed8321214a371c07f2cd71e83a4a1e6da0006e96b98e49ca59dec2c2a435ecea",
 }
 
 
