@@ -57,7 +57,30 @@ PINNED_TINY_QUICKSTART = {
     "condensed_last_train_loss": 2.4546,
     "condensed_images_sha256": "1cca2f042b438d763feec9deb808ddf162caa50f53f9a80ca11a5d66a12609ea",
     "condensed_labels_sha256": "ed8321214a371c07f2cd71e83a4a1e6da0006e96b98e49ca59dec2c2a435ecea",
+    "random_real_files_sha256": "7575d330d670b92adc116821c25624c1fac9e6df96a00eabd85420c6ebeab9b8",
+    "student_histories_sha256": "e292f16675a844809410f8e66cd893aa800330d46b39e96361dc58e9d07a2272",
 }
+# The same for a tiny edc search (tests/integration/test_tune.py::test_edc_search_against_a_real_mlflow_server):
+# each trial's scores and the files of the set it trained on, and the best trial's test score.
+PINNED_TINY_EDC_SEARCH = {
+    "val_top1": [("rded", [0.132353, 0.198529]), ("real", [0.102941, 0.147059])],
+    "sets_sha256": ["7bc75bbf84c42b28cda515a44e52f52da7876df3726b7565e276e44223522d7d",
+                    "b3dd583b91f639ae688fa6bd334855e4497a723e4cd65e4381d3285fc1e12635"],
+    "best_test_top1": 0.168889,
+}
+
+
+def files_digest(folder: Path, subfolders: tuple[str, ...]) -> str:
+    """sha256 over the relative path and the bytes of every file under ``folder/<subfolder>`` (the bytes a
+    refactoring must leave unchanged)."""
+    import hashlib
+
+    lines = []
+    for sub in subfolders:
+        for path in sorted((folder / sub).rglob("*")):
+            if path.is_file():
+                lines.append(f"{path.relative_to(folder)}={hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 @contextlib.contextmanager

@@ -116,11 +116,18 @@ def _pinned_values(out) -> dict:
         return hashlib.sha256("".join(f"{p}={h}\n" for p, h in sorted(checksums.items())
                                       if p.startswith(prefix)).encode()).hexdigest()
 
+    from .conftest import files_digest
+
     condensed = json.loads((out / "evaluate" / "condensed.json").read_text())
+    histories = {name: [{k: v for k, v in row.items() if "second" not in k} for row in
+                        json.loads((out / "evaluate" / f"{name}.json").read_text())["history"]]
+                 for name in ("condensed", "random_real_hard", "random_real_soft")}
     values = {k: round(100 * summary[k], 2) for k in ("teacher_top1", "student_top1", "baseline_random_hard_top1",
                                                       "baseline_random_soft_top1", "student_top5")}
     return {**values, "condensed_last_train_loss": round(condensed["history"][-1]["train_loss"], 4),
-            "condensed_images_sha256": digest("images/"), "condensed_labels_sha256": digest("labels/")}
+            "condensed_images_sha256": digest("images/"), "condensed_labels_sha256": digest("labels/"),
+            "random_real_files_sha256": files_digest(out / "baselines" / "random_real", ("images", "labels")),
+            "student_histories_sha256": hashlib.sha256(json.dumps(histories, sort_keys=True).encode()).hexdigest()}
 
 
 def test_tiny_quickstart_results_are_pinned(quickstart_run):

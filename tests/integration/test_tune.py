@@ -133,6 +133,18 @@ def test_edc_search_against_a_real_mlflow_server(quickstart_run, mlflow_server, 
     best = load_config(out / "best.yaml")
     assert (best.method, best.recover.class_bn_weight, best.evaluate.ema_decay) == ("edc", 0.5, 0.99)
     assert best.recover.init == json.loads((out / "best.json").read_text())["values"]["recover.init"]
+    # What the search computed is pinned: a change must be deliberate (PINNED_TINY_EDC_SEARCH in conftest.py).
+    from .conftest import PINNED_TINY_EDC_SEARCH, files_digest
+
+    records = [json.loads(p.read_text()) for p in (out / "trials").glob("*/trial.json")]
+    actual = {
+        "val_top1": sorted((r["config"]["recover"]["init"], [round(h["val_top1"], 6) for h in r["history"]])
+                           for r in records),
+        "sets_sha256": sorted(files_digest(folder, ("images", "labels")) for folder in (out / "sets").iterdir()
+                              if folder.is_dir()),
+        "best_test_top1": round(json.loads((out / "best.json").read_text())["test"]["test_top1"], 6),
+    }
+    assert actual == PINNED_TINY_EDC_SEARCH, f"the tiny edc search now gives (paste into conftest.py):\n{actual!r}"
 
 
 def test_resume_skips_finished_trials(ray_cluster, quickstart_run, mlflow_uri, tmp_path):
