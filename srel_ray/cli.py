@@ -75,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
     _add_overrides(t)
     t.add_argument("--resume", action="store_true", help="continue the search in --out without repeating "
                    "finished trials")
+    _add_verbosity(t)
     c = sub.add_parser("config", help="print the fully resolved config (method preset applied) and where each "
                        "value came from: default, preset, file or --set")
     _add_config(c, required=False)
@@ -124,7 +125,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from srel_ray.tuning import format_trials, run_search
 
-    report = run_search(load_config(args.config, args.overrides), args.out, resume=args.resume)
+    report = run_search(load_config(args.config, args.overrides), args.out, resume=args.resume,
+                        verbosity=args.verbosity)
     out = args.out.resolve()
     print("\n" + format_trials(report))
     print(f"\noutputs: {out} (best.yaml: srel-ray run --config {out / 'best.yaml'} --out NEW_DIR; best.json, "

@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 SHOWN = ("recover.iterations", "evaluate.temperature")  # always in the table, as budget and temperature
 
 
-def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
-    """The whole ``tune`` command; returns the trial rows and the best trial's record."""
+def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "normal") -> dict:
+    """The whole ``tune`` command; returns the trial rows and the best trial's record. ``verbosity`` (the CLI's
+    -v/-q): "verbose" lets Ray's worker output and Tune's per-result lines through, "quiet" silences Tune's
+    status table too, "normal" keeps Tune's status table only."""
     params = parse_space(cfg)  # bad input fails here, before anything is written or started
     out = out.resolve()
     _check_folder(cfg, out, resume)
@@ -54,7 +56,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     for corner in corners:  # trials start recovery from training images outside the validation split
         check_method_inputs(corner, RunDir.at(out), WithoutRows(data, val_rows), ("squeeze", "recover"))
     run = prepare_out(cfg, out)
-    start_ray(cfg.resources)
+    start_ray(cfg.resources, verbose=verbosity == "verbose")
     use_gpu = resolve_use_gpu(cfg.resources)
     trial_resources(cfg, use_gpu)
     check_precision(cfg.resources, use_gpu)
@@ -84,7 +86,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
                              tuple(teachers[1:]), tuple(stats_dirs))
         log.info("tune: %s search, trials scored on %s of %d held-out training images; outputs in %s",
                  cfg.tune.search, cfg.tune.metric, len(val_rows), out)
-        results = fit_search(cfg, params, out, inputs, use_gpu, resume, tracker.enabled)
+        results = fit_search(cfg, params, out, inputs, use_gpu, resume, tracker.enabled, verbosity)
         rows = trial_rows(cfg, params, results, out)
         best = _best(cfg, rows, results)
         record = _score_best(cfg, best, out, data)

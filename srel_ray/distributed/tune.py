@@ -9,6 +9,7 @@ concurrent trials never write into one SQLite file at once. The callback reads i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -65,8 +66,11 @@ def trial_resources(cfg: Config, use_gpu: bool) -> dict:
     return request
 
 
+TUNE_VERBOSITY = {"quiet": 0, "normal": 1, "verbose": 2}  # RunConfig.verbose: silent | status table | + results
+
+
 def fit_search(cfg: Config, params: list[Param], out: Path, inputs: TrialInputs, use_gpu: bool,
-               resume: bool, track: bool) -> ray.tune.ResultGrid:
+               resume: bool, track: bool, verbosity: str = "normal") -> ray.tune.ResultGrid:
     """Run the search, or continue the one saved in DIR/tune; returns Tune's results for every trial."""
     t = cfg.tune
     trainable = ray.tune.with_resources(
@@ -76,7 +80,8 @@ def fit_search(cfg: Config, params: list[Param], out: Path, inputs: TrialInputs,
     if resume and Tuner.can_restore(str(path)):
         log.info("tune: resuming the search saved in %s (finished trials are not run again)", path)
         tuner = Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        with _console(out, verbosity):
+            return tuner.fit()
     scheduler = (ASHAScheduler(time_attr="epochs_trained", max_t=max_epochs(cfg, params), grace_period=t.grace_period,
                                reduction_factor=t.reduction_factor) if t.asha else None)
     tuner = Tuner(
@@ -86,14 +91,30 @@ def fit_search(cfg: Config, params: list[Param], out: Path, inputs: TrialInputs,
                                         num_samples=t.samples(), max_concurrent_trials=t.max_concurrent_trials or None,
                                         trial_dirname_creator=_trial_dirname),
         run_config=RunConfig(name=EXPERIMENT, storage_path=str(out), failure_config=FailureConfig(max_failures=2),
-                             callbacks=[MlflowTrials(str(out))] if track else []),
+                             callbacks=[MlflowTrials(str(out))] if track else [],
+                             verbose=TUNE_VERBOSITY[verbosity]),
     )
-    return tuner.fit()
+    with _console(out, verbosity):
+        return tuner.fit()
+
+
+def _console(out: Path, verbosity: str):
+    """-q: what Tune prints whatever its verbosity (the experiment's configuration table, where its results
+    are) goes to DIR/logs/tune.log instead of the console, so only errors and the final table are shown."""
+    if verbosity != "quiet":
+        return contextlib.nullcontext()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(out / "logs" / "tune.log", "a"))))
+    return stack
 
 
 def _searcher(cfg: Config):
     if cfg.tune.search == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study lines belong in logs, not the console
 
         return OptunaSearch(seed=cfg.seed)
     if cfg.tune.search == "random":

@@ -43,10 +43,13 @@ def _search_runs(client, out):
 def test_optuna_search_tracks_every_trial_in_mlflow(quickstart_run, mlflow_uri, tmp_path, capsys):
     out = tmp_path / "search"
     space = "tune.space={recover.iterations: {randint: [2, 6]}, evaluate.temperature: {uniform: [1.0, 8.0]}}"
-    assert main(["tune", "--out", str(out), *_args(quickstart_run, f"tracking.tracking_uri={mlflow_uri}",
-                                                   "tune.search=optuna", "tune.num_samples=2", space)]) == 0
-    printed = capsys.readouterr().out
-    assert "budget" in printed and "temperature" in printed and "test top-1" in printed
+    assert main(["tune", "-q", "--out", str(out), *_args(quickstart_run, f"tracking.tracking_uri={mlflow_uri}",
+                                                         "tune.search=optuna", "tune.num_samples=2", space)]) == 0
+    printed = capsys.readouterr()
+    assert "budget" in printed.out and "temperature" in printed.out and "test top-1" in printed.out
+    for chatter in ("Trial status", "Configuration for experiment", "View detailed results", "A new study"):
+        assert chatter not in printed.out + printed.err  # -q: Tune's and Optuna's lines go to DIR/logs/tune.log
+    assert "Configuration for experiment" in (out / "logs" / "tune.log").read_text()
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     parent, trials = _search_runs(client, out)
