@@ -107,3 +107,67 @@ def test_register_twice_is_refused(custom_name):
     register_model(custom_name)(lambda **kw: nn.Identity())
     with pytest.raises(AssertionError):
         register_model(custom_name)(lambda **kw: nn.Identity())
+
+
+# ------------------------------------------------------------------- models by name, BN-ViT (issue 19)
+
+
+def test_bnvit_has_batchnorm_where_vit_has_layernorm_and_inside_every_mlp():
+    from srel_ray.core.bn_matching import BNStatsMatcher
+
+    depth = 2
+    model = create_model("bnvit_tiny", num_classes=10, in_channels=3, image_size=32, depth=depth)
+    assert not [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len([m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]) == 3 * depth + 1  # norm1, norm2, mlp
+    mlp = model.blocks[0].mlp
+    assert [name for name, _ in mlp.named_children()] == ["fc1", "act", "drop1", "norm", "fc2", "drop2"]
+    assert mlp.norm.bn.num_features == mlp.fc1.out_features  # the BN sits between the two linear layers
+    assert model.patch_embed.patch_size == (4, 4)  # 8 x 8 tokens from 32 px
+    assert _logits(model, 3, 32).shape == (2, 10)
+    # Recovery's hooks see channels-first token batches: one statistic per channel, not per token.
+    with BNStatsMatcher(model) as bn:
+        model(torch.randn(4, 3, 32, 32))
+        assert [tuple(mean.shape) for mean, _ in bn.batch] == [(layer.num_features,) for layer in bn.layers]
+        assert torch.isfinite(bn.loss())
+
+
+def test_models_by_torchvision_timm_and_module_function_names():
+    resnet101 = create_model("torchvision:resnet101", num_classes=4, in_channels=3, image_size=32)
+    assert len(resnet101.layer3) == 23 and resnet101.fc.out_features == 4
+    vit = create_model("timm:deit_tiny_patch16_224", num_classes=4, in_channels=3, image_size=32, patch_size=4)
+    assert vit.patch_embed.img_size == (32, 32) and _logits(vit, 3, 32).shape == (2, 4)
+    assert create_model("timm:resnet18.a1_in1k", num_classes=4, in_channels=1, image_size=32).conv1.in_channels == 1
+    own = create_model("srel_ray.models.convnet:convnet", num_classes=3, in_channels=1, image_size=16, width=8)
+    assert type(own).__name__ == "ConvNet" and _logits(own, 1, 16).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("convnett", r"evaluate.arch: unknown model 'convnett'; close matches: convnet"),
+    ("torchvision:resnet1001", r"unknown torchvision classifier 'resnet1001'; close matches: resnet101"),
+    ("timm:resnet5o", r"unknown timm model 'resnet5o'; close matches: resnet50"),
+    ("no_such_pkg.nets:small", r"'no_such_pkg.nets:small' does not import .*every Ray worker"),
+    ("srel_ray.models.convnet:nothing", r"module 'srel_ray.models.convnet' has no function 'nothing'"),
+])
+def test_unknown_model_names_say_what_is_close(name, message):
+    with pytest.raises(ConfigError, match=message):
+        check_model_name(name, "evaluate.arch")
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_before_work():
+    from srel_ray.models.registry import check_model_fits
+
+    check_model_fits("bnvit_tiny", 10, 3, 32, {}, "evaluate.arch")  # fits: nothing raised, nothing allocated
+    with pytest.raises(ConfigError, match=r"evaluate.arch: model 'bnvit_tiny' .* 30 px images: .*patch size 4"):
+        check_model_fits("bnvit_tiny", 10, 3, 30, {}, "evaluate.arch")
+    with pytest.raises(ConfigError, match=r"teacher.arch: model 'convnet' \(with \{'widht': 3\}\)"):
+        check_model_fits("convnet", 10, 3, 32, {"widht": 3}, "teacher.arch")
+    with pytest.raises(ConfigError, match=r"torchvision:resnet18 takes 3-channel images and the data has 1"):
+        check_model_fits("torchvision:resnet18", 10, 1, 32, {}, "evaluate.arch")
+
+
+def test_has_batchnorm():
+    from srel_ray.models import has_batchnorm
+
+    assert has_batchnorm(create_model("convnet", num_classes=2, in_channels=1, image_size=8, width=4, depth=1))
+    assert not has_batchnorm(create_model("timm:deit_tiny_patch16_224", num_classes=2, image_size=32, patch_size=4,
+                                          depth=1))
