@@ -3,33 +3,33 @@
 For a view with logits z over C classes, top-k indices I and the log-sum-exp r of the logits outside I, the
 rebuilt logits are z_i for i in I and r - log(C - k) elsewhere: at T = 1 the softmax keeps the top-k
 probabilities exactly and spreads the remaining mass evenly over the other C - k classes.
+
+Both directions are torch and float32 on whatever device the logits are on: the labelling actors compress on
+their GPU before anything leaves it, and students expand one batch at a time (never a whole label epoch, and
+never in float64: at 21K classes a float64 epoch is tens of GB).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
+import torch
 
 
-def compress_topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(R, C) logits -> top-k indices (R, k) int32, their logits (R, k), and the rest's log-sum-exp (R,)."""
+def compress_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, C) logits -> top-k indices (R, k) int32 (largest first), their logits (R, k) float32, and the
+    log-sum-exp of the other C - k logits (R,) float32."""
     num_classes = logits.shape[1]
     assert 0 < k < num_classes, f"top_k must be in 1..{num_classes - 1}, got {k}"
-    logits = logits.astype(np.float64)
-    index = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    values = np.take_along_axis(logits, index, axis=1)
-    rest = logits.copy()
-    np.put_along_axis(rest, index, -np.inf, axis=1)
-    peak = rest.max(axis=1, keepdims=True)
-    rest_lse = (peak + np.log(np.exp(rest - peak).sum(axis=1, keepdims=True)))[:, 0]
-    return index.astype(np.int32), values, rest_lse
+    logits = logits.float()
+    values, index = torch.topk(logits, k, dim=1, largest=True, sorted=True)
+    rest = logits.scatter(1, index, float("-inf"))
+    return index.to(torch.int32), values, torch.logsumexp(rest, dim=1)
 
 
-def expand_topk(index: np.ndarray, values: np.ndarray, rest_lse: np.ndarray, num_classes: int) -> np.ndarray:
-    """Full (R, C) float32 logits from the compressed form."""
+def expand_topk(index: torch.Tensor, values: torch.Tensor, rest_lse: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Full (R, C) float32 logits from the compressed form (on the inputs' device)."""
     k = index.shape[1]
-    fill = rest_lse.astype(np.float64) - math.log(num_classes - k)
-    logits = np.repeat(fill[:, None], num_classes, axis=1)
-    np.put_along_axis(logits, index.astype(np.int64), values.astype(np.float64), axis=1)
-    return logits.astype(np.float32)
+    fill = rest_lse.float() - math.log(num_classes - k)
+    logits = fill[:, None].expand(-1, num_classes).clone()
+    return logits.scatter_(1, index.long(), values.float())

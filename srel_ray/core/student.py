@@ -17,6 +17,7 @@ from srel_ray.core.losses import soft_label_kl, topk_correct
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import autocast, grad_scaler, to_input
 from srel_ray.core.relabel import view_pixels
+from srel_ray.core.soft_labels import expand_topk
 from srel_ray.core.seeding import STREAM_STUDENT_INIT, STREAM_STUDENT_ORDER, STREAM_TEACHER_DATA, generator, seeded_init
 from srel_ray.core.views import Views, render_views, sample_views_batched
 from srel_ray.models import create_model
@@ -24,11 +25,26 @@ from srel_ray.models import create_model
 
 @dataclass
 class EpochLabels:
-    """One label epoch: which image each row shows, the view, and the teacher's logits (None: hard labels)."""
+    """One label epoch: which image each row shows, the view, and the teacher's logits: stored whole, or as top-k
+    (expanded per batch by ``targets``, never for the whole epoch), or neither (hard labels)."""
 
     image_index: torch.Tensor  # (R,) int64, row -> index into the set's images
     views: Views
-    logits: torch.Tensor | None  # (R, num_classes) or None
+    logits: torch.Tensor | None = None  # (R, num_classes) float32, when the set stores every logit
+    topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (index, logits, rest log-sum-exp)
+    num_classes: int = 0  # with ``topk``
+
+    @property
+    def hard(self) -> bool:
+        return self.logits is None and self.topk is None
+
+    def targets(self, rows: torch.Tensor) -> torch.Tensor:
+        """The (len(rows), num_classes) float32 logits of ``rows``."""
+        assert not self.hard, "hard labels have no logits"
+        if self.logits is not None:
+            return self.logits[rows]
+        index, values, rest = self.topk
+        return expand_topk(index[rows], values[rows], rest[rows], self.num_classes)
 
 
 def build_student(e: EvaluateConfig, *, seed: int, num_classes: int, channels: int, image_size: int) -> nn.Module:
@@ -154,7 +170,7 @@ def train_student_epoch(
         target = target.to(device, non_blocking=True)
         with autocast(precision, device):
             out = model(x).float()
-        loss = F.cross_entropy(out, target) if labels.logits is None else soft_label_kl(out, target, temperature)
+        loss = F.cross_entropy(out, target) if labels.hard else soft_label_kl(out, target, temperature)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -173,7 +189,7 @@ def _host_batches(images: torch.Tensor, class_labels: torch.Tensor, labels: Epoc
     on the host; page-locked when ``pin`` (they are bound for a GPU)."""
     for batch in rows.split(batch_size):
         idx = labels.image_index[batch]
-        parts = (images[idx], class_labels[idx] if labels.logits is None else labels.logits[batch])
+        parts = (images[idx], class_labels[idx] if labels.hard else labels.targets(batch))
         yield (batch, *(p.pin_memory() if pin else p for p in parts))
 
 

@@ -61,7 +61,7 @@ class CondensedDataset(Dataset):
         view = view_pixels(self._images[index:index + 1], views, self.info.image_size, self._norm)[0]
         if self.hard:
             return view, index // self.info.ipc
-        return view, labels.logits[i]
+        return view, labels.targets(torch.tensor([i]))[0]
 
     @property
     def class_names(self) -> list[str]:

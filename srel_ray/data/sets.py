@@ -193,8 +193,8 @@ def write_label_epoch(set_dir: str, epoch: int, columns: dict[str, np.ndarray], 
     order = np.lexsort((columns["view"], columns["image_id"]))
     columns = {name: np.asarray(values)[order] for name, values in columns.items()}
     if top_k:
-        columns["topk_index"], columns["topk_logits"], columns["rest_logsumexp"] = compress_topk(columns["logits"],
-                                                                                               top_k)
+        columns["topk_index"], columns["topk_logits"], columns["rest_logsumexp"] = (
+            t.numpy() for t in compress_topk(torch.from_numpy(np.asarray(columns["logits"])), top_k))
     arrays = []
     for field in schema:
         values = columns[field.name]
@@ -223,15 +223,20 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
     with fs.open(p, "rb") as f:
         table = pq.read_table(f)
     col = {name: table.column(name).to_numpy() for name in ("image_id", "top", "left", "height", "width", "flip")}
-    logits = None
-    if not hard and "logits" in table.column_names:
-        logits = torch.from_numpy(_matrix(table, "logits").astype(np.float32))
-    elif not hard:
-        num_classes = int(table.schema.metadata[b"num_classes"]) if table.schema.metadata else None
-        assert num_classes, f"{p}: a top-k label file must record num_classes in its schema metadata"
-        logits = torch.from_numpy(expand_topk(_matrix(table, "topk_index"), _matrix(table, "topk_logits"),
-                                              table.column("rest_logsumexp").to_numpy(), num_classes))
-    return EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)), row_views(col), logits)
+    labels = EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)), row_views(col))
+    if hard:
+        return labels
+    if "logits" in table.column_names:
+        labels.logits = torch.from_numpy(_matrix(table, "logits").astype(np.float32))
+        return labels
+    num_classes = int(table.schema.metadata[b"num_classes"]) if table.schema.metadata else None
+    assert num_classes, f"{p}: a top-k label file must record num_classes in its schema metadata"
+    # Kept compressed: the student expands one batch at a time (EpochLabels.targets).
+    labels.topk = (torch.from_numpy(_matrix(table, "topk_index").astype(np.int32)),
+                   torch.from_numpy(_matrix(table, "topk_logits").astype(np.float32)),
+                   torch.from_numpy(table.column("rest_logsumexp").to_numpy().astype(np.float32)))
+    labels.num_classes = num_classes
+    return labels
 
 
 def label_bytes(set_dir: str) -> int:

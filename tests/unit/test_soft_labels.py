@@ -15,11 +15,45 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _numpy_compress_topk(logits, k):
+    """The writer before issue 18 (float64 numpy on the driver), kept here as the reference the torch version
+    that labelling actors run must agree with."""
+    logits = logits.astype(np.float64)
+    index = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(logits, index, axis=1)
+    rest = logits.copy()
+    np.put_along_axis(rest, index, -np.inf, axis=1)
+    peak = rest.max(axis=1, keepdims=True)
+    return index.astype(np.int32), values, (peak + np.log(np.exp(rest - peak).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _numpy_expand_topk(index, values, rest_lse, num_classes):
+    fill = rest_lse.astype(np.float64) - np.log(num_classes - index.shape[1])
+    logits = np.repeat(fill[:, None], num_classes, axis=1)
+    np.put_along_axis(logits, index.astype(np.int64), values.astype(np.float64), axis=1)
+    return logits.astype(np.float32)
+
+
+def test_torch_topk_equals_the_numpy_writer_it_replaced():
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(size=(200, 1000)) * 4).astype(np.float32)  # float32, as the teacher returns them
+    index, values, rest = compress_topk(torch.from_numpy(logits), 10)
+    ref_index, ref_values, ref_rest = _numpy_compress_topk(logits, 10)
+    assert index.dtype == torch.int32 and values.dtype == rest.dtype == torch.float32
+    assert np.array_equal(index.numpy(), ref_index)  # same classes, largest first
+    np.testing.assert_array_equal(values.numpy(), ref_values.astype(np.float32))  # the logits themselves, exact
+    np.testing.assert_allclose(rest.numpy(), ref_rest, rtol=2e-6)
+    rebuilt = expand_topk(index, values, rest, 1000)
+    np.testing.assert_allclose(rebuilt.numpy(), _numpy_expand_topk(ref_index, ref_values, ref_rest, 1000),
+                               rtol=2e-6, atol=1e-5)
+
+
 def test_topk_keeps_the_largest_probabilities_and_spreads_the_rest_evenly():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(5, 12)) * 3
-    index, values, rest = compress_topk(logits, 3)
-    rebuilt = expand_topk(index, values, rest, 12)
+    index, values, rest = compress_topk(torch.from_numpy(logits), 3)
+    rebuilt = expand_topk(index, values, rest, 12).numpy()
+    index = index.numpy()
     p, q = _softmax(logits), _softmax(rebuilt.astype(np.float64))
     for row in range(5):
         top = np.argsort(-logits[row])[:3]
@@ -32,7 +66,7 @@ def test_topk_keeps_the_largest_probabilities_and_spreads_the_rest_evenly():
 
 def test_topk_validates_k():
     with pytest.raises(AssertionError):
-        compress_topk(np.zeros((1, 4)), 4)
+        compress_topk(torch.zeros((1, 4)), 4)
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])
@@ -47,10 +81,12 @@ def test_topk_label_file_round_trip_and_size(tmp_path, where):
     sets.write_label_epoch(f"{root}/full", 0, columns, classes, "float16")
     sets.write_label_epoch(f"{root}/top5", 0, columns, classes, "float16", top_k=5)
     full = sets.read_label_epoch(f"{root}/full", 0).logits
-    top5 = sets.read_label_epoch(f"{root}/top5", 0).logits
+    stored = sets.read_label_epoch(f"{root}/top5", 0)
+    assert stored.logits is None and stored.topk[0].shape == (n, 5)  # kept compressed: expanded per batch
+    top5 = stored.targets(torch.arange(n))
     assert top5.shape == full.shape == (n, classes)
-    expected = expand_topk(*compress_topk(logits.astype(np.float16).astype(np.float32), 5), classes)
-    torch.testing.assert_close(top5, torch.from_numpy(expected), atol=2e-2, rtol=1e-2)  # fp16 storage
+    expected = expand_topk(*compress_topk(torch.from_numpy(logits).half().float(), 5), classes)
+    torch.testing.assert_close(top5, expected, atol=2e-2, rtol=1e-2)  # fp16 storage
     assert torch.equal(top5.argmax(1), full.argmax(1))
     fs, path = sets._fs(root)
     assert fs.size(f"{path}/top5/labels/epoch-00000.parquet") < fs.size(f"{path}/full/labels/epoch-00000.parquet") / 3
