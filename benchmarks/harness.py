@@ -47,7 +47,8 @@ def git_revision() -> str:
     files the benchmarks write themselves, docs/benchmarks.md and benchmarks/results/, do not count)."""
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":!docs/benchmarks.md", ":!benchmarks/results"], capture_output=True, text=True).stdout.strip()
+                            ":!docs/benchmarks.md", ":!benchmarks/results"],
+                           capture_output=True, text=True).stdout.strip()
     return head + ("-dirty" if dirty else "")
 
 

@@ -3,9 +3,9 @@
     python benchmarks/ladder.py --out runs/bench-quality [--ipc 10 50] [--seeds 0 1] [--steps edc rded ...]
                                 [--run-set section.key=value ...] [--extra-teacher other/teacher.pt ...]
 
-Runs inside the folder of ``benchmarks/quality.py --out`` and reuses its teacher (or ``--teacher``), and its ``sre2l`` runs (the ladder's
-first step is exactly the quality benchmark's condensed run), so both tables line up: same teacher, student,
-epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run with. Where a quality run's folder
+Runs inside the folder of ``benchmarks/quality.py --out`` and reuses its teacher (or ``--teacher``), and its
+``sre2l`` runs (the ladder's first step is exactly the quality benchmark's condensed run), so both tables line up:
+same teacher, student, epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run with. Where a quality run's folder
 is gone, its row in the quality results file stands in for the ``sre2l`` step (and the plain protocol's baseline)
 when that file's protocol is exactly this one.
 

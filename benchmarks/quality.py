@@ -53,7 +53,8 @@ def markdown(results: dict) -> str:
         return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})"
 
     lines = [
-        f"Measured {results['date']} at git `{harness.short_revision(results['git_revision'])}` on {results['machine']}:",
+        f"Measured {results['date']} at git `{harness.short_revision(results['git_revision'])}` on "
+        f"{results['machine']}:",
         "", "```", results["command"], "```", "",
         f"Teacher: {t['arch']} {t['arch_kwargs']} squeezed {t['epochs']} epochs on the {results['train_images']:,} training images, "
         f"test top-1 {100 * t['test_top1']:.2f} % ({results['teacher_seconds']:.0f} s). "

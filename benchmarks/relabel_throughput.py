@@ -164,7 +164,8 @@ def main() -> None:
            for e in (small, large)},
         "marginal_overhead_per_view": harness.median_range([p["marginal_overhead"] for p in per_repeat]),
         "fixed_seconds": {k: harness.median_range([f["fixed_seconds"] for f in v]) for k, v in fits.items()},
-        "ms_per_view_marginal": {k: harness.median_range([f["seconds_per_view"] * 1e3 for f in v]) for k, v in fits.items()},
+        "ms_per_view_marginal": {k: harness.median_range([f["seconds_per_view"] * 1e3 for f in v])
+                                 for k, v in fits.items()},
         "cpu_ms_per_view": cpu,  # every process involved: what the work costs whatever else runs meanwhile
         "cpu_ms_per_view_marginal": {k: harness.median_range([f["seconds_per_view"] * 1e3 for f in v])
                                      for k, v in cpu_fits.items()},

@@ -79,7 +79,8 @@ def test_planning_trains_each_protocols_baselines_once_and_brings_their_owner_al
 def test_nothing_happens_when_the_harness_is_imported():
     env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "RAY_DATA_DISABLE_PROGRESS_BARS")}
     code = ("import os, sys, harness; print(sorted(k for k in ('TQDM_DISABLE', 'RAY_DATA_DISABLE_PROGRESS_BARS') "
-            "if k in os.environ), 'srel_ray' in sys.modules); harness.quiet_output(); print(os.environ['TQDM_DISABLE'])")
+            "if k in os.environ), 'srel_ray' in sys.modules); harness.quiet_output(); "
+            "print(os.environ['TQDM_DISABLE'])")
     out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(REPO / "benchmarks")},
                          capture_output=True, text=True, check=True).stdout
     assert out == "[] False\n1\n"
