@@ -22,7 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import common
+import harness
+import measure
 import numpy as np
 import torch
 
@@ -53,16 +54,16 @@ def recover_and_relabel(cfg: Config, teacher_path: str, set_dir: str, quiet: dic
 
     teacher = load_teacher(teacher_path)
     out = {}
-    out["recover"] = common.timed(lambda: _none(run_recover(cfg, teacher_path, set_dir, teacher.num_classes, False)),
+    out["recover"] = measure.timed(lambda: _none(run_recover(cfg, teacher_path, set_dir, teacher.num_classes, False)),
                                   **quiet)
-    out["recover"]["peak_rss_mb"] = common.peaks_by_role(out["recover"]["processes"], ROLES["recover"])
+    out["recover"]["peak_rss_mb"] = measure.peaks_by_role(out["recover"]["processes"], ROLES["recover"])
     sets.write_manifest(set_dir, kind="condensed", dataset="cifar10-shaped", class_names=teacher.class_names,
                         ipc=cfg.recover.ipc, channels=3, image_size=32,
                         normalization={"mean": list(teacher.norm.mean), "std": list(teacher.norm.std)},
                         teacher=teacher.describe(), config=to_dict(cfg))
     info = sets.read_set(set_dir)
-    out["relabel"] = common.timed(lambda: _none(run_relabel(cfg, teacher_path, info, False)), **quiet)
-    out["relabel"]["peak_rss_mb"] = common.peaks_by_role(out["relabel"]["processes"], ROLES["relabel"])
+    out["relabel"] = measure.timed(lambda: _none(run_relabel(cfg, teacher_path, info, False)), **quiet)
+    out["relabel"]["peak_rss_mb"] = measure.peaks_by_role(out["relabel"]["processes"], ROLES["relabel"])
     out["label_bytes_per_image_per_epoch"] = sets.label_bytes(set_dir) / (info.num_classes * info.ipc
                                                                           * cfg.relabel.epochs)
     shutil.rmtree(set_dir)
@@ -84,6 +85,7 @@ def fit(images: list[int], seconds: list[float]) -> dict:
 
 
 def main() -> None:
+    harness.quiet_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--iterations", type=int, default=4, help="recovery iterations per unit")
@@ -100,8 +102,8 @@ def main() -> None:
     points = [(10, 10), (10, 20), (10, 40), (20, 10), (40, 10)]  # (classes, ipc)
     teachers = {c: str(work / f"teacher-{c}.pt") for c in sorted({c for c, _ in points})}
     for c, path in teachers.items():
-        common.random_teacher(Path(path), num_classes=c, width=args.width)
-    common.start_ray()
+        measure.random_teacher(Path(path), num_classes=c, width=args.width)
+    workers = measure.start_ray()
     samples: dict[str, list[dict]] = {f"{c}x{ipc}": [] for c, ipc in points}
     for r in range(args.repeats):
         for c, ipc in points[r % len(points):] + points[: r % len(points)]:
@@ -115,7 +117,7 @@ def main() -> None:
     shutil.rmtree(work)
 
     def median(key: str, stage: str, what: str = "seconds") -> float:
-        return common.spread([s[stage][what] for s in samples[key]])["median"]
+        return harness.median_range([s[stage][what] for s in samples[key]])["median"]
 
     axes = {"ipc": [(10, 10), (10, 20), (10, 40)], "classes": [(10, 10), (20, 10), (40, 10)]}
     growth = {}
@@ -141,7 +143,8 @@ def main() -> None:
              "points_classes_x_ipc": [f"{c}x{ipc}" for c, ipc in points], "recover_iterations": args.iterations,
              "unit": "10 classes x 10 images", "label_epochs": args.epochs, "views_per_epoch": 1,
              "logits_dtype": "float16", "actors": 1, "threads_per_worker": 1, "repeats": args.repeats}
-    common.write_result("cost_growth", {"setup": setup, "summary": summary, "samples": samples}, args.out)
+    harness.write_result("cost_growth", {"setup": setup, "summary": summary, "samples": samples}, args.out,
+                         workers)
     for axis, stages in growth.items():
         for stage, g in stages.items():
             print(f"{stage} vs {axis}: " + ", ".join(f"{p['images']} img {p['median_seconds']:.1f} s "

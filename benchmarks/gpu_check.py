@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import common
+import harness
 import torch
 
 import hot_loops
@@ -82,6 +82,7 @@ def student_rate(s: dict, device: torch.device, precision: str) -> float:
 
 
 def main() -> None:
+    harness.quiet_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--quick", action="store_true", help="a tiny ConvNet at 16 px: seconds, for a smoke test")
@@ -113,7 +114,7 @@ def main() -> None:
         result["student_images_per_second"][p] = rate
         print(f"student {p}: {rate:.0f} images/s", flush=True)
     result["seconds"] = time.perf_counter() - began
-    common.write_result("gpu_check", result, args.out)
+    harness.write_result("gpu_check", result, args.out)
 
 
 if __name__ == "__main__":

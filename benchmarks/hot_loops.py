@@ -33,7 +33,8 @@ import copy
 import time
 from unittest import mock
 
-import common
+import harness
+import measure
 import torch
 
 import srel_ray.core.recover as recover_module
@@ -47,7 +48,7 @@ from srel_ray.core.student import EpochLabels, shard_order, stretched_cosine, tr
 from srel_ray.core.views import Views, roll_shift, sample_views
 from srel_ray.models import create_model
 
-NORM = Normalization(*common.CIFAR10_NORM)
+NORM = Normalization(*measure.CIFAR10_NORM)
 TEACHERS = {"convnet_32px": ("convnet", 32, {"width": 128, "depth": 3}),
             "resnet18_64px": ("resnet18", 64, {})}
 
@@ -130,8 +131,8 @@ def bench_recovery(repeats: int) -> dict:
             for variant in (("before", "after") if r % 2 == 0 else ("after", "before")):
                 samples[variant].append(cpu_step_ms(model, size, variant == "before", steps))
         ratios = [b / a for b, a in zip(samples["before"], samples["after"])]
-        out[name] = {"cpu_ms_per_step": {k: common.spread(v) for k, v in samples.items()},
-                     "speedup_after_over_before": common.spread(ratios),
+        out[name] = {"cpu_ms_per_step": {k: harness.median_range(v) for k, v in samples.items()},
+                     "speedup_after_over_before": harness.median_range(ratios),
                      "profile": {"before": python_share(model, size, True), "after": python_share(model, size, False)},
                      "batch": 100, "steps_per_sample": steps}
         print(name, {k: round(v["median"], 1) for k, v in out[name]["cpu_ms_per_step"].items()},
@@ -176,9 +177,9 @@ def bench_relabel(repeats: int) -> dict:
             samples[variant].append({"views_per_second": len(rows) / (time.thread_time() - began),
                                      "bytes_per_view": shipped / len(rows)})
     equal = torch.equal(relabel_before(model, rows, views, 32, 256)[0], relabel_after(model, rows, views, 32, 256)[0])
-    vps = {k: common.spread([s["views_per_second"] for s in v]) for k, v in samples.items()}
+    vps = {k: harness.median_range([s["views_per_second"] for s in v]) for k, v in samples.items()}
     out = {"views_per_second": vps, "bytes_per_view_shipped": {k: v[0]["bytes_per_view"] for k, v in samples.items()},
-           "speedup_after_over_before": common.spread([a["views_per_second"] / b["views_per_second"]
+           "speedup_after_over_before": harness.median_range([a["views_per_second"] / b["views_per_second"]
                                                        for a, b in zip(samples["after"], samples["before"])]),
            "logits_identical": equal, "views": len(rows), "teacher": "convnet w128 d3, 32 px", "batch": 256}
     print("relabel", {k: round(v["median"]) for k, v in vps.items()}, "identical", equal, flush=True)
@@ -236,8 +237,8 @@ def bench_student(repeats: int) -> dict:
             began = time.thread_time()
             losses[variant] = student_epoch(variant == "before", model, optimizer, scheduler, images, labels, 32, 64)
             samples[variant].append(len(images) / (time.thread_time() - began))
-    ips = {k: common.spread(v) for k, v in samples.items()}
-    out = {"images_per_second": ips, "speedup_after_over_before": common.spread(
+    ips = {k: harness.median_range(v) for k, v in samples.items()}
+    out = {"images_per_second": ips, "speedup_after_over_before": harness.median_range(
         [a / b for a, b in zip(samples["after"], samples["before"])]),
         "epoch_loss": losses, "losses_equal": losses["before"] == losses["after"],
         "student": "convnet w128 d3, 32 px", "images": len(images), "batch": 64}
@@ -246,6 +247,7 @@ def bench_student(repeats: int) -> dict:
 
 
 def main() -> None:
+    harness.quiet_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine has 2 cores, shared)")
@@ -254,10 +256,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = {"setup": {"threads": args.threads, "repeats": args.repeats, "device": "cpu",
                         "note": "shared machine: compare the before/after ratios measured within this run"},
-              "load1_before": common.load1(),
+              "load1_before": measure.load1(),
               "recovery": bench_recovery(args.repeats), "relabel": bench_relabel(args.repeats),
-              "student": bench_student(args.repeats), "load1_after": common.load1()}
-    common.write_result("hot_loops", result, args.out)
+              "student": bench_student(args.repeats), "load1_after": measure.load1()}
+    harness.write_result("hot_loops", result, args.out)
 
 
 if __name__ == "__main__":

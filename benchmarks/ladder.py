@@ -3,9 +3,9 @@
     python benchmarks/ladder.py --out runs/bench-quality [--ipc 10 50] [--seeds 0 1] [--steps edc rded ...]
                                 [--run-set section.key=value ...] [--extra-teacher other/teacher.pt ...]
 
-Runs inside the folder of ``benchmarks/quality.py --out`` and reuses its teacher, and its ``sre2l`` runs (the ladder's
-first step is exactly the quality benchmark's condensed run), so both tables line up: same teacher, student,
-epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run with. Where a quality run's folder
+Runs inside the folder of ``benchmarks/quality.py --out`` and reuses its teacher (or ``--teacher``), and its
+``sre2l`` runs (the ladder's first step is exactly the quality benchmark's condensed run), so both tables line up:
+same teacher, student, epochs, seeds. Pass the same ``--run-set`` values the quality benchmark was run with. Where a quality run's folder
 is gone, its row in the quality results file stands in for the ``sre2l`` step (and the plain protocol's baseline)
 when that file's protocol is exactly this one.
 
@@ -13,7 +13,7 @@ The results file accumulates: runs of an earlier invocation are kept, each with 
 produced it, until this invocation records the same (IPC, seed, step) again, so IPC 10 and IPC 50 can be run by
 separate invocations and an interrupted one loses nothing.
 
-Each step is ``srel_ray.methods.LADDER``'s overrides applied after the protocol config and ``--run-set``. A step is
+Each step is ``ladder_steps.LADDER``'s overrides applied after the protocol config and ``--run-set``. A step is
 compared with random real images relabelled by the teacher under the step's own student protocol (relabel and
 evaluate settings): the baseline students are trained once per distinct protocol, by the first step that needs
 them, and shared by every later step with the same protocol. Every run folder resumes. The ``edc + several
@@ -27,20 +27,17 @@ import argparse
 import json
 import logging
 import re
-import shlex
 import statistics
-import sys
-import time
 from pathlib import Path
+from typing import Callable
 
-from quality import REPO, file_sha256, git_revision, spread, write_block
+import harness
+from ladder_steps import LADDER, LADDER_CHAIN, LADDER_NEEDS_EXTRA_TEACHERS
 
-from srel_ray.config import from_dict, load_config, to_dict
-from srel_ray.methods import LADDER, LADDER_CHAIN, LADDER_NEEDS_EXTRA_TEACHERS
+from srel_ray.config import Config, from_dict, load_config, to_dict
 from srel_ray.pipeline import STAGES, run_stages
-from srel_ray.teacher import load_teacher
 
-BEGIN, END = "<!-- method-ladder:begin -->", "<!-- method-ladder:end -->"
+DOC_BLOCK = harness.DocBlock("method-ladder", "## Method ladder on the same protocol (CIFAR-10)")
 STEPS = [name for name, _ in LADDER]
 
 
@@ -54,10 +51,6 @@ def protocol_key(cfg) -> str:
     d = to_dict(cfg)
     return json.dumps({"seed": d["seed"], "ipc": d["recover"]["ipc"], "relabel": d["relabel"], "teacher": d["teacher"],
                        "evaluate": {k: v for k, v in d["evaluate"].items() if k != "baselines"}}, sort_keys=True)
-
-
-def teacher_of(path: Path) -> dict:
-    return {"sha256": file_sha256(path), "test_top1": load_teacher(str(path)).metrics["test_top1"]}
 
 
 def previous_runs(path: Path) -> list[dict]:
@@ -79,8 +72,8 @@ def grouped(runs: list[dict]) -> list[dict]:
     for r in runs:
         groups.setdefault((r["ipc"], teacher_key(r)), []).append(r)
     return [{"ipc": ipc, "teacher": members[0]["teacher"], "steps": [
-        {"step": s, "seeds": [r["seed"] for r in rs], "condensed": spread([r["condensed"] for r in rs]),
-         "random_real_soft": spread([r["random_real_soft"] for r in rs])}
+        {"step": s, "seeds": [r["seed"] for r in rs], "condensed": harness.mean_std([r["condensed"] for r in rs]),
+         "random_real_soft": harness.mean_std([r["random_real_soft"] for r in rs])}
         for s in STEPS if (rs := [r for r in members if r["step"] == s])]}
         for (ipc, _), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1][0]["date"]))]
 
@@ -120,7 +113,7 @@ def markdown(results: dict) -> str:
     def pct(s: dict | None) -> str:
         return "n/a" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})"
 
-    made_by = sorted({(r["date"], r["git_revision"], r["command"]) for r in results["runs"]})
+    made_by = sorted({(r["date"], harness.short_revision(r["git_revision"]), r["command"]) for r in results["runs"]})
     lines = ["Same student and budget as the quality table above, and its teacher where the test top-1 agrees (a "
              "re-squeezed teacher starts a new group of rows: runs of different teachers are never averaged "
              "together); measured by:", "", "```",
@@ -130,7 +123,7 @@ def markdown(results: dict) -> str:
              "script recovery` is the edc row recovering as EDC's own CIFAR-10 script does (75 iterations from "
              "random real images), `edc at 75 iterations` that row from RDED crops and `edc, validation's one "
              "recipe` the single recipe for both IPCs that validation searches chose (overrides: "
-             "`srel_ray.methods.LADDER`, docs/methods.md). The baseline is the same random real images relabelled "
+             "`benchmarks/ladder_steps.py`, docs/methods.md). The baseline is the same random real images relabelled "
              "by the teacher and trained under that row's own student protocol.", *extra_teacher_lines(results["runs"]),
              "" if results["complete"] else "**Incomplete: not every (step, IPC, seed) run of the command has "
                                             "finished; rows show what has.**", "",
@@ -163,10 +156,11 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=REPO / "jobs/configs/cifar10_quality.yaml")
+    p.add_argument("--config", type=Path, default=harness.QUALITY_CONFIG)
     p.add_argument("--out", type=Path, required=True, help="the quality benchmark's --out (its teacher is reused)")
+    harness.add_teacher_option(p)
     p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", nargs="+", default=None, choices=STEPS, metavar="STEP",
@@ -178,88 +172,112 @@ def main() -> None:
     p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="the quality benchmark's --run-set values")
     p.add_argument("--dry-run", action="store_true", help="print the runs (and which train baselines) and stop")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/ladder_cifar10.json")
-    p.add_argument("--quality-results", type=Path, default=REPO / "benchmarks/results/quality_cifar10.json",
+    p.add_argument("--results", type=Path, default=harness.RESULTS / "ladder_cifar10.json")
+    p.add_argument("--quality-results", type=Path, default=harness.RESULTS / "quality_cifar10.json",
                    help="the quality benchmark's results: its rows stand in for sre2l runs whose folder is gone")
-    p.add_argument("--docs", type=Path, default=REPO / "docs/benchmarks.md")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    out = args.out.resolve()
-    teacher_pt = out / "teacher" / "teacher" / "teacher.pt"
-    if not teacher_pt.exists():
-        raise SystemExit(f"ladder: no teacher at {teacher_pt}: run benchmarks/quality.py --out {args.out} first")
-    extra_teachers = [path.resolve() for path in args.extra_teacher]
-    for path in extra_teachers:
+    p.add_argument("--docs", type=Path, default=harness.DOCS)
+    return p.parse_args()
+
+
+def extra_teachers(args: argparse.Namespace) -> list[Path]:
+    paths = [path.resolve() for path in args.extra_teacher]
+    for path in paths:
         if not path.is_file():
             raise SystemExit(f"ladder: --extra-teacher {path}: no such file (a teacher.pt written by squeeze)")
-    available = [s for s in STEPS if extra_teachers or s not in LADDER_NEEDS_EXTRA_TEACHERS]
-    if args.steps is None:
-        args.steps = available
-    elif missing := [s for s in args.steps if s not in available]:
-        raise SystemExit(f"ladder: steps {missing} need --extra-teacher TEACHER_PT (another teacher.pt to add)")
-    extra_set = "teacher.extra=" + json.dumps([{"source": "checkpoint", "checkpoint": str(p)} for p in extra_teachers])
-    steps = dict(LADDER)
-    tracking = [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
+    return paths
 
-    def config(ipc: int, seed: int, step: str, *extra: str):
+
+def chosen_steps(args: argparse.Namespace, available: list[str]) -> list[str]:
+    if args.steps is None:
+        return available
+    if missing := [s for s in args.steps if s not in available]:
+        raise SystemExit(f"ladder: steps {missing} need --extra-teacher TEACHER_PT (another teacher.pt to add)")
+    return args.steps
+
+
+def protocol(args: argparse.Namespace, teacher_pt: Path, extra: list[Path]) -> Callable[..., Config]:
+    """``config(ipc, seed, step, *overrides)``: the protocol config, ``--run-set``, then the step's overrides."""
+    extra_set = "teacher.extra=" + json.dumps([{"source": "checkpoint", "checkpoint": str(p)} for p in extra])
+    steps = dict(LADDER)
+    tracking = [f"tracking.tracking_uri=sqlite:///{args.out.resolve() / 'mlflow.db'}"]
+
+    def config(ipc: int, seed: int, step: str, *overrides: str) -> Config:
         return load_config(args.config, args.run_overrides + tracking + [
             f"seed={seed}", f"recover.ipc={ipc}", "teacher.source=checkpoint", f"teacher.checkpoint={teacher_pt}",
-            *steps[step], *([extra_set] if step in LADDER_NEEDS_EXTRA_TEACHERS else []), *extra])
+            *steps[step], *([extra_set] if step in LADDER_NEEDS_EXTRA_TEACHERS else []), *overrides])
 
-    # The quality runs (the sre2l step) trained the baselines of the plain protocol already: from their folders, or
-    # from the quality results file where a folder is gone and that file's protocol is exactly this one.
-    teacher = teacher_of(teacher_pt)
-    recorded = quality_rows(args.quality_results, config, teacher)
-    baselines: dict[str, float] = {}  # protocol key -> random real + teacher labels top-1
+    return config
+
+
+def quality_folder(out: Path, ipc: int, seed: int) -> Path:
+    return out / f"ipc{ipc}-seed{seed}"
+
+
+def measured_baselines(args, out: Path, config, recorded: dict) -> dict[str, float]:
+    """Protocol key -> random real + teacher labels top-1 of the plain protocol, which the quality runs (the sre2l
+    step) trained already: from their folders, or from the quality results file where a folder is gone and that
+    file's protocol is exactly this one."""
+    baselines = {}
     for ipc in args.ipc:
         for seed in args.seeds:
-            summary = out / f"ipc{ipc}-seed{seed}" / "summary.json"
+            summary = quality_folder(out, ipc, seed) / "summary.json"
             if summary.exists():
                 baselines[protocol_key(config(ipc, seed, "sre2l"))] = \
                     json.loads(summary.read_text())["baseline_random_soft_top1"]
             elif (ipc, seed) in recorded:
                 baselines[protocol_key(config(ipc, seed, "sre2l"))] = recorded[ipc, seed]["random_real_soft"]
-    # Every config loaded before any work, so a bad --run-set fails first. The baselines of a protocol belong to the
-    # first LADDER step that has it (whatever --steps says, so every folder always gets the same config); a step
-    # whose owner was not asked for brings its owner along, run just before it.
-    plan = []
-    for ipc in args.ipc:
-        for seed in args.seeds:
-            keys = {step: protocol_key(config(ipc, seed, step)) for step in available}
-            owner = {}
-            for step in available:
-                owner.setdefault(keys[step], step)
-            wanted = []
-            for step in args.steps:
-                first = owner[keys[step]]
-                if keys[step] not in baselines and first not in wanted and first != step:
-                    logging.info("ladder: %r needs the baselines of %r, running it too", step, first)
-                    wanted.append(first)
-                if step not in wanted:
-                    wanted.append(step)
-            for step in wanted:
-                if step == "sre2l":  # exactly the quality benchmark's run, in its folder
-                    cfg, folder = config(ipc, seed, step), out / f"ipc{ipc}-seed{seed}"
-                else:
-                    trains = owner[keys[step]] == step and keys[step] not in baselines
-                    cfg = config(ipc, seed, step, f"evaluate.baselines={str(trains).lower()}")
-                    folder = out / "ladder" / f"{slug(step)}-ipc{ipc}-seed{seed}"
-                plan.append((ipc, seed, step, keys[step], cfg, folder))
+    return baselines
 
-    for ipc, seed, step, key, cfg, folder in plan:
+
+def planned_configs(args, out: Path, config, available: list[str], wanted: list[str],
+                    baselines: dict[str, float]) -> list[tuple[harness.PlannedRun, Config, Path]]:
+    """Every run with its config and folder, all loaded before any work so that a bad --run-set fails first. The
+    sre2l step is exactly the quality benchmark's run, in its folder; every other step says whether it trains its
+    protocol's baselines."""
+    plan = harness.plan_shared_baselines([(ipc, seed) for ipc in args.ipc for seed in args.seeds], available,
+                                         wanted, lambda cell, step: protocol_key(config(*cell, step)), set(baselines))
+    out_plan = []
+    for run in plan:
+        (ipc, seed), step = run.cell, run.step
+        if step == "sre2l":
+            out_plan.append((run, config(ipc, seed, step), quality_folder(out, ipc, seed)))
+        else:
+            cfg = config(ipc, seed, step, f"evaluate.baselines={str(run.trains_baselines).lower()}")
+            out_plan.append((run, cfg, out / "ladder" / f"{slug(step)}-ipc{ipc}-seed{seed}"))
+    return out_plan
+
+
+def describe_plan(plan: list[tuple[harness.PlannedRun, Config, Path]]) -> None:
+    for run, cfg, folder in plan:
+        (ipc, seed), step = run.cell, run.step
         trains = "quality benchmark run" if step == "sre2l" else \
             "trains the baselines" if cfg.evaluate.baselines else "baseline shared"
         print(f"IPC {ipc:3d} seed {seed} {step:28s} {trains:22s} {folder}")
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    out = args.out.resolve()
+    teacher_pt, extra = harness.teacher_checkpoint(args, "ladder"), extra_teachers(args)
+    available = [s for s in STEPS if extra or s not in LADDER_NEEDS_EXTRA_TEACHERS]
+    wanted = chosen_steps(args, available)
+    config = protocol(args, teacher_pt, extra)
+    teacher = harness.describe_teacher(teacher_pt)
+    recorded = quality_rows(args.quality_results, config, teacher)
+    baselines = measured_baselines(args, out, config, recorded)
+    plan = planned_configs(args, out, config, available, wanted, baselines)
+    describe_plan(plan)
     if args.dry_run:
         return
 
     earlier = previous_runs(args.results)  # replaced one by one as this invocation records the same runs
-    made_by = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"), "teacher": teacher,
-               "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])}
-    extra_described = [teacher_of(path) for path in extra_teachers]
+    made_by = {**harness.made_by(), "teacher": teacher}
+    extra_described = [harness.describe_teacher(path) for path in extra]
     runs = []
-    for ipc, seed, step, key, cfg, folder in plan:
+    for run, cfg, folder in plan:
+        (ipc, seed), step = run.cell, run.step
         logging.info("=== %s, IPC %d, seed %d: %s ===", step, ipc, seed, folder)
         if step == "sre2l" and not (folder / "summary.json").exists() and (ipc, seed) in recorded:
             logging.info("ladder: sre2l IPC %d seed %d from %s (its folder is gone)", ipc, seed, args.quality_results)
@@ -267,28 +285,16 @@ def main() -> None:
         else:
             summary = run_stages(cfg, folder, STAGES, "run")
             if cfg.evaluate.baselines:
-                baselines[key] = summary["baseline_random_soft_top1"]
+                baselines[run.protocol] = summary["baseline_random_soft_top1"]
             runs.append({"ipc": ipc, "seed": seed, "step": step, "condensed": summary["student_top1"],
-                         "random_real_soft": baselines[key], "seconds": summary["seconds"], "out": str(folder),
-                         **made_by})
+                         "random_real_soft": baselines[run.protocol], "seconds": summary["seconds"],
+                         "out": str(folder), **made_by})
             if step in LADDER_NEEDS_EXTRA_TEACHERS:
                 runs[-1]["extra_teachers"] = extra_described
-        mine = {(r["ipc"], r["seed"], r["step"]) for r in runs}
-        done = [r for r in earlier if (r["ipc"], r["seed"], r["step"]) not in mine] + runs
-        results = {
-            **made_by,
-            "steps": dict(LADDER),
-            "complete": len(runs) == len(plan),
-            "runs": sorted(done, key=lambda r: (r["ipc"], r["seed"], STEPS.index(r["step"]))),
-            "summary": grouped(done),
-        }
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.results.with_name(args.results.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(args.results)
-        text = markdown(results)
-        write_block(args.docs, BEGIN, END, "## Method ladder on the same protocol (CIFAR-10)", text)
-        print(text)
+        done = harness.merge_runs(earlier, runs, key=lambda r: (r["ipc"], r["seed"], r["step"]))
+        harness.publish({**made_by, "steps": dict(LADDER), "complete": len(runs) == len(plan),
+                         "runs": sorted(done, key=lambda r: (r["ipc"], r["seed"], STEPS.index(r["step"]))),
+                         "summary": grouped(done)}, args.results, args.docs, DOC_BLOCK, markdown)
     print(f"\nresults: {args.results}\ndocs: {args.docs}\nrun folders: {out}")
 
 

@@ -17,36 +17,23 @@ Every run folder resumes, so an interrupted benchmark continues where it stopped
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import platform
-import shlex
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+import harness
 
 from srel_ray.config import load_config, to_dict
 from srel_ray.data.real import load_dataset
 from srel_ray.pipeline import STAGES, run_stages
 from srel_ray.teacher import load_teacher
 
-REPO = Path(__file__).resolve().parents[1]
 STUDENTS = {"condensed": "student_top1", "random_real_hard": "baseline_random_hard_top1",
             "random_real_soft": "baseline_random_soft_top1"}
-BEGIN, END = "<!-- quality-benchmark:begin -->", "<!-- quality-benchmark:end -->"
-
-
-def git_revision() -> str:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    # The files the benchmarks write themselves do not make the code "uncommitted".
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":!docs/benchmarks.md", ":!benchmarks/results"], cwd=REPO,
-                           capture_output=True, text=True).stdout
-    return rev.strip() + ("+uncommitted" if dirty.strip() else "")
+DOC_BLOCK = harness.DocBlock("quality-benchmark", "## Quality: condensed set against random real images (CIFAR-10)")
 
 
 def squeeze_once(config: Path, overrides: list[str], out: Path) -> tuple[Path, dict, float]:
@@ -59,16 +46,6 @@ def squeeze_once(config: Path, overrides: list[str], out: Path) -> tuple[Path, d
     return out / "teacher" / "teacher.pt", teacher.describe(), record["seconds"]
 
 
-def file_sha256(path: Path) -> str:
-    """Which teacher made a result: runs compared with each other must share it (benchmarks/ladder.py checks)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
-
-
 def markdown(results: dict) -> str:
     t, p = results["teacher"], results["protocol"]
 
@@ -76,7 +53,8 @@ def markdown(results: dict) -> str:
         return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})"
 
     lines = [
-        f"Measured {results['date']} at git `{results['git_revision']}` on {results['machine']}:",
+        f"Measured {results['date']} at git `{harness.short_revision(results['git_revision'])}` on "
+        f"{results['machine']}:",
         "", "```", results["command"], "```", "",
         f"Teacher: {t['arch']} {t['arch_kwargs']} squeezed {t['epochs']} epochs on the {results['train_images']:,} training images, "
         f"test top-1 {100 * t['test_top1']:.2f} % ({results['teacher_seconds']:.0f} s). "
@@ -110,32 +88,9 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_block(path: Path, begin: str, end: str, heading: str, text: str) -> None:
-    """Put ``text`` between the ``begin``/``end`` markers of ``path`` (appended under ``heading`` if absent)."""
-    block = f"{begin}\n{text}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
-def write_results(path: Path, docs: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
-    text = markdown(results)
-    write_block(docs, BEGIN, END, "## Quality: condensed set against random real images (CIFAR-10)", text)
-    print(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=REPO / "jobs/configs/cifar10_quality.yaml")
+    p.add_argument("--config", type=Path, default=harness.QUALITY_CONFIG)
     p.add_argument("--out", type=Path, required=True, help="folder of all run folders (re-running resumes)")
     p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -143,8 +98,8 @@ def main() -> None:
                    help="override a config field everywhere (teacher included)")
     p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a field of the per-IPC runs only (recover, relabel, evaluate), keeping the teacher")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/quality_cifar10.json")
-    p.add_argument("--docs", type=Path, default=REPO / "docs/benchmarks.md")
+    p.add_argument("--results", type=Path, default=harness.RESULTS / "quality_cifar10.json")
+    p.add_argument("--docs", type=Path, default=harness.DOCS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -176,13 +131,11 @@ def main() -> None:
             # Written after every run, so an interrupted benchmark still reports what it finished.
             results = {
                 "protocol": to_dict(cfg),
-                "git_revision": git_revision(),
-                "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:]),
-                "date": time.strftime("%Y-%m-%d"),
+                **harness.made_by(),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
                 "teacher": {"arch": teacher["arch"], "arch_kwargs": base.teacher.arch_kwargs,
                             "epochs": base.teacher.epochs, "test_top1": teacher["metrics"]["test_top1"],
-                            "sha256": file_sha256(teacher_pt)},
+                            "sha256": harness.file_sha256(teacher_pt)},
                 "teacher_seconds": teacher_seconds,
                 "train_images": len(data.labels("train")),
                 "test_images": len(data.labels("test")),
@@ -190,11 +143,11 @@ def main() -> None:
                 "seeds": args.seeds,
                 "complete": len(runs) == len(args.ipc) * len(args.seeds),
                 "runs": runs,
-                "summary": [{"ipc": i, "top1": {k: spread([r["top1"][k] for r in runs if r["ipc"] == i])
+                "summary": [{"ipc": i, "top1": {k: harness.mean_std([r["top1"][k] for r in runs if r["ipc"] == i])
                                                 for k in STUDENTS}}
                             for i in args.ipc if any(r["ipc"] == i for r in runs)],
             }
-            write_results(args.results, args.docs, results)
+            harness.publish(results, args.results, args.docs, DOC_BLOCK, markdown)
     print(f"\nresults: {args.results}\ndocs: {args.docs}\nrun folders: {out}")
 
 

@@ -31,7 +31,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import common
+import harness
+import measure
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -161,6 +162,7 @@ def step_flops_and_profile(teacher_path: str, cfg: Config) -> tuple[float, list[
 
 
 def main() -> None:
+    harness.quiet_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--ipc", type=int, default=40, help="images per class; 10 per unit")
@@ -177,10 +179,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="srel-bench-recover-"))
     teacher_path = str(work / "teacher.pt")
-    teacher = common.random_teacher(Path(teacher_path), width=args.width)
+    teacher = measure.random_teacher(Path(teacher_path), width=args.width)
     configs = {a: make_config(args.ipc, args.iterations, a) for a in (1, 2)}
     image_iterations = teacher.num_classes * args.ipc * args.iterations
-    common.start_ray()
+    workers = measure.start_ray()
     counter = iter(range(10**6))
 
     def fresh(name: str) -> Path:
@@ -194,15 +196,15 @@ def main() -> None:
         "gemm": gemm,
     }
     print(f"recover: {image_iterations} image-iterations per run, {args.repeats} repeats; work in {work}")
-    samples = common.interleaved(variants, args.repeats, max_busy=args.max_busy, wait=args.wait)
+    samples = measure.interleaved(variants, args.repeats, max_busy=args.max_busy, wait=args.wait)
     identical = _same_images(next(work.glob("bare-*")), next(work.glob("bare2-*")), next(work.glob("ray1-*")),
                              next(work.glob("ray2-*")))
     flops_per_image_iteration, top_ops = step_flops_and_profile(teacher_path, configs[1])
     shutil.rmtree(work)
 
-    rate = {name: common.rates(samples[name], image_iterations) for name in variants if name != "gemm"}
-    gemm_gflops = common.spread([s["gflops"] for s in samples["gemm"]])
-    gemm_gflops_cpu = common.spread([s["gflops_per_cpu_second"] for s in samples["gemm"]])
+    rate = {name: harness.rates(samples[name], image_iterations) for name in variants if name != "gemm"}
+    gemm_gflops = harness.median_range([s["gflops"] for s in samples["gemm"]])
+    gemm_gflops_cpu = harness.median_range([s["gflops_per_cpu_second"] for s in samples["gemm"]])
     per_repeat = [{"overhead_1_actor": samples["srel_ray_1_actor"][r]["seconds"] / samples["bare"][r]["seconds"] - 1,
                    "speedup_2_over_1": samples["srel_ray_1_actor"][r]["seconds"]
                    / samples["srel_ray_2_actors"][r]["seconds"],
@@ -210,21 +212,21 @@ def main() -> None:
                   for r in range(args.repeats)]
     # Steady state: the units after each process's first; the rest of a run's wall time is its fixed cost (process
     # or actor start, torch import, teacher load, the first unit's warm-up beyond a warm unit, scheduling).
-    warm = {name: common.spread([u for s in samples[name] for u in s["warm_unit_seconds"]]) for name in rate}
-    fixed = {name: common.spread([s["seconds"] - len(s["unit_seconds"]) / s["workers"] * warm[name]["median"]
+    warm = {name: harness.median_range([u for s in samples[name] for u in s["warm_unit_seconds"]]) for name in rate}
+    fixed = {name: harness.median_range([s["seconds"] - len(s["unit_seconds"]) / s["workers"] * warm[name]["median"]
                                   for s in samples[name]]) for name in rate}
     # CPU seconds per 1000 image-iterations: what the work costs whatever else runs on the machine (wall time on a
     # shared machine also counts waiting for a core). Every process below the benchmark counts, Ray's daemons
     # included (they idle beside the bare variants too); cpu_seconds_by_role splits it.
-    cpu = {name: common.spread([s["cpu_seconds"] / image_iterations * 1e3 for s in samples[name]]) for name in rate}
+    cpu = {name: harness.median_range([s["cpu_seconds"] / image_iterations * 1e3 for s in samples[name]]) for name in rate}
     # The loop's own rate: a warm unit's work over its seconds (one thread, nothing else in that process). Its CPU
     # time equals its wall time on an idle core; on a busy machine compare with the GEMM's rate per CPU second.
     achieved = achieved_cpu = flops_per_image_iteration * args.iterations * 100 / warm["bare"]["median"] / 1e9
     summary = {
         "image_iterations_per_second": {k: v["median"] for k, v in rate.items()},
-        "overhead_1_actor_over_bare": common.spread([p["overhead_1_actor"] for p in per_repeat]),
-        "speedup_2_actors_over_1": common.spread([p["speedup_2_over_1"] for p in per_repeat]),
-        "speedup_bare_2_processes_over_bare": common.spread([p["speedup_bare_2_processes"] for p in per_repeat]),
+        "overhead_1_actor_over_bare": harness.median_range([p["overhead_1_actor"] for p in per_repeat]),
+        "speedup_2_actors_over_1": harness.median_range([p["speedup_2_over_1"] for p in per_repeat]),
+        "speedup_bare_2_processes_over_bare": harness.median_range([p["speedup_bare_2_processes"] for p in per_repeat]),
         "targets": {"overhead_1_actor_over_bare": "< 0.05", "speedup_2_actors_over_1": "> 1.8"},
         "cpu_seconds_per_1000_image_iterations": cpu,
         "cpu_overhead_1_actor_over_bare": cpu["srel_ray_1_actor"]["median"] / cpu["bare"]["median"] - 1,
@@ -239,7 +241,7 @@ def main() -> None:
         "achieved_gflops_per_cpu_second_bare": achieved_cpu,
         "gemm_gflops_per_cpu_second": gemm_gflops_cpu,
         "compute_fraction_of_gemm_rate_cpu": achieved_cpu / gemm_gflops_cpu["median"],
-        "cpu_seconds_by_role": {name: common.cpu_by_role(samples[name]) for name in cpu},
+        "cpu_seconds_by_role": {name: measure.cpu_by_role(samples[name]) for name in cpu},
         "step_top_ops": top_ops,
     }
     setup = {"teacher": {"arch": "convnet", "width": args.width, "depth": 3, "weights": "random init (seeded)",
@@ -247,8 +249,8 @@ def main() -> None:
              "ipc": args.ipc, "iterations": args.iterations, "batch": 100, "units": args.ipc // 10,
              "image_iterations_per_run": image_iterations, "threads_per_worker": 1, "repeats": args.repeats,
              "gemm": {"n": GEMM_N, "reps": GEMM_REPS, "dtype": "float32", "threads": 1}}
-    common.write_result("recover_throughput", {"setup": setup, "summary": summary, "rates": rate,
-                                               "per_repeat": per_repeat, "samples": samples}, args.out)
+    harness.write_result("recover_throughput", {"setup": setup, "summary": summary, "rates": rate,
+                                               "per_repeat": per_repeat, "samples": samples}, args.out, workers)
     for key in ("image_iterations_per_second", "overhead_1_actor_over_bare", "speedup_2_actors_over_1",
                 "speedup_bare_2_processes_over_bare", "steady_state_overhead_1_actor_over_bare",
                 "fixed_seconds_per_run", "cpu_overhead_1_actor_over_bare", "compute_fraction_of_gemm_rate_cpu",

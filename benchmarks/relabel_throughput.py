@@ -22,7 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import common
+import harness
+import measure
 import numpy as np
 import torch
 
@@ -107,12 +108,13 @@ def line(points: list[tuple[float, float]]) -> dict:
 
 
 def main() -> None:
+    harness.quiet_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--epochs", type=int, nargs=2, default=[10, 40], help="the two label-epoch counts")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data", default=str(common.REPO.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--data", default=str(harness.REPO.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--max-busy", type=float, default=0.5, help="wait for other work to take fewer cores")
     parser.add_argument("--wait", type=float, default=30.0, help="... for at most this many seconds")
     parser.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/...)")
@@ -121,13 +123,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="srel-bench-relabel-"))
     teacher_path = str(work / "teacher.pt")
-    teacher = common.random_teacher(Path(teacher_path), width=args.width)
+    teacher = measure.random_teacher(Path(teacher_path), width=args.width)
     small, large = args.epochs
     configs = {e: make_config(e, args.ipc, args.data) for e in (small, large)}
     set_dir = str(work / "set")
     make_set(configs[small], teacher, set_dir)
     images = teacher.num_classes * args.ipc
-    common.start_ray()
+    workers = measure.start_ray()
 
     variants = {}
     for e in (small, large):
@@ -135,12 +137,12 @@ def main() -> None:
                                                                  str(work / f"bare-{e}")))
         variants[f"srel_ray_{e}_epochs"] = lambda e=e: srel_ray_relabel(teacher_path, set_dir, configs[e])
     print(f"relabel: {images} images x {args.epochs} epochs, {args.repeats} repeats; work in {work}")
-    samples = common.interleaved(variants, args.repeats, max_busy=args.max_busy, wait=args.wait)
+    samples = measure.interleaved(variants, args.repeats, max_busy=args.max_busy, wait=args.wait)
     agreement = compare_labels(str(work / f"bare-{small}"), set_dir, small)  # epochs both runs wrote
     shutil.rmtree(work)
 
     views = {e: images * e for e in (small, large)}
-    rate = {name: common.rates(s, views[int(name.split("_")[-2])]) for name, s in samples.items()}
+    rate = {name: harness.rates(s, views[int(name.split("_")[-2])]) for name, s in samples.items()}
     per_repeat, fits, cpu_fits = [], {"bare": [], "srel_ray": []}, {"bare": [], "srel_ray": []}
     for r in range(args.repeats):
         row = {}
@@ -154,20 +156,21 @@ def main() -> None:
                                         for e in (small, large)]))
         row["marginal_overhead"] = fits["srel_ray"][-1]["seconds_per_view"] / fits["bare"][-1]["seconds_per_view"] - 1
         per_repeat.append(row)
-    cpu = {name: common.spread([x["driver_cpu_seconds" if name.startswith("bare") else "cpu_seconds"]
+    cpu = {name: harness.median_range([x["driver_cpu_seconds" if name.startswith("bare") else "cpu_seconds"]
                                 / views[int(name.split("_")[-2])] * 1e3 for x in s]) for name, s in samples.items()}
     summary = {
         "views_per_second": {k: v["median"] for k, v in rate.items()},
-        **{f"overhead_{e}_epochs": common.spread([p[f"overhead_{e}_epochs"] for p in per_repeat])
+        **{f"overhead_{e}_epochs": harness.median_range([p[f"overhead_{e}_epochs"] for p in per_repeat])
            for e in (small, large)},
-        "marginal_overhead_per_view": common.spread([p["marginal_overhead"] for p in per_repeat]),
-        "fixed_seconds": {k: common.spread([f["fixed_seconds"] for f in v]) for k, v in fits.items()},
-        "ms_per_view_marginal": {k: common.spread([f["seconds_per_view"] * 1e3 for f in v]) for k, v in fits.items()},
+        "marginal_overhead_per_view": harness.median_range([p["marginal_overhead"] for p in per_repeat]),
+        "fixed_seconds": {k: harness.median_range([f["fixed_seconds"] for f in v]) for k, v in fits.items()},
+        "ms_per_view_marginal": {k: harness.median_range([f["seconds_per_view"] * 1e3 for f in v])
+                                 for k, v in fits.items()},
         "cpu_ms_per_view": cpu,  # every process involved: what the work costs whatever else runs meanwhile
-        "cpu_ms_per_view_marginal": {k: common.spread([f["seconds_per_view"] * 1e3 for f in v])
+        "cpu_ms_per_view_marginal": {k: harness.median_range([f["seconds_per_view"] * 1e3 for f in v])
                                      for k, v in cpu_fits.items()},
-        "cpu_fixed_seconds": {k: common.spread([f["fixed_seconds"] for f in v]) for k, v in cpu_fits.items()},
-        "cpu_seconds_by_role": {name: common.cpu_by_role(s) for name, s in samples.items()},
+        "cpu_fixed_seconds": {k: harness.median_range([f["fixed_seconds"] for f in v]) for k, v in cpu_fits.items()},
+        "cpu_seconds_by_role": {name: measure.cpu_by_role(s) for name, s in samples.items()},
         "target": {"overhead": "< 0.10"},
         "agreement_bare_vs_srel_ray": agreement,
     }
@@ -176,8 +179,8 @@ def main() -> None:
              "set": f"random real CIFAR-10 training images, IPC {args.ipc}", "images": images,
              "epochs": args.epochs, "views_per_epoch": 1, "batch_size": 256, "logits_dtype": "float16",
              "teacher_threads": 1, "relabel_actors": 1, "repeats": args.repeats}
-    common.write_result("relabel_throughput", {"setup": setup, "summary": summary, "rates": rate,
-                                               "per_repeat": per_repeat, "samples": samples}, args.out)
+    harness.write_result("relabel_throughput", {"setup": setup, "summary": summary, "rates": rate,
+                                               "per_repeat": per_repeat, "samples": samples}, args.out, workers)
     for key, value in summary.items():
         print(f"{key}: {value}")
 

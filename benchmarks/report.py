@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quality import REPO, write_block
+import harness
+from reporting import load_results, throughput_markdown
 
-from srel_ray.reporting import load_results, throughput_markdown
-
-BEGIN, END = "<!-- throughput-benchmark:begin -->", "<!-- throughput-benchmark:end -->"
+DOC_BLOCK = harness.DocBlock("throughput-benchmark",
+                             "## Throughput and cost: srel_ray against a bare PyTorch loop (CPU)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results")
-    p.add_argument("--docs", type=Path, default=REPO / "docs/benchmarks.md")
+    p.add_argument("--results", type=Path, default=harness.RESULTS)
+    p.add_argument("--docs", type=Path, default=harness.DOCS)
     args = p.parse_args()
     results = load_results(args.results)
     missing = [n for n in ("recover", "relabel", "growth") if n not in results]
@@ -31,7 +31,7 @@ def main() -> None:
     text = throughput_markdown(results.get("recover"), results.get("relabel"), results.get("growth"))
     if missing:
         text += f"\n\nNot measured yet: {', '.join(missing)}."
-    write_block(args.docs, BEGIN, END, "## Throughput and cost: srel_ray against a bare PyTorch loop (CPU)", text)
+    DOC_BLOCK.write(args.docs, text)
     print(text)
 
 

@@ -32,20 +32,20 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import common
+import harness
+import measure
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from PIL import Image
-from quality import write_block
 
 RESULT = "scale_classes"
-BEGIN, END = "<!-- scale-classes:begin -->", "<!-- scale-classes:end -->"
+DOC_BLOCK = harness.DocBlock("scale-classes", "## Measured: memory and time from 1,000 to 21,841 classes")
 SYNSETS = {1000: "imagenet_synsets.txt", 10450: "imagenet21k_miil_w21_synsets.txt", 21841: "imagenet22k_synsets.txt"}
 IMAGE_SIZE = 8
 STAGES = ("squeeze", "recover", "relabel", "evaluate")
-# Process kinds by the title Ray gives each process (common.role); anything else is "other".
+# Process kinds by the title Ray gives each process (measure.role); anything else is "other".
 KINDS = {"RecoveryWorker": "recover actor", "MapWorker": "relabel actor", "RayTrainWorker": "Train worker",
          "ClassStatsWorker": "class-stats actor", "raylet": "Ray daemons", "gcs_server": "Ray daemons",
          "dashboard": "Ray daemons", "DashboardAgent": "Ray daemons", "log_monitor": "Ray daemons",
@@ -123,7 +123,7 @@ def run_point(out: Path, data: Path, num_classes: int, ipc: int, method: str, li
     log = open(out / f"log-{num_classes}-{method}-ipc{ipc}.txt", "w")
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
     code = "import sys; from srel_ray.cli import main; sys.exit(main(sys.argv[1:]))"
-    sampler = common.ProcessSampler()
+    sampler = measure.ProcessSampler()
     sampler.start()
     began = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, "run", "--config", str(config), "--out", str(run_dir)],
@@ -131,7 +131,7 @@ def run_point(out: Path, data: Path, num_classes: int, ipc: int, method: str, li
     stopped = None
     while proc.poll() is None:
         time.sleep(0.5)
-        total = _resident_bytes(common.descendants(common._stats(), proc.pid))
+        total = _resident_bytes(measure.descendants(measure.process_stats(), proc.pid))
         if total > limit_bytes:
             stopped = f"stopped: its processes held {total / 2**30:.1f} GiB together (limit {limit_bytes / 2**30:.0f})"
             _kill_tree(proc.pid)
@@ -168,7 +168,7 @@ def _resident_bytes(pids: list[int]) -> int:
 
 def _kill_tree(root: int) -> None:
     """The run's processes only (never `ray stop`, which would stop every cluster on the machine)."""
-    for pid in reversed(common.descendants(common._stats(), root)):
+    for pid in reversed(measure.descendants(measure.process_stats(), root)):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -191,6 +191,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    harness.quiet_output()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="datasets and run folders (large: keep out of the repo)")
     p.add_argument("--classes", type=int, nargs="+", default=[1000, 10450, 21841])
@@ -199,14 +200,14 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=4, help="training images per class (edc's RDED needs >= IPC)")
     p.add_argument("--memory-limit-gb", type=float, default=18.0)
     p.add_argument("--label", default="after", help="names this code's rows in the table (e.g. 'before')")
-    p.add_argument("--results", type=Path, default=common.RESULTS / f"{RESULT}.json")
-    p.add_argument("--docs", type=Path, default=common.REPO / "docs" / "scaling.md")
+    p.add_argument("--results", type=Path, default=harness.RESULTS / f"{RESULT}.json")
+    p.add_argument("--docs", type=Path, default=harness.REPO / "docs" / "scaling.md")
     args = p.parse_args()
     bad = [n for n in args.classes if n > max(SYNSETS)]
     if bad:
         raise SystemExit(f"--classes: at most {max(SYNSETS):,} (timm's largest synset list), got {bad}")
     args.out.mkdir(parents=True, exist_ok=True)
-    revision = common.git_revision()
+    revision = harness.git_revision()
     old = json.loads(args.results.read_text())["rows"] if args.results.exists() else []
     rows = [r for r in old if r["label"] != args.label]
     for num_classes in args.classes:
@@ -215,10 +216,10 @@ def main() -> None:
             for ipc in args.ipc:
                 row = run_point(args.out, data, num_classes, ipc, method, int(args.memory_limit_gb * 2**30))
                 rows.append({"label": args.label, "revision": revision, **row})
-                common.write_result(RESULT, {"per_class": args.per_class, "image_size": IMAGE_SIZE, "rows": rows},
+                harness.write_result(RESULT, {"per_class": args.per_class, "image_size": IMAGE_SIZE, "rows": rows},
                                     args.results)
     text = markdown(rows)
-    write_block(args.docs, BEGIN, END, "## Measured: memory and time from 1,000 to 21,841 classes", text)
+    DOC_BLOCK.write(args.docs, text)
     print(text)
 
 

@@ -15,11 +15,12 @@ import json
 import time
 from pathlib import Path
 
-from common import REPO, ProcessSampler
+import harness
+from measure import ProcessSampler
 
 from srel_ray.cli import main as srel_ray
 
-CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+CIFAR = harness.REPO.parent / "shared" / "data" / "cifar10"
 
 
 def replicated(source: Path, folder: Path, times: int) -> Path:
@@ -35,6 +36,7 @@ def replicated(source: Path, folder: Path, times: int) -> Path:
 
 
 def main() -> None:
+    harness.quiet_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -47,7 +49,7 @@ def main() -> None:
     sampler = ProcessSampler()
     sampler.start()
     began = time.perf_counter()
-    code = srel_ray(["squeeze", "--config", str(REPO / "jobs/configs/cifar10.yaml"), "--out", str(args.out),
+    code = srel_ray(["squeeze", "--config", str(harness.REPO / "jobs/configs/cifar10.yaml"), "--out", str(args.out),
                      *[a for o in overrides for a in ("--set", o)]])
     seconds = time.perf_counter() - began
     rows = sampler.stop()["processes"]

@@ -29,19 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import statistics
-import sys
-import time
 from pathlib import Path
 
+import harness
 import yaml
-
-from common import REPO, RESULTS, git_revision
-from quality import file_sha256, write_block
+from ladder_steps import LADDER
 
 from srel_ray.config import from_dict, load_config, to_dict
-from srel_ray.methods import LADDER
 from srel_ray.search_space import apply_params
 from srel_ray.tuning import run_search
 
@@ -136,7 +131,7 @@ def search_result(args, ipc: int, folder: Path, cfg, teacher_pt: Path, tracking:
     best = json.loads((folder / "best.json").read_text())
     steps = {step: comparable(load_config(args.config, ladder_overrides(args, ipc, step, teacher_pt, tracking)))
              for step, _ in LADDER}
-    teacher_sha = file_sha256(teacher_pt)
+    teacher_sha = harness.file_sha256(teacher_pt)
     extra = list(extra_grid(args))
     trials = []
     for path in sorted((folder / "trials").glob("*/trial.json")):
@@ -186,8 +181,10 @@ def markdown(results: dict) -> str:
              "90 %. The right-hand column is the ladder row that recovers the same way, measured on the test split "
              "with every seed paired with its own random-real baseline (that row's sets start from the whole "
              "training split).", "",
-             f"Table made by `{results['command']}` at git `{results['git_revision'][:12]}`, {results['date']}.",
-             *(f"IPC {s['ipc']} search run by `{s['made_by']['command']}` at git `{s['made_by']['git_revision'][:12]}`, "
+             f"Table made by `{results['command']}` at git `{harness.short_revision(results['git_revision'])}`, "
+             f"{results['date']}.",
+             *(f"IPC {s['ipc']} search run by `{s['made_by']['command']}` at git "
+               f"`{harness.short_revision(s['made_by']['git_revision'])}`, "
                f"{s['made_by']['date']}." for s in results["searches"] if s["made_by"]),
              *([f"The baseline (0 iterations from random real images, the config otherwise the same) is that trial "
                 f"of the searches in `{results['baseline_searches']}`: "
@@ -231,8 +228,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="the quality benchmark's --out (its teacher is reused)")
+    harness.add_teacher_option(p)
     p.add_argument("--searches", type=Path, required=True, help="one search folder per IPC is made here")
-    p.add_argument("--config", type=Path, default=REPO / "jobs" / "configs" / "cifar10_quality.yaml")
+    p.add_argument("--config", type=Path, default=harness.QUALITY_CONFIG)
     p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     p.add_argument("--iterations", type=int, nargs="+", default=[75, 500])
     p.add_argument("--inits", nargs="+", default=["real", "rded"])
@@ -243,22 +241,19 @@ def main() -> None:
     p.add_argument("--score-interval", type=int, default=1,
                    help="tune.score_interval: student epochs between validation scores (200: only the last)")
     p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--ladder-results", type=Path, default=RESULTS / "ladder_cifar10.json")
-    p.add_argument("--results", type=Path, default=RESULTS / "tune_recovery_cifar10.json")
-    p.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--ladder-results", type=Path, default=harness.RESULTS / "ladder_cifar10.json")
+    p.add_argument("--results", type=Path, default=harness.RESULTS / "tune_recovery_cifar10.json")
+    p.add_argument("--docs", type=Path, default=harness.DOCS)
     p.add_argument("--block", default="tune-recovery",
                    help="the docs block's marker name (<!-- BLOCK:begin -->): one per --results file")
     p.add_argument("--heading", default=HEADING, help="the docs section the block is appended under when absent")
     args = p.parse_args()
     out = args.out.resolve()
-    teacher_pt = out / "teacher" / "teacher" / "teacher.pt"
-    if not teacher_pt.exists():
-        raise SystemExit(f"tune_recovery: no teacher at {teacher_pt}: run benchmarks/quality.py --out {args.out} first")
+    teacher_pt = harness.teacher_checkpoint(args, "tune_recovery")
     tracking = f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"
     configs = {ipc: search_config(args, ipc, teacher_pt, tracking) for ipc in args.ipc}  # bad input fails first
     ladder = json.loads(args.ladder_results.read_text())
-    made_by = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"),
-               "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]))] + sys.argv[1:])}
+    made_by = harness.made_by()
     searches = []
     for ipc, cfg in configs.items():
         folder = args.searches.resolve() / f"ipc{ipc}"
@@ -266,12 +261,7 @@ def main() -> None:
         searches.append(search_result(args, ipc, folder, cfg, teacher_pt, tracking, ladder))
     results = {**made_by, "searches": searches, "one_recipe": one_recipe(searches),
                "baseline_searches": str(args.baseline_searches) if args.baseline_searches else None}
-    tmp = args.results.with_name(args.results.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(args.results)
-    text = markdown(results)
-    write_block(args.docs, f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->", args.heading, text)
-    print(text)
+    harness.publish(results, args.results, args.docs, harness.DocBlock(args.block, args.heading), markdown)
 
 
 if __name__ == "__main__":

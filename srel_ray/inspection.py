@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 from pathlib import Path
 
 from srel_ray.config import Config, apply_overrides, from_dict, read_config_file, to_dict
@@ -14,6 +15,9 @@ from srel_ray.methods import image_size_of, preset_values
 from srel_ray.tracking import flatten
 
 SOURCES = ("default", "preset", "file", "--set")
+PLOTS_MISSING = "matplotlib is not installed (pip install 'srel_ray[plots]' to draw it)"
+
+log = logging.getLogger(__name__)
 
 
 def config_sources(path: str | Path | None, overrides: list[str]) -> tuple[Config, dict[str, str]]:
@@ -53,14 +57,24 @@ def format_config(cfg: Config, sources: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------- pictures
 
 
-def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]]):
-    """Test top-1 against epoch, the teacher's (left: squeeze epochs) and each student's (right: the condensed
-    set and both baselines, drawn at the epochs they were tested); returns the figure."""
-    import matplotlib
-
+def pyplot():
+    """matplotlib.pyplot drawing to files only, or None without matplotlib (the optional ``plots`` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]]):
+    """Test top-1 against epoch, the teacher's (left: squeeze epochs) and each student's (right: the condensed
+    set and both baselines, drawn at the epochs they were tested); returns the figure."""
+    plt = pyplot()
+    if plt is None:
+        raise SrelError(f"the accuracy curves cannot be drawn: {PLOTS_MISSING}")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2]})
     labels = {"condensed": "condensed set (soft labels)", "random_real_hard": "random real, hard labels",
               "random_real_soft": "random real, teacher labels"}
@@ -81,9 +95,12 @@ def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]]):
 
 
 def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], path: str) -> str:
-    """The curves as a PNG at ``path`` (local or URL), written atomically."""
-    import matplotlib.pyplot as plt
-
+    """The curves as a PNG at ``path`` (local or URL), written atomically; returns ``path``. Without matplotlib
+    nothing is written and one log line says so (a tracker logs the path only if the file exists)."""
+    plt = pyplot()
+    if plt is None:
+        log.warning("%s not drawn: %s", path, PLOTS_MISSING)
+        return path
     fig = plot_curves(teacher_history, students)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -125,6 +142,8 @@ def show_run(out: str) -> str:
                  f"{', '.join(missing)}", "", "stages:"] + lines
     pictures = [p for p in (run.curves, run.grid) if sets.exists(p)]
     lines += ["", "pictures: " + (", ".join(pictures) if pictures else "none yet (drawn after recover and evaluate)")]
+    if sets.exists(run.summary) and not sets.exists(run.curves):
+        lines.append(f"absent: {run.curves}" + (f" ({PLOTS_MISSING})" if pyplot() is None else ""))
     if sets.exists(run.tracking):
         tracking = sets.read_json(run.tracking)
         lines.append(f"mlflow: run {tracking['run_id']} at {tracking['tracking_uri']}")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from srel_ray.config import DataConfig
-from srel_ray.data.real import InMemoryData, Split
+from srel_ray.data.base import InMemoryData, Split
 from srel_ray.errors import DataError
 
 LAYOUTS = {  # folder: (train files, test file, meta file, label key, names key)

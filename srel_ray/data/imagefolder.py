@@ -14,7 +14,7 @@ import torch
 
 from srel_ray.config import DataConfig
 from srel_ray.data.imagenet_val import flat_val_labels
-from srel_ray.data.real import RealData, decode_images, decode_rows
+from srel_ray.data.base import RealData, decode_images, decode_rows
 from srel_ray.errors import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")

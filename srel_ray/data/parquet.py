@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import torch
 
 from srel_ray.config import DataConfig
-from srel_ray.data.real import RealData, decode_images, decode_rows, encoded_images
+from srel_ray.data.base import RealData, decode_images, decode_rows, encoded_images
 from srel_ray.errors import DataError
 
 # Held-out split names, in order of preference; a Hugging Face export's ``test`` split often has no labels

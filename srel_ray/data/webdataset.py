@@ -22,7 +22,7 @@ import torch
 
 from srel_ray.config import DataConfig
 from srel_ray.data import imagenet_classes
-from srel_ray.data.real import RealData, decode_images, decode_rows
+from srel_ray.data.base import RealData, decode_images, decode_rows
 from srel_ray.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")

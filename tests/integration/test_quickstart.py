@@ -195,3 +195,44 @@ def test_show_prints_table_stages_and_pictures(quickstart_run, capsys):
         assert f"{stage:9s} {seconds:8.1f} s" in out
     run_id = json.loads((quickstart_run / "tracking.json").read_text())["run_id"]
     assert f"mlflow: run {run_id}" in out
+
+
+def test_the_summary_step_and_show_without_matplotlib(quickstart_run, tmp_path):
+    """Without the ``plots`` extra a finished run still writes its summary; the curves are skipped with one log line
+    and ``srel-ray show`` says the picture is absent and why."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.unit.test_without_matplotlib import PACKAGE, WITHOUT_MATPLOTLIB
+
+    out = tmp_path / "quick"
+    shutil.copytree(quickstart_run, out, ignore=shutil.ignore_patterns("ray", "logs"))
+    (out / "accuracy_curves.png").unlink()
+    before = json.loads((out / "summary.json").read_text())
+    code = WITHOUT_MATPLOTLIB + f"""
+import logging
+logging.basicConfig(level=logging.INFO)
+from srel_ray.config import load_config
+from srel_ray.data.real import load_dataset
+from srel_ray.inspection import show_run
+from srel_ray.pipeline import RunDir, draw_curves, write_summary
+
+run = RunDir.at({str(out)!r})
+cfg = load_config(run.config)
+write_summary(cfg, run, load_dataset(cfg.data))
+draw_curves(run)
+print(show_run({str(out)!r}))
+print(sorted(m for m in sys.modules if m.startswith("matplotlib")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = json.loads((out / "summary.json").read_text())
+    same = set(before) - {"seconds", "outputs"}  # outputs: the folder's paths, here the copy's
+    assert {k: after[k] for k in same} == {k: before[k] for k in same} and set(after) == set(before)
+    assert not (out / "accuracy_curves.png").exists()
+    assert [line for line in done.stderr.splitlines() if "pip install 'srel_ray[plots]'" in line] != []
+    assert len([line for line in done.stderr.splitlines() if "not drawn" in line]) == 1
+    assert f"absent: {out / 'accuracy_curves.png'} (matplotlib is not installed" in done.stdout
+    assert f"pictures: {out / 'condensed_grid.png'}" in done.stdout
+    assert done.stdout.strip().endswith("[]")

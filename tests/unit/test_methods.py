@@ -170,7 +170,7 @@ def test_the_ladder_steps_resolve_as_documented():
     """On the quality protocol's config, each step changes exactly what docs/methods.md says it adds."""
     from pathlib import Path
 
-    from srel_ray.methods import LADDER
+    from ladder_steps import LADDER  # benchmarks/ladder_steps.py
 
     protocol = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "cifar10_quality.yaml"
     steps = {name: _flat(load_config(protocol, overrides)) for name, overrides in LADDER}
@@ -194,7 +194,7 @@ def test_the_ladder_steps_resolve_as_documented():
     # RDED's images under EDC's student recipe: the rded row with exactly step 4's student-side keys.
     assert diff("rded", "rded + student-side choices") == diff("+ category-aware matching", "+ student-side choices")
     # EDC with several teachers is the edc row; what it adds (teacher.extra) is the caller's checkpoints.
-    from srel_ray.methods import LADDER_NEEDS_EXTRA_TEACHERS
+    from ladder_steps import LADDER_NEEDS_EXTRA_TEACHERS
     assert LADDER_NEEDS_EXTRA_TEACHERS == ("edc + several teachers",)
     assert diff("edc", "edc + several teachers") == set()
     # EDC's CIFAR-10 script: the edc row recovering 75 iterations from random real images.

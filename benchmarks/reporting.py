@@ -1,6 +1,8 @@
-"""Benchmark results: load the JSON files the scripts in benchmarks/ write, and draw their figures.
+"""Benchmark results: load the JSON files the scripts in benchmarks/ write, draw their figures (for
+notebooks/benchmarks.ipynb) and write the throughput table (for benchmarks/report.py).
 
-Plain JSON and matplotlib, no Ray and no torch, so notebooks/benchmarks.ipynb runs anywhere. Every plotting
+Plain JSON and matplotlib (the ``plots`` extra), no Ray, no torch and no srel_ray, so the notebook runs anywhere. It
+lives beside the scripts, not in the library (the notebook puts benchmarks/ on its path). Every plotting
 function takes one loaded result and an optional matplotlib Axes, and returns the Axes it drew on.
 """
 

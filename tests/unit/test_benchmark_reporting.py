@@ -1,12 +1,13 @@
-"""Benchmark reporting: the loaders and figures of srel_ray.reporting, and notebooks/benchmarks.ipynb executed on
-the small committed results in tests/data/benchmark_results (so the notebook cannot silently break)."""
+"""Benchmark reporting: the loaders and figures of benchmarks/reporting.py, and notebooks/benchmarks.ipynb executed
+on the small committed results in tests/data/benchmark_results (so the notebook cannot silently break). benchmarks/
+is on the tests' path (pyproject.toml's pytest ``pythonpath``), as it is on a script's."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from srel_ray import reporting
+import reporting
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "data" / "benchmark_results"
@@ -81,7 +82,7 @@ def test_throughput_rows_cover_every_variant(results):
     assert len(axes) == 1 and [p.get_height() for p in axes[0].patches] == pytest.approx(list(recover.values()))
 
 
-def test_notebook_runs_without_ray_and_draws_every_figure(tmp_path):
+def test_notebook_runs_without_ray_and_draws_every_figure():
     import nbclient  # the dev extra installs them: a missing one fails here rather than skipping
     import nbformat
 
@@ -94,7 +95,7 @@ def test_notebook_runs_without_ray_and_draws_every_figure(tmp_path):
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
         nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+                                resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

@@ -1,74 +1,24 @@
-"""What every benchmark script shares: the machine and revision it ran on, interleaved repeated timing with the
-load average around each measurement, peak resident memory and CPU time of processes read from /proc (Linux), a
-randomly initialised teacher checkpoint, and the atomic JSON result file.
+"""How the throughput and cost benchmarks measure: interleaved repeated timing with the load average around each
+measurement, peak resident memory and CPU time of processes read from /proc (Linux), a randomly initialised teacher
+checkpoint, and Ray started as the CLI starts it.
 
-Scripts import it as ``common`` (they run as ``python benchmarks/<script>.py``, which puts this folder on the path).
+Scripts import it as ``measure`` (they run as ``python benchmarks/<script>.py``, which puts this folder on the path);
+provenance, result files and statistics are ``harness``'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from harness import srel_ray_location
+
 CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616))  # the usual CIFAR-10 channel statistics
-# Quiet output; tqdm and Ray Data read these when first imported, so before the scripts import srel_ray.
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-
-# ------------------------------------------------------------------------------------------- provenance
-
-
-def git_revision() -> str:
-    """HEAD of the checkout the script runs from, with ``-dirty`` when tracked files differ from it."""
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    # The files the benchmarks write themselves do not make the code dirty.
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":!docs/benchmarks.md", ":!benchmarks/results"], capture_output=True, text=True).stdout.strip()
-    return head + ("-dirty" if dirty else "")
-
-
-def machine() -> dict:
-    import ray
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal:"))
-    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 2**20, 1),
-            "srel_ray_imported_from": _srel_ray_location(),  # another checkout: a before/after run
-            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "platform": platform.platform()}
-
-
-def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
-
-
-def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
-    """``benchmarks/results/<name>.json`` (or ``out``), with provenance first; written under a temporary name."""
-    path = Path(out) if out else RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "git_revision": git_revision(), "command": command(), "cwd": os.getcwd(),
-              "machine": {**machine(), "ray_workers": WORKERS},
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-    print(f"results written to {path}")
-    return path
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -135,20 +85,10 @@ def interleaved(variants: dict[str, Callable[[], dict | None]], repeats: int, **
     return samples
 
 
-def spread(values: list[float]) -> dict:
-    """Median with min and max: with few repeats on a shared machine the range says more than a deviation."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def rates(samples: list[dict], work: float) -> dict:
-    """Work units per second of each sample, summarised."""
-    return spread([work / s["seconds"] for s in samples])
-
-
 # ------------------------------------------------------------------------------------------- /proc
 
 
-def _stats() -> dict[int, tuple[int, float]]:
+def process_stats() -> dict[int, tuple[int, float]]:
     """(parent pid, user + system CPU seconds) of every process on the machine, from /proc/<pid>/stat."""
     ticks, out = os.sysconf("SC_CLK_TCK"), {}
     for entry in os.listdir("/proc"):
@@ -214,7 +154,7 @@ class ProcessSampler(threading.Thread):
     def __init__(self, interval: float = 0.5):
         super().__init__(daemon=True)
         self.interval, self._done, self.sampler_cpu = interval, threading.Event(), 0.0
-        stats = _stats()
+        stats = process_stats()
         pids = descendants(stats)
         self.first = {pid: stats[pid][1] for pid in pids}
         self.seen: dict[int, list] = {}  # pid -> [role, cpu seconds, peak bytes]
@@ -227,7 +167,7 @@ class ProcessSampler(threading.Thread):
         self.sampler_cpu = time.thread_time()
 
     def sample(self) -> None:
-        stats = _stats()
+        stats = process_stats()
         for pid in descendants(stats):
             try:
                 name = "driver" if pid == os.getpid() else role(cmdline(pid))
@@ -287,8 +227,9 @@ def random_teacher(path: Path, num_classes: int = 10, width: int = 128, depth: i
     return teacher
 
 
-def start_ray(num_cpus: int | None = None) -> None:
-    """The cluster a user gets from the CLI (srel_ray's own start-up, dashboard included)."""
+def start_ray(num_cpus: int | None = None) -> dict[str, str]:
+    """The cluster a user gets from the CLI (srel_ray's own start-up, dashboard included); returns which checkout
+    its workers import srel_ray from, for ``harness.write_result``'s ``ray_workers``."""
     from srel_ray.config import ResourcesConfig
     from srel_ray.distributed.cluster import start_ray as start
 
@@ -308,13 +249,4 @@ def start_ray(num_cpus: int | None = None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution-plan lines
     # Ray puts the driver's working directory first on its workers' sys.path: a before/after run of another
     # checkout must start from that checkout, and this records which code the workers ran.
-    WORKERS["srel_ray_imported_from"] = ray.get(ray.remote(_srel_ray_location).remote())
-
-
-WORKERS: dict[str, str] = {}
-
-
-def _srel_ray_location() -> str:
-    import srel_ray
-
-    return str(Path(srel_ray.__file__).parent)
+    return {"srel_ray_imported_from": ray.get(ray.remote(srel_ray_location).remote())}
