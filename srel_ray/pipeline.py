@@ -4,7 +4,7 @@
     DIR/teacher/teacher.pt              the frozen teacher with its class order and normalisation
     DIR/teacher/extra-<i>.pt            teacher.extra's teachers (multi-teacher recovery and labels)
     DIR/teacher/class_stats/<teacher>/  per-class BN statistics (recover.class_bn_weight > 0), one file per class
-    DIR/condensed/                      the condensed set (images, labels, manifest.json; see srel_ray.data.sets)
+    DIR/condensed/                      the condensed set (images, labels, manifest.json; see srel_ray.storage.sets)
     DIR/baselines/random_real/          IPC random real images per class, relabelled by the same teacher
     DIR/evaluate/<student>.json         one file per trained student
     DIR/stages/<stage>.json             what each stage did and how long it took
@@ -24,16 +24,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from srel_ray.config import Config, TeacherConfig, config_from_yaml, config_yaml, to_dict
+from srel_ray.config import Config, TeacherConfig, to_dict
 from srel_ray.core.recover import freeze
 from srel_ray.core.student import count_correct
-from srel_ray.data import sets
+from srel_ray.storage import files, sets
+from srel_ray.storage.layout import RunDir, check_out_is_folder, prepare_out
+from srel_ray.students import STUDENTS, students_of
 from srel_ray.data.real import RealData, load_dataset, random_real_indices
 from srel_ray.errors import SrelError
 from srel_ray.progress import Console, log_to_file, stage_did
@@ -44,114 +45,9 @@ from srel_ray.tracking import Tracker, tracked_run, tracking_uri
 log = logging.getLogger(__name__)
 
 STAGES = ("squeeze", "recover", "relabel", "evaluate")
-STUDENTS = {  # name -> (set, hard labels)
-    "condensed": ("condensed", False),
-    "random_real_hard": ("random_real", True),
-    "random_real_soft": ("random_real", False),
-}
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """The files of one run under ``out``: an absolute local path or any fsspec URL (s3://, gs://, file://)."""
-
-    out: str
-
-    @classmethod
-    def at(cls, out: str | Path) -> "RunDir":
-        out = str(out)
-        # Ray workers run in other directories: local paths are made absolute; URLs are kept as given.
-        return cls(out.rstrip("/") if "://" in out else str(Path(out).resolve()))
-
-    @property
-    def name(self) -> str:
-        return self.out.rsplit("/", 1)[-1]
-
-    @property
-    def config(self) -> str:
-        return sets.join(self.out, "config.yaml")
-
-    @property
-    def teacher(self) -> str:
-        return sets.join(self.out, "teacher", "teacher.pt")
-
-    def extra_teachers(self, cfg: Config) -> list[str]:
-        return [sets.join(self.out, "teacher", f"extra-{i + 1}.pt") for i in range(len(cfg.teacher.extra))]
-
-    def class_stats(self, cfg: Config) -> list[str]:
-        """One statistics folder per teacher: teacher.pt's, then each extra teacher's."""
-        names = ["teacher"] + [f"extra-{i + 1}" for i in range(len(cfg.teacher.extra))]
-        return [sets.join(self.out, "teacher", "class_stats", name) for name in names]
-
-    def set_dir(self, name: str) -> str:
-        return sets.join(self.out, "condensed" if name == "condensed" else f"baselines/{name}")
-
-    def stage_record(self, stage: str) -> str:
-        return sets.join(self.out, "stages", f"{stage}.json")
-
-    def student_record(self, name: str) -> str:
-        return sets.join(self.out, "evaluate", f"{name}.json")
-
-    @property
-    def grid(self) -> str:
-        return sets.join(self.out, "condensed_grid.png")
-
-    @property
-    def ray_storage(self) -> str:
-        return sets.join(self.out, "ray")
-
-    @property
-    def curves(self) -> str:
-        return sets.join(self.out, "accuracy_curves.png")
-
-    @property
-    def tracking(self) -> str:
-        return sets.join(self.out, "tracking.json")
-
-    @property
-    def logs(self) -> str:
-        return sets.join(self.out, "logs")
-
-    @property
-    def summary(self) -> str:
-        return sets.join(self.out, "summary.json")
 
 
 # ---------------------------------------------------------------------------------------------- checks
-
-
-def prepare_out(cfg: Config, out: str | Path) -> RunDir:
-    """Claim ``out`` for this run: refuse a folder holding a different run, then save the config beside it."""
-    run = RunDir.at(out)
-    check_out_is_folder(run)
-    if sets.exists(run.config):
-        previous = config_from_yaml(sets.read_bytes(run.config).decode(), run.config)
-        if previous.identity() != cfg.identity():
-            key, old, new = _first_difference(previous.identity(), cfg.identity())
-            raise SrelError(f"output folder {run.out!r} holds a different run ({key}: {old!r} there, {new!r} now); "
-                            "choose a new --out, or rerun with the same config to resume")
-    elif sets.listdir(run.out):
-        raise SrelError(f"output folder {run.out!r} is not empty and holds no srel_ray run (no config.yaml); "
-                        "choose an empty or new folder")
-    sets.write_bytes_atomic(run.config, config_yaml(cfg).encode())
-    return run
-
-
-def check_out_is_folder(run: RunDir) -> None:
-    """``--out`` must name a folder (new or existing), not a file."""
-    if sets.is_file(run.out):
-        raise SrelError(f"--out {run.out!r} is a file, not a folder; give a new or existing folder")
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> tuple[str, object, object]:
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            if va != vb:
-                return _first_difference(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            return f"{prefix}{key}", va, vb
-    return prefix.rstrip("."), None, None
 
 
 def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
@@ -170,7 +66,7 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
         imagenet_indices(data.class_names, f"torchvision {cfg.teacher.arch} ({cfg.teacher.weights})",
                          _dataset(cfg, data))
     elif "squeeze" not in stages:
-        if not sets.exists(run.teacher):
+        if not files.exists(run.teacher):
             raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
         _check_teacher(load_teacher(run.teacher), data)
     check_method_inputs(cfg, run, data, stages)
@@ -190,7 +86,7 @@ def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[
                             f"recover.rded_pool={r.rded_pool} and the smallest class has {smallest}")
     for i, (spec, path) in enumerate(zip(cfg.teacher.extra, run.extra_teachers(cfg))):
         if "squeeze" not in stages:
-            if not sets.exists(path):
+            if not files.exists(path):
                 raise SrelError(f"no extra teacher at {path!r}: run the squeeze stage first (srel-ray squeeze)")
             _check_teacher(load_teacher(path), data)
             _check_same_input(load_teacher(path), load_teacher(run.teacher), path)
@@ -219,7 +115,7 @@ def _check_teacher(teacher: Teacher, data: RealData) -> None:
 def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker, progress=None) -> dict:
     """Produce DIR/teacher/teacher.pt: train it (Ray Train), or take a torchvision model or a checkpoint.
     ``progress`` (every stage takes it): the command's srel_ray.distributed.progress.Progress, or None."""
-    if sets.exists(run.teacher):
+    if files.exists(run.teacher):
         log.info("squeeze: the teacher is already at %s, skipping the stage", run.teacher)
         _save_extra_teachers(cfg, run, data, load_teacher(run.teacher))
         return {"skipped": True, **load_teacher(run.teacher).describe()}
@@ -248,7 +144,7 @@ def squeeze(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
 def _save_extra_teachers(cfg: Config, run: RunDir, data: RealData, main: Teacher) -> None:
     """teacher.extra as DIR/teacher/extra-<i>.pt beside the teacher, so recover and relabel read all alike."""
     for spec, path in zip(cfg.teacher.extra, run.extra_teachers(cfg)):
-        if not sets.exists(path):
+        if not files.exists(path):
             teacher = extra_teacher(spec, cfg.data.image_size, data.class_names)
             _check_teacher(teacher, data)
             _check_same_input(teacher, main, path)
@@ -264,7 +160,7 @@ def _check_same_input(extra: Teacher, main: Teacher, where: str) -> None:
 
 def _test_accuracy(teacher: Teacher, data: RealData) -> dict:
     model = freeze(teacher.build())
-    batches = ((teacher.norm.normalize(x.float() / 255), y) for x, y in data.batches("test", 256))
+    batches = ((teacher.norm.normalize_uint8(x), y) for x, y in data.batches("test", 256))
     counts = count_correct(model, batches)
     return {"test_top1": counts["top1"] / counts["n"], "test_top5": counts["top5"] / counts["n"]}
 
@@ -272,7 +168,7 @@ def _test_accuracy(teacher: Teacher, data: RealData) -> dict:
 def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tracker, progress=None) -> dict:
     """Recover the condensed images with the actor pool; the manifest is written once all units are done."""
     set_dir = run.set_dir("condensed")
-    if sets.exists(sets.manifest_path(set_dir)):
+    if files.exists(sets.manifest_path(set_dir)):
         log.info("recover: the condensed set at %s is complete, skipping the stage", set_dir)
         return {"skipped": True}
     from srel_ray.distributed.recover import run_recover
@@ -287,7 +183,7 @@ def recover(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: Tr
     result = run_recover(cfg, run.teacher, set_dir, teacher.num_classes, use_gpu,
                          extra_teachers=run.extra_teachers(cfg), class_stats=stats_dirs, progress=progress)
     _write_set_manifest(cfg, set_dir, "condensed", data, teacher)
-    save_grid(set_dir, teacher.num_classes, cfg.recover.ipc, data.channels, run.grid)
+    sets.save_grid(set_dir, teacher.num_classes, cfg.recover.ipc, data.channels, run.grid)
     tracker.log_artifact(run.grid)
     for s in result["stats"]:
         tracker.log_metrics({"recover.final_ce": s["ce"], "recover.final_bn": s["bn"]}, step=s["unit"])
@@ -328,7 +224,7 @@ def _label_bytes(info: sets.SetInfo, cfg: Config) -> float:
 
 def _make_random_real(cfg: Config, run: RunDir, data: RealData, teacher: Teacher) -> None:
     set_dir = run.set_dir("random_real")
-    if sets.exists(sets.manifest_path(set_dir)):
+    if files.exists(sets.manifest_path(set_dir)):
         log.info("relabel: the random-real images at %s are complete, skipping their selection", set_dir)
         return
     ipc = cfg.recover.ipc
@@ -351,8 +247,8 @@ def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: T
     """Train the condensed-set student and, with baselines on, both random-real students, all on one protocol."""
     from srel_ray.distributed.evaluate import run_student
 
-    names = list(STUDENTS) if cfg.evaluate.baselines else ["condensed"]
-    done = [name for name in names if sets.exists(run.student_record(name))]
+    names = [s.name for s in students_of(cfg.evaluate.baselines)]
+    done = [name for name in names if files.exists(run.student_record(name))]
     if done:
         log.info("evaluate: %d of %d students already trained, skipping them: %s", len(done), len(names),
                  ", ".join(done))
@@ -360,10 +256,10 @@ def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: T
     for name in names:
         record = run.student_record(name)
         if name in done:
-            results[name] = sets.read_json(record)
+            results[name] = files.read_json(record)
             continue
-        set_name, hard = STUDENTS[name]
-        info = sets.read_set(run.set_dir(set_name))
+        hard = STUDENTS[name].hard
+        info = sets.read_set(run.set_dir(STUDENTS[name].set_name))
         if info.label_epochs != cfg.relabel.epochs:
             raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
         log.info("evaluate: training the %s student", name)
@@ -374,7 +270,7 @@ def evaluate(cfg: Config, run: RunDir, data: RealData, use_gpu: bool, tracker: T
                                  use_gpu=use_gpu, progress_board=progress.board if progress else None,
                                  progress_source=source)
         tracker.log_history(result["history"], prefix=f"{source}.", skip=_logged(progress, source, resumed[name]))
-        sets.write_json_atomic(record, result)
+        files.write_json_atomic(record, result)
         results[name] = result
     return {**{name: {"top1": r["top1"], "top5": r["top5"]} for name, r in results.items()},
             "skipped_students": done, "resumed": resumed, "skipped": len(done) == len(names)}
@@ -389,7 +285,7 @@ def _resumable(run: RunDir, name: str, epochs: int) -> Iterator[dict]:
     before = checkpoint_progress(run.ray_storage, name)
     if before["epochs"]:
         log.info("%s: %d of %d epochs already trained (checkpoint in %s), skipping them", name, before["epochs"],
-                 epochs, sets.join(run.ray_storage, name))
+                 epochs, files.join(run.ray_storage, name))
     report = {"skipped_epochs": before["epochs"]}
     yield report
     after = checkpoint_progress(run.ray_storage, name)
@@ -437,7 +333,7 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
     check_precision(cfg.resources, use_gpu)  # fp16 on a CPU, bf16 on a GPU without it: now, not in a worker
     with tracked_run(cfg, command, run.out, run_id=_previous_run_id(cfg, run)) as tracker:
         if tracker.enabled:
-            sets.write_json_atomic(run.tracking, {"run_id": tracker.run_id, "tracking_uri": tracking_uri(cfg)})
+            files.write_json_atomic(run.tracking, {"run_id": tracker.run_id, "tracking_uri": tracking_uri(cfg)})
 
         def live(prefix: str, step: int, metrics: dict) -> None:
             tracker.log_metrics(metrics, step=step, prefix=prefix)
@@ -451,9 +347,9 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
                 seconds = time.perf_counter() - began
                 console.stage_finished(i, len(stages), stage, seconds, stage_did(stage, result))
                 record = run.stage_record(stage)
-                if sets.exists(record) and result.get("skipped"):
-                    seconds = sets.read_json(record)["seconds"]  # keep the time of the run that did the work
-                sets.write_json_atomic(record, {"stage": stage, "seconds": seconds, "result": result})
+                if files.exists(record) and result.get("skipped"):
+                    seconds = files.read_json(record)["seconds"]  # keep the time of the run that did the work
+                files.write_json_atomic(record, {"stage": stage, "seconds": seconds, "result": result})
                 tracker.log_metrics({f"seconds.{stage}": seconds})
         summary = write_summary(cfg, run, data) if _finished(run) else None
         if summary:
@@ -465,9 +361,9 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
 
 def _previous_run_id(cfg: Config, run: RunDir) -> str | None:
     """The MLflow run of an earlier command on this folder, continued when it is in the same store."""
-    if not cfg.tracking.enabled or not sets.exists(run.tracking):
+    if not cfg.tracking.enabled or not files.exists(run.tracking):
         return None
-    previous = sets.read_json(run.tracking)
+    previous = files.read_json(run.tracking)
     return previous["run_id"] if previous["tracking_uri"] == tracking_uri(cfg) else None
 
 
@@ -493,22 +389,22 @@ def _link_ray_logs(run: RunDir) -> None:
 
 
 def _finished(run: RunDir) -> bool:
-    return all(sets.exists(run.stage_record(s)) for s in STAGES) and sets.exists(run.student_record("condensed"))
+    return all(files.exists(run.stage_record(s)) for s in STAGES) and files.exists(run.student_record("condensed"))
 
 
 def draw_curves(run: RunDir) -> str:
     """DIR/accuracy_curves.png: the teacher's and every trained student's test top-1 against epoch."""
     from srel_ray.inspection import save_curves
 
-    students = {name: sets.read_json(run.student_record(name))["history"]
-                for name in STUDENTS if sets.exists(run.student_record(name))}
+    students = {name: files.read_json(run.student_record(name))["history"]
+                for name in STUDENTS if files.exists(run.student_record(name))}
     return save_curves(load_teacher(run.teacher).metrics.get("history", []), students, run.curves)
 
 
 def write_summary(cfg: Config, run: RunDir, data: RealData) -> dict:
     teacher = load_teacher(run.teacher)
-    students = {name: sets.read_json(run.student_record(name))
-                for name in STUDENTS if sets.exists(run.student_record(name))}
+    students = {name: files.read_json(run.student_record(name))
+                for name in STUDENTS if files.exists(run.student_record(name))}
     summary = {
         "dataset": data.name,
         "num_classes": data.num_classes,
@@ -522,31 +418,11 @@ def write_summary(cfg: Config, run: RunDir, data: RealData) -> dict:
         "baseline_random_soft_top1": students.get("random_real_soft", {}).get("top1"),
         "baseline_random_hard_top5": students.get("random_real_hard", {}).get("top5"),
         "baseline_random_soft_top5": students.get("random_real_soft", {}).get("top5"),
-        "seconds": {s: sets.read_json(run.stage_record(s))["seconds"] for s in STAGES},
+        "seconds": {s: files.read_json(run.stage_record(s))["seconds"] for s in STAGES},
         "outputs": {"condensed": run.set_dir("condensed"), "teacher": run.teacher},
     }
-    sets.write_json_atomic(run.summary, summary)
+    files.write_json_atomic(run.summary, summary)
     return summary
-
-
-GRID_CLASSES, GRID_IPC = 100, 10  # the preview's bound: a grid of the whole set would not fit the driver at scale
-
-
-def grid_targets(num_classes: int, ipc: int) -> list[tuple[int, int]]:
-    """(class, index) of a set's preview: at most GRID_CLASSES classes spread evenly over the class order (all
-    of them when there are fewer), the first GRID_IPC images of each; the same for the same sizes."""
-    classes = torch.linspace(0, num_classes - 1, min(num_classes, GRID_CLASSES)).round().long().unique().tolist()
-    return [(c, i) for c in classes for i in range(min(ipc, GRID_IPC))]
-
-
-def save_grid(set_dir: str, num_classes: int, ipc: int, channels: int, path: str) -> str:
-    """A PNG preview of a set, one row per class (``grid_targets``), written to ``path`` (local or URL)."""
-    import torchvision.utils
-
-    images = sets.read_images_at(set_dir, grid_targets(num_classes, ipc), channels)
-    grid = torchvision.utils.make_grid(images, nrow=min(ipc, GRID_IPC), padding=1, pad_value=255)
-    sets.write_bytes_atomic(path, sets.encode_png(grid))
-    return path
 
 
 def format_summary(summary: dict) -> str:

@@ -4,7 +4,7 @@ A Ray Tune trial (srel_ray.distributed.tune) runs this: nesting Ray Train worker
 would oversubscribe a small machine and can deadlock waiting for CPUs the trials hold. Outputs, in the search
 folder DIR:
 
-    DIR/sets/<set key>/      a condensed set (srel_ray.data.sets format). The key is the content of the settings
+    DIR/sets/<set key>/      a condensed set (srel_ray.storage.sets format). The key is the content of the settings
                              that decide the set (seed, data, teacher, recover, relabel), so trials that differ only
                              in student settings (a temperature sweep at one budget) share one set, made once
                              under a file lock by whichever trial gets there first.
@@ -22,9 +22,6 @@ mean logits) and the EMA of the student's weights (scored and saved instead of t
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -42,10 +39,9 @@ from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precisio
 from srel_ray.core.relabel import label_views, row_views, view_rows
 from srel_ray.core.student import (WeightEMA, build_student, count_correct, student_optimizer,
                                    train_student_epoch)
-from srel_ray.data import sets
+from srel_ray.storage import files, sets
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import RealData, WithoutRows, load_dataset
-from srel_ray.pipeline import save_grid
 from srel_ray.search_space import config_key
 from srel_ray.teacher import Teacher, load_class_stats, load_teacher
 
@@ -81,15 +77,6 @@ def trial_dir(out: str | Path, cfg: Config) -> Path:
     return Path(out) / "trials" / trial_key(cfg)
 
 
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside ``folder`` (released when the block ends or the process dies)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(f".{folder.name}.lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 # ---------------------------------------------------------------------------------------------- the set
 
 
@@ -101,7 +88,7 @@ def condense(cfg: Config, teacher: Teacher, models: list[nn.Module], set_dir: st
     began = time.perf_counter()
     r = cfg.recover
     units = plan_units(teacher.num_classes, r.ipc, r.classes_per_unit, r.ipc_per_unit)
-    pending = [u for u in units if not sets.exists(sets.unit_marker(set_dir, u.name))]
+    pending = [u for u in units if not files.exists(sets.unit_marker(set_dir, u.name))]
     data = WithoutRows(load_dataset(inputs.data), inputs.val_rows) if pending and r.init != "noise" else None
     start_images = StartImages(data, r, cfg.seed, models, teacher.norm, device) if pending else None
     for unit in tqdm(pending, desc="recover units", unit="unit"):
@@ -113,9 +100,9 @@ def condense(cfg: Config, teacher: Teacher, models: list[nn.Module], set_dir: st
                                      extra_teachers=models[1:], init=start_images(unit), class_stats=class_stats,
                                      precision=precision)
         sets.write_images(set_dir, unit.targets(), images)
-        sets.write_json_atomic(sets.unit_marker(set_dir, unit.name),
+        files.write_json_atomic(sets.unit_marker(set_dir, unit.name),
                                {**stats, "unit": unit.index, "precision": precision})
-    if not sets.exists(sets.manifest_path(set_dir)):
+    if not files.exists(sets.manifest_path(set_dir)):
         _write_manifest(cfg, set_dir, teacher, inputs.dataset)
     recovered = time.perf_counter()
     info = sets.read_set(set_dir)
@@ -186,15 +173,15 @@ def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs, device:
 
 def _batches(images: torch.Tensor, labels: torch.Tensor, norm: Normalization, size: int = 256):
     for x, y in zip(images.split(size), labels.split(size)):
-        yield norm.normalize(x.float() / 255), y
+        yield norm.normalize_uint8(x), y
 
 
 def score_on_test(cfg: Config, folder: Path, data: RealData) -> dict:
     """Top-1/top-5 on the real test split of the student a finished trial saved (done once, for the best)."""
     model = build_student(cfg.evaluate, seed=cfg.seed, num_classes=data.num_classes, channels=data.channels,
                           image_size=cfg.data.image_size)
-    model.load_state_dict(torch.load(folder / "student.pt", map_location="cpu", weights_only=True))
-    counts = count_correct(model, ((data.norm.normalize(x.float() / 255), y) for x, y in data.batches("test", 256)))
+    model.load_state_dict(files.read_torch(str(folder / "student.pt")))
+    counts = count_correct(model, ((data.norm.normalize_uint8(x), y) for x, y in data.batches("test", 256)))
     return {"test_top1": counts["top1"] / counts["n"], "test_top5": counts["top5"] / counts["n"], "n": counts["n"]}
 
 
@@ -208,9 +195,9 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
     as soon as it sees the final epoch."""
     folder = trial_dir(inputs.out, cfg)
     record_path = folder / "trial.json"
-    with locked(folder):
+    with files.locked(folder):
         if record_path.exists():
-            record = json.loads(record_path.read_text())
+            record = files.read_json(str(record_path))
             log.info("trial %s finished before: replaying its %d scores", folder.name, len(record["history"]))
             for row in record["history"]:
                 report({**row, "epochs_trained": row["epoch"] + 1, "replayed": True})  # ASHA's clock
@@ -221,35 +208,29 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
         models = [prepare_model(freeze(t.build()).to(device), device, cfg.resources.compile)
                   for t in (teacher, *(load_teacher(p) for p in inputs.extra_teachers))]
         set_dir = Path(inputs.out) / "sets" / set_key(cfg)
-        with locked(set_dir):
+        with files.locked(set_dir):
             seconds = condense(cfg, teacher, models, str(set_dir), inputs, device, precision)
         info = sets.read_set(str(set_dir))
         folder.mkdir(parents=True, exist_ok=True)
-        save_grid(info.path, info.num_classes, info.ipc, info.channels, folder / "condensed_grid.png")
+        sets.save_grid(info.path, info.num_classes, info.ipc, info.channels, folder / "condensed_grid.png")
         student_began = time.perf_counter()
         history: list[dict] = []
         for metrics, student in student_epochs(cfg, info, inputs, device, precision):
             history.append(metrics)
             if metrics["epochs_trained"] == cfg.evaluate.epochs:
-                _save_student(student, folder / "student.pt")
+                files.write_torch_local(folder / "student.pt", {k: v.cpu() for k, v in student.state_dict().items()})
                 record = {"trial": folder.name, "set": set_dir.name, "history": history,
                           "final": {k: metrics[k] for k in TRIAL_METRICS}, "val_images": len(inputs.val_labels),
                           "recover_stats": _unit_stats(info.path),
                           "seconds": {**seconds, "student": time.perf_counter() - student_began,
                                       "total": time.perf_counter() - began},
                           "config": to_dict(cfg)}
-                sets.write_json_atomic(str(record_path), record)
+                files.write_json_atomic(str(record_path), record)
             report(metrics)
     return record
 
 
-def _save_student(model: nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
-
-
 def _unit_stats(set_dir: str) -> dict:
     """Mean final losses of the set's recovery units (from their markers)."""
-    stats = [json.loads(p.read_text()) for p in sorted((Path(set_dir) / ".progress").glob("*.json"))]
+    stats = sets.unit_markers(set_dir)
     return {key: sum(s[key] for s in stats) / len(stats) for key in ("ce", "bn", "accuracy")} if stats else {}

@@ -18,17 +18,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 from pathlib import Path
 
 import yaml
 
 from srel_ray.config import Config, DataConfig, from_dict, load_config, to_dict
-from srel_ray.data import sets
+from srel_ray.storage import files
 from srel_ray.data.real import WithoutRows, validation_indices
 from srel_ray.errors import SrelError
-from srel_ray.pipeline import RunDir, check_inputs, check_method_inputs, prepare_out, squeeze
+from srel_ray.pipeline import check_inputs, check_method_inputs, squeeze
+from srel_ray.storage.layout import RunDir, SearchDir, prepare_out
 from srel_ray.search_space import Param, apply_params, corner_configs, parse_space
 from srel_ray.tracking import check_reachable, tracked_run, tracking_uri
 from srel_ray.trial import TrialInputs, score_on_test, trial_dir
@@ -54,11 +54,12 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     for corner in corners:  # trials start recovery from training images outside the validation split
         check_method_inputs(corner, RunDir.at(out), WithoutRows(data, val_rows), ("squeeze", "recover"))
     run = prepare_out(cfg, out)
+    search_dir = SearchDir.at(out)
     start_ray(cfg.resources)
     use_gpu = resolve_use_gpu(cfg.resources)
     trial_resources(cfg, use_gpu)
     check_precision(cfg.resources, use_gpu)
-    previous = sets.read_json(str(out / "search.json")) if (out / "search.json").exists() else {}
+    previous = files.read_json(search_dir.search_record) if files.exists(search_dir.search_record) else {}
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     parent = previous.get("parent_run_id") if previous.get("tracking_uri") == uri else None
     with tracked_run(cfg, "tune", out, run_id=parent) as tracker:
@@ -68,7 +69,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
 
             active = mlflow.active_run().info
             search.update(parent_run_id=active.run_id, experiment_id=active.experiment_id)
-        sets.write_json_atomic(str(out / "search.json"), search)
+        files.write_json_atomic(search_dir.search_record, search)
         log.info("tune: teacher (made once, shared by every trial)")
         squeeze(cfg, run, data, use_gpu, tracker)
         teachers = [run.teacher, *run.extra_teachers(cfg)]
@@ -89,7 +90,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
         best = _best(cfg, rows, results)
         record = _score_best(cfg, best, out, data)
         write_best_config(cfg, record, out, run.teacher, len(rows))
-        (out / "trials.csv").write_text(_csv(rows))
+        files.write_text_atomic(search_dir.trials_table, _csv(rows))
         tracker.log_metrics({f"best.{cfg.tune.metric}": record["val"][cfg.tune.metric], **{
             f"best.{k}": v for k, v in record["test"].items() if k != "n"}, "trials": len(rows),
             "trials_finished": sum(r["outcome"] == "finished" for r in rows)})
@@ -138,7 +139,7 @@ def trial_rows(cfg: Config, params: list[Param], results, out: Path) -> list[dic
                "temperature": trial_cfg.evaluate.temperature, "values": values,
                **{k: v for k, v in values.items() if k not in SHOWN}}
         if (folder / "trial.json").exists():
-            record = json.loads((folder / "trial.json").read_text())
+            record = files.read_json(str(folder / "trial.json"))
             row.update(outcome="finished", epochs=record["history"][-1]["epoch"] + 1, seconds=record["seconds"]["total"])
             row[metric] = record["final"][metric]
         else:
@@ -161,14 +162,14 @@ def _best(cfg: Config, rows: list[dict], results) -> dict:
 def _score_best(cfg: Config, best: dict, out: Path, data) -> dict:
     """The best trial scored once on the test split (kept in best.json, so a resumed search does not redo it)."""
     path = out / "best.json"
-    if path.exists() and json.loads(path.read_text())["trial"] == best["trial"]:
-        return json.loads(path.read_text())
+    if path.exists() and files.read_json(str(path))["trial"] == best["trial"]:
+        return files.read_json(str(path))
     folder = out / "trials" / best["trial"]
-    trial_cfg = from_dict(json.loads((folder / "trial.json").read_text())["config"])
+    trial_cfg = from_dict(files.read_json(str(folder / "trial.json"))["config"])
     record = {"trial": best["trial"], "values": best["values"],
               "val": {cfg.tune.metric: best[cfg.tune.metric]}, "test": score_on_test(trial_cfg, folder, data),
               "config": str(out / "best.yaml")}
-    sets.write_json_atomic(str(path), record)
+    files.write_json_atomic(str(path), record)
     return record
 
 
@@ -183,7 +184,7 @@ def write_best_config(cfg: Config, record: dict, out: Path, teacher: str, trials
               f"# trial {record['trial']}: {record['values']}; {metric} {record['val'][metric]:.4f}; "
               f"test top-1 {record['test']['test_top1']:.4f} (scored once, after the search)\n"
               f"# the teacher is the search's own; run it with: srel-ray run --config best.yaml --out NEW_DIR\n")
-    sets.write_bytes_atomic(str(out / "best.yaml"), (header + yaml.safe_dump(raw, sort_keys=False)).encode())
+    files.write_bytes_atomic(str(out / "best.yaml"), (header + yaml.safe_dump(raw, sort_keys=False)).encode())
 
 
 def _csv(rows: list[dict]) -> str:

@@ -34,7 +34,7 @@ def test_core_modules_never_import_ray():
 
 def test_importing_the_core_loads_no_ray():
     code = ("import sys, srel_ray.core.recover, srel_ray.core.student, srel_ray.core.relabel, srel_ray.models, "
-            "srel_ray.data.sets, srel_ray.data.real, srel_ray.teacher, srel_ray.config, srel_ray.search_space, "
+            "srel_ray.storage.sets, srel_ray.data.real, srel_ray.teacher, srel_ray.config, srel_ray.search_space, "
             "srel_ray.trial; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

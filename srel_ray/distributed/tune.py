@@ -24,6 +24,8 @@ from ray.tune.search import BasicVariantGenerator
 
 from srel_ray.config import TRIAL_METRICS, Config, from_dict, load_config, to_dict
 from srel_ray.distributed.cluster import check_fits, local_device
+from srel_ray.storage import files
+from srel_ray.storage.layout import SearchDir
 from srel_ray.search_space import Param, apply_params, max_epochs
 from srel_ray.tracking import config_params
 from srel_ray.trial import TrialInputs, run_trial, trial_dir, trial_key
@@ -109,7 +111,7 @@ class MlflowTrials(Callback):
         self.out = out  # pickled with the Tuner: only the folder, the store is read at setup
 
     def setup(self, **info) -> None:
-        search = json.loads((Path(self.out) / "search.json").read_text())
+        search = files.read_json(SearchDir.at(self.out).search_record)
         self.client = MlflowClient(tracking_uri=search["tracking_uri"])
         self.experiment_id, self.parent = search["experiment_id"], search["parent_run_id"]
         self.base = load_config(Path(self.out) / "config.yaml")
@@ -162,7 +164,7 @@ class MlflowTrials(Callback):
         folder = trial_dir(self.out, apply_params(self.base, trial.config))
         record_path = folder / "trial.json"
         if record_path.exists():
-            record = json.loads(record_path.read_text())
+            record = files.read_json(str(record_path))
             summary = {**{f"final.{k}": v for k, v in record["final"].items()},
                        **{f"seconds.{k}": v for k, v in record["seconds"].items()},
                        **{f"recover.{k}": v for k, v in record["recover_stats"].items()}}
