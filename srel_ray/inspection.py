@@ -98,7 +98,8 @@ def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], pa
 def show_run(out: str) -> str:
     """What ``srel-ray show DIR`` prints: the summary table, where the pictures are, and what each stage did.
     A folder that is no run, or a run still in progress, gets a SrelError saying what is there and what is not."""
-    from srel_ray.pipeline import STAGES, format_summary
+    from srel_ray.stages.registry import STAGES
+    from srel_ray.summary import format_summary
     from srel_ray.storage.layout import RunDir
     from srel_ray.progress import stage_did
 

@@ -27,7 +27,10 @@ from srel_ray.config import Config, DataConfig, from_dict, load_config, to_dict
 from srel_ray.storage import files
 from srel_ray.data.real import WithoutRows, validation_indices
 from srel_ray.errors import SrelError
-from srel_ray.pipeline import check_inputs, check_method_inputs, squeeze
+from srel_ray.stages import squeeze
+from srel_ray.stages.base import StageContext
+from srel_ray.stages.checks import check_inputs, check_method_inputs
+from srel_ray.stages.recover import needs_class_stats
 from srel_ray.storage.layout import RunDir, SearchDir, prepare_out
 from srel_ray.search_space import Param, apply_params, corner_configs, parse_space
 from srel_ray.tracking import check_reachable, tracked_run, tracking_uri
@@ -46,6 +49,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     if cfg.tracking.enabled:
         check_reachable(tracking_uri(cfg))
     from srel_ray.distributed.cluster import check_precision, resolve_use_gpu, start_ray  # Ray: seconds to import
+    from srel_ray.distributed.executor import RayExecutor
     from srel_ray.distributed.tune import fit_search, trial_resources
 
     data = check_inputs(cfg, RunDir.at(out), ("squeeze",))
@@ -71,15 +75,14 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
             search.update(parent_run_id=active.run_id, experiment_id=active.experiment_id)
         files.write_json_atomic(search_dir.search_record, search)
         log.info("tune: teacher (made once, shared by every trial)")
-        squeeze(cfg, run, data, use_gpu, tracker)
-        teachers = [run.teacher, *run.extra_teachers(cfg)]
+        executor = RayExecutor(use_gpu)
+        squeeze.run(StageContext(cfg, run, data, executor, tracker))
+        teachers = run.teachers(cfg)
         stats_dirs: list[str] = []
-        if any(c.recover.class_bn_weight and c.recover.iterations for c in corners):
-            from srel_ray.distributed.class_stats import run_class_stats
-
+        if any(needs_class_stats(c) for c in corners):
             log.info("tune: per-class statistics of the training split (made once, shared by every trial)")
             stats_dirs = run.class_stats(cfg)
-            run_class_stats(cfg, data, teachers, stats_dirs, use_gpu)
+            executor.class_stats(cfg, data, teachers, stats_dirs)
         inputs = TrialInputs(str(out), run.teacher, data.name, data.norm, data.images_at("train", val_rows),
                              data.labels("train")[val_rows], val_rows, _absolute(cfg.data),
                              tuple(teachers[1:]), tuple(stats_dirs))
