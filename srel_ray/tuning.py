@@ -34,7 +34,7 @@ from srel_ray.stages.recover import needs_class_stats
 from srel_ray.storage.layout import RunDir, SearchDir, prepare_out
 from srel_ray.search_space import Param, apply_params, corner_configs, parse_space
 from srel_ray.tracking import check_reachable, tracked_run, tracking_uri
-from srel_ray.trial import TrialInputs, score_on_test, trial_dir
+from srel_ray.trial import TrialInputs, score_on_test, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     """The whole ``tune`` command; returns the trial rows and the best trial's record."""
     params = parse_space(cfg)  # bad input fails here, before anything is written or started
     out = out.resolve()
-    _check_folder(cfg, out, resume)
+    search = SearchDir.at(out)
+    _check_folder(cfg, search, resume)
     if cfg.tracking.enabled:
         check_reachable(tracking_uri(cfg))
     from srel_ray.distributed.cluster import check_precision, resolve_use_gpu, start_ray  # Ray: seconds to import
@@ -58,12 +59,11 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     for corner in corners:  # trials start recovery from training images outside the validation split
         check_method_inputs(corner, RunDir.at(out), WithoutRows(data, val_rows), ("squeeze", "recover"))
     run = prepare_out(cfg, out)
-    search_dir = SearchDir.at(out)
     start_ray(cfg.resources)
     use_gpu = resolve_use_gpu(cfg.resources)
     trial_resources(cfg, use_gpu)
     check_precision(cfg.resources, use_gpu)
-    previous = files.read_json(search_dir.search_record) if files.exists(search_dir.search_record) else {}
+    previous = files.read_json(search.search_record) if files.exists(search.search_record) else {}
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     parent = previous.get("parent_run_id") if previous.get("tracking_uri") == uri else None
     with tracked_run(cfg, "tune", out, run_id=parent) as tracker:
@@ -73,7 +73,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
 
             active = mlflow.active_run().info
             search.update(parent_run_id=active.run_id, experiment_id=active.experiment_id)
-        files.write_json_atomic(search_dir.search_record, search)
+        files.write_json_atomic(search.search_record, search)
         log.info("tune: teacher (made once, shared by every trial)")
         executor = RayExecutor(use_gpu)
         squeeze.run(StageContext(cfg, run, data, executor, tracker))
@@ -89,17 +89,17 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
         log.info("tune: %s search, trials scored on %s of %d held-out training images; outputs in %s",
                  cfg.tune.search, cfg.tune.metric, len(val_rows), out)
         results = fit_search(cfg, params, out, inputs, use_gpu, resume, tracker.enabled)
-        rows = trial_rows(cfg, params, results, out)
+        rows = trial_rows(cfg, params, results, search)
         best = _best(cfg, rows, results)
-        record = _score_best(cfg, best, out, data)
-        write_best_config(cfg, record, out, run.teacher, len(rows))
-        files.write_text_atomic(search_dir.trials_table, _csv(rows))
+        record = _score_best(cfg, best, search, data)
+        write_best_config(cfg, record, search, run.teacher, len(rows))
+        files.write_text_atomic(search.trials_table, _csv(rows))
         tracker.log_metrics({f"best.{cfg.tune.metric}": record["val"][cfg.tune.metric], **{
             f"best.{k}": v for k, v in record["test"].items() if k != "n"}, "trials": len(rows),
             "trials_finished": sum(r["outcome"] == "finished" for r in rows)})
-        for name in ("best.yaml", "best.json", "trials.csv"):
-            tracker.log_artifact(out / name)
-        tracker.log_artifact(out / "trials" / best["trial"] / "condensed_grid.png", folder="best")
+        for path in (search.best_config, search.best_record, search.trials_table):
+            tracker.log_artifact(path)
+        tracker.log_artifact(search.trial(best["trial"]).grid, folder="best")
     return {"rows": rows, "best": record, "params": [p.name for p in params], "metric": cfg.tune.metric,
             "mode": cfg.tune.mode}
 
@@ -111,38 +111,38 @@ def _absolute(data: DataConfig) -> DataConfig:
     return dataclasses.replace(data, path=str(Path(data.path).resolve()))
 
 
-def _check_folder(cfg: Config, out: Path, resume: bool) -> None:
+def _check_folder(cfg: Config, search: SearchDir, resume: bool) -> None:
     if not resume:
-        if out.exists() and any(out.iterdir()):
-            raise SrelError(f"output folder {str(out)!r} is not empty: choose a new --out, or pass --resume to "
+        if files.listdir(search.out):
+            raise SrelError(f"output folder {search.out!r} is not empty: choose a new --out, or pass --resume to "
                             "continue the search there")
         return
-    if not (out / "config.yaml").exists():
-        raise SrelError(f"--resume: {str(out)!r} holds no search (no config.yaml); run without --resume to start one")
-    old, new = to_dict(load_config(out / "config.yaml").tune), to_dict(cfg.tune)
+    if not files.exists(search.config):
+        raise SrelError(f"--resume: {search.out!r} holds no search (no config.yaml); run without --resume to start one")
+    old, new = to_dict(load_config(search.config).tune), to_dict(cfg.tune)
     for key in old:
         if old[key] != new[key]:
-            raise SrelError(f"--resume: {str(out)!r} holds a search with tune.{key}={old[key]!r}, not {new[key]!r}; "
+            raise SrelError(f"--resume: {search.out!r} holds a search with tune.{key}={old[key]!r}, not {new[key]!r}; "
                             "resume with the same config, or choose a new --out")
 
 
 # ---------------------------------------------------------------------------------------------- results
 
 
-def trial_rows(cfg: Config, params: list[Param], results, out: Path) -> list[dict]:
+def trial_rows(cfg: Config, params: list[Param], results, search: SearchDir) -> list[dict]:
     """One row per Tune trial: its values, budget and temperature, outcome, final validation metric, seconds."""
     metric = cfg.tune.metric
     rows = []
     for result in results:
         values = {p.name: result.config[p.name] for p in params}
         trial_cfg = apply_params(cfg, values)
-        folder = trial_dir(out, trial_cfg)
+        trial = search.trial(trial_key(trial_cfg))
         last = result.metrics or {}
-        row = {"trial": folder.name, "budget": trial_cfg.recover.iterations,
+        row = {"trial": trial.name, "budget": trial_cfg.recover.iterations,
                "temperature": trial_cfg.evaluate.temperature, "values": values,
                **{k: v for k, v in values.items() if k not in SHOWN}}
-        if (folder / "trial.json").exists():
-            record = files.read_json(str(folder / "trial.json"))
+        if files.exists(trial.record):
+            record = files.read_json(trial.record)
             row.update(outcome="finished", epochs=record["history"][-1]["epoch"] + 1, seconds=record["seconds"]["total"])
             row[metric] = record["final"][metric]
         else:
@@ -162,32 +162,32 @@ def _best(cfg: Config, rows: list[dict], results) -> dict:
     return max(finished, key=lambda r: sign * r[cfg.tune.metric])
 
 
-def _score_best(cfg: Config, best: dict, out: Path, data) -> dict:
+def _score_best(cfg: Config, best: dict, search: SearchDir, data) -> dict:
     """The best trial scored once on the test split (kept in best.json, so a resumed search does not redo it)."""
-    path = out / "best.json"
-    if path.exists() and files.read_json(str(path))["trial"] == best["trial"]:
-        return files.read_json(str(path))
-    folder = out / "trials" / best["trial"]
-    trial_cfg = from_dict(files.read_json(str(folder / "trial.json"))["config"])
+    path = search.best_record
+    if files.exists(path) and files.read_json(path)["trial"] == best["trial"]:
+        return files.read_json(path)
+    trial = search.trial(best["trial"])
+    trial_cfg = from_dict(files.read_json(trial.record)["config"])
     record = {"trial": best["trial"], "values": best["values"],
-              "val": {cfg.tune.metric: best[cfg.tune.metric]}, "test": score_on_test(trial_cfg, folder, data),
-              "config": str(out / "best.yaml")}
-    files.write_json_atomic(str(path), record)
+              "val": {cfg.tune.metric: best[cfg.tune.metric]}, "test": score_on_test(trial_cfg, Path(trial.folder), data),
+              "config": search.best_config}
+    files.write_json_atomic(path, record)
     return record
 
 
-def write_best_config(cfg: Config, record: dict, out: Path, teacher: str, trials: int) -> None:
+def write_best_config(cfg: Config, record: dict, search: SearchDir, teacher: str, trials: int) -> None:
     """DIR/best.yaml: the base config with the best values, reusing the search's teacher."""
     raw = to_dict(apply_params(cfg, record["values"]))
     raw["teacher"].update(source="checkpoint", checkpoint=teacher)
     from_dict(raw).validate()
     metric = cfg.tune.metric
-    header = (f"# srel-ray tune {out}: the best of {trials} trials by {metric} ({cfg.tune.mode}) on "
+    header = (f"# srel-ray tune {search.out}: the best of {trials} trials by {metric} ({cfg.tune.mode}) on "
               f"{cfg.data.val_fraction:.0%} of the training data held out\n"
               f"# trial {record['trial']}: {record['values']}; {metric} {record['val'][metric]:.4f}; "
               f"test top-1 {record['test']['test_top1']:.4f} (scored once, after the search)\n"
               f"# the teacher is the search's own; run it with: srel-ray run --config best.yaml --out NEW_DIR\n")
-    files.write_bytes_atomic(str(out / "best.yaml"), (header + yaml.safe_dump(raw, sort_keys=False)).encode())
+    files.write_bytes_atomic(search.best_config, (header + yaml.safe_dump(raw, sort_keys=False)).encode())
 
 
 def _csv(rows: list[dict]) -> str:

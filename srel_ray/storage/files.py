@@ -10,6 +10,8 @@ import contextlib
 import fcntl
 import io
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -101,6 +103,22 @@ def remove(path: str) -> None:
     fs, p = fs_path(path)
     if fs.exists(p):
         fs.rm(p, recursive=True)
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str | None]:
+    """A local path holding the file at ``path``: the file itself when local, else a temporary copy (for tools
+    that read local files only); None when there is no such file."""
+    fs, p = fs_path(path)
+    if not fs.exists(p):
+        yield None
+    elif not is_url(path):
+        yield p
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, p.rsplit("/", 1)[-1])
+            fs.get(p, local)
+            yield local
 
 
 @contextlib.contextmanager

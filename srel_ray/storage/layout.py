@@ -21,7 +21,7 @@ A search's folder (``srel-ray tune``; srel_ray.tuning and srel_ray.trial write i
 teacher/, and::
 
     DIR/search.json          MLflow store and parent run, validation split size (the trial callback reads it)
-    DIR/tune/                Ray Tune's experiment state, which --resume restores
+    DIR/tune/                Ray Tune's experiment state, which --resume restores (srel_ray.distributed.tune)
     DIR/sets/<set key>/      condensed sets shared by the trials whose set settings agree
     DIR/trials/<trial key>/  trial.json (written last), student.pt, condensed_grid.png
     DIR/trials.csv, DIR/best.yaml, DIR/best.json
@@ -143,10 +143,6 @@ class SearchDir(RunDir):
     @property
     def search_record(self) -> str:
         return join(self.out, "search.json")
-
-    @property
-    def tune_state(self) -> str:
-        return join(self.out, "tune")
 
     def shared_set(self, key: str) -> str:
         return join(self.out, "sets", key)
