@@ -21,6 +21,11 @@ def made_by(cfg: Config, stages: tuple[str, ...]) -> set[str]:
     return {m for stage in stages for m in UNITS[stage].plan(cfg).makes}
 
 
+def read_from_folder(cfg: Config, stages: tuple[str, ...]) -> set[str]:
+    """What the ``stages`` of one command need and no stage of it makes: it must be in the run folder."""
+    return {n for stage in stages for n in UNITS[stage].plan(cfg).needs} - made_by(cfg, stages)
+
+
 def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
     """The dataset's index, once every input of ``stages`` is there and consistent."""
     check_out_is_folder(run)
@@ -37,7 +42,7 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
         torchvision_weights(cfg.teacher)  # known weights?
         imagenet_indices(data.class_names, f"torchvision {cfg.teacher.arch} ({cfg.teacher.weights})",
                          _dataset(cfg, data))
-    elif TEACHER not in made:
+    elif TEACHER in read_from_folder(cfg, stages):
         if not files.exists(run.teacher):
             raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
         check_teacher(load_teacher(run.teacher), data)
@@ -57,7 +62,7 @@ def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[
             raise SrelError(f"RDED needs ipc * rded_factor^2 = {need} candidate images per class, but "
                             f"recover.rded_pool={r.rded_pool} and the smallest class has {smallest}")
     for i, (spec, path) in enumerate(zip(cfg.teacher.extra, run.extra_teachers(cfg))):
-        if TEACHER not in made:
+        if TEACHER in read_from_folder(cfg, stages):
             if not files.exists(path):
                 raise SrelError(f"no extra teacher at {path!r}: run the squeeze stage first (srel-ray squeeze)")
             check_teacher(load_teacher(path), data)
