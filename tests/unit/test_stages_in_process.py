@@ -1,15 +1,17 @@
 """The stage units on the in-process executor (no Ray): recover, relabel (with the random-real baseline unit) and
 evaluate run, record and resume in a run folder as the orchestrator drives them on Ray."""
 
+import pytest
 import torch
 
 from srel_ray.cli import quickstart_config
 from srel_ray.config import load_config
 from srel_ray.data.real import load_dataset
+from srel_ray.errors import SrelError
 from srel_ray.models import create_model
 from srel_ray.stages import baselines, evaluate, recover, relabel
 from srel_ray.stages.base import StageContext
-from srel_ray.stages.checks import check_inputs
+from srel_ray.stages.checks import check_inputs, made_by, read_from_folder
 from srel_ray.stages.local import InProcessExecutor
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import prepare_out
@@ -49,3 +51,14 @@ def test_stage_units_run_and_resume_in_process(tmp_path):
     assert again.skipped and relabel.record(again)["condensed"]["skipped_epochs"] == 2
     rerun = evaluate.run(ctx)
     assert rerun.skipped and rerun.skipped_students == ["condensed", "random_real_hard", "random_real_soft"]
+
+
+def test_a_command_reads_from_the_folder_only_what_its_stages_do_not_make(tmp_path):
+    cfg = load_config(quickstart_config(), TINY)
+    run = prepare_out(cfg, tmp_path / "run")
+    assert made_by(cfg, ("squeeze", "recover")) == {"teacher", "condensed"}
+    assert read_from_folder(cfg, ("recover", "relabel")) == {"teacher"}
+    assert "random_real" in made_by(cfg, ("relabel",))  # the baselines unit, with evaluate.baselines on
+    check_inputs(cfg, run, ("squeeze", "recover"))  # squeeze makes the teacher: nothing to find
+    with pytest.raises(SrelError, match="no teacher at .*run the squeeze stage first"):
+        check_inputs(cfg, run, ("recover",))
