@@ -45,8 +45,8 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     """The whole ``tune`` command; returns the trial rows and the best trial's record."""
     params = parse_space(cfg)  # bad input fails here, before anything is written or started
     out = out.resolve()
-    search = SearchDir.at(out)
-    _check_folder(cfg, search, resume)
+    folder = SearchDir.at(out)
+    _check_folder(cfg, folder, resume)
     if cfg.tracking.enabled:
         check_reachable(tracking_uri(cfg))
     from srel_ray.distributed.cluster import check_precision, resolve_use_gpu, start_ray  # Ray: seconds to import
@@ -63,7 +63,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
     use_gpu = resolve_use_gpu(cfg.resources)
     trial_resources(cfg, use_gpu)
     check_precision(cfg.resources, use_gpu)
-    previous = files.read_json(search.search_record) if files.exists(search.search_record) else {}
+    previous = files.read_json(folder.search_record) if files.exists(folder.search_record) else {}
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     parent = previous.get("parent_run_id") if previous.get("tracking_uri") == uri else None
     with tracked_run(cfg, "tune", out, run_id=parent) as tracker:
@@ -73,7 +73,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
 
             active = mlflow.active_run().info
             search.update(parent_run_id=active.run_id, experiment_id=active.experiment_id)
-        files.write_json_atomic(search.search_record, search)
+        files.write_json_atomic(folder.search_record, search)
         log.info("tune: teacher (made once, shared by every trial)")
         executor = RayExecutor(use_gpu)
         squeeze.run(StageContext(cfg, run, data, executor, tracker))
@@ -89,17 +89,17 @@ def run_search(cfg: Config, out: Path, resume: bool = False) -> dict:
         log.info("tune: %s search, trials scored on %s of %d held-out training images; outputs in %s",
                  cfg.tune.search, cfg.tune.metric, len(val_rows), out)
         results = fit_search(cfg, params, out, inputs, use_gpu, resume, tracker.enabled)
-        rows = trial_rows(cfg, params, results, search)
+        rows = trial_rows(cfg, params, results, folder)
         best = _best(cfg, rows, results)
-        record = _score_best(cfg, best, search, data)
-        write_best_config(cfg, record, search, run.teacher, len(rows))
-        files.write_text_atomic(search.trials_table, _csv(rows))
+        record = _score_best(cfg, best, folder, data)
+        write_best_config(cfg, record, folder, run.teacher, len(rows))
+        files.write_text_atomic(folder.trials_table, _csv(rows))
         tracker.log_metrics({f"best.{cfg.tune.metric}": record["val"][cfg.tune.metric], **{
             f"best.{k}": v for k, v in record["test"].items() if k != "n"}, "trials": len(rows),
             "trials_finished": sum(r["outcome"] == "finished" for r in rows)})
-        for path in (search.best_config, search.best_record, search.trials_table):
+        for path in (folder.best_config, folder.best_record, folder.trials_table):
             tracker.log_artifact(path)
-        tracker.log_artifact(search.trial(best["trial"]).grid, folder="best")
+        tracker.log_artifact(folder.trial(best["trial"]).grid, folder="best")
     return {"rows": rows, "best": record, "params": [p.name for p in params], "metric": cfg.tune.metric,
             "mode": cfg.tune.mode}
 
