@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from srel_ray.config import Config, from_dict, to_dict
-from srel_ray.data import sets
+from srel_ray.storage import sets
 
 # The processes each stage starts (an actor of the stage before can linger while Ray tears it down: not counted),
 # and the ones every stage shares.

@@ -29,10 +29,9 @@ import harness
 from srel_ray.config import load_config, to_dict
 from srel_ray.data.real import load_dataset
 from srel_ray.pipeline import STAGES, run_stages
+from srel_ray.students import STUDENTS
 from srel_ray.teacher import load_teacher
 
-STUDENTS = {"condensed": "student_top1", "random_real_hard": "baseline_random_hard_top1",
-            "random_real_soft": "baseline_random_soft_top1"}
 DOC_BLOCK = harness.DocBlock("quality-benchmark", "## Quality: condensed set against random real images (CIFAR-10)")
 
 
@@ -126,7 +125,7 @@ def main() -> None:
             logging.info("=== IPC %d, seed %d ===", ipc, seed)
             cfg = load_config(args.config, overrides)
             summary = run_stages(cfg, out / f"ipc{ipc}-seed{seed}", STAGES, "run")
-            runs.append({"ipc": ipc, "seed": seed, "top1": {k: summary[v] for k, v in STUDENTS.items()},
+            runs.append({"ipc": ipc, "seed": seed, "top1": {k: summary[s.summary_key] for k, s in STUDENTS.items()},
                          "seconds": summary["seconds"], "out": str(out / f"ipc{ipc}-seed{seed}")})
             # Written after every run, so an interrupted benchmark still reports what it finished.
             results = {

@@ -31,7 +31,7 @@ from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.recover import freeze
 from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
 from srel_ray.core.views import Views
-from srel_ray.data import sets
+from srel_ray.storage import files, sets
 from srel_ray.data.real import load_dataset, random_real_indices
 from srel_ray.teacher import Teacher, load_teacher
 
@@ -85,7 +85,7 @@ def bare_relabel(teacher_path: str, set_dir: str, cfg: Config, out: str) -> None
 def srel_ray_relabel(teacher_path: str, set_dir: str, cfg: Config) -> None:
     from srel_ray.distributed.relabel import run_relabel
 
-    sets.remove(sets.join(set_dir, "labels"))  # a fresh relabel each time (finished epochs would be skipped)
+    files.remove(files.join(set_dir, "labels"))  # a fresh relabel each time (finished epochs would be skipped)
     run_relabel(cfg, teacher_path, sets.read_set(set_dir), use_gpu=False)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from srel_ray.students import STUDENTS
+
 # The files benchmarks/*.py write, by the name the notebook uses for them.
 RESULT_FILES = {
     "quality": "quality_cifar10.json",
@@ -18,11 +20,6 @@ RESULT_FILES = {
     "relabel": "relabel_throughput.json",
     "growth": "cost_growth.json",
     "ladder": "ladder_cifar10.json",
-}
-STUDENTS = {
-    "condensed": "condensed set (soft labels)",
-    "random_real_soft": "random real, teacher labels",
-    "random_real_hard": "random real, hard labels",
 }
 STAGES = ("squeeze", "recover", "relabel", "evaluate")
 
@@ -61,7 +58,7 @@ def plot_accuracy_vs_ipc(quality: dict, ax=None):
     for student, series in accuracy_by_ipc(quality).items():
         if series["ipc"]:
             ax.errorbar(series["ipc"], [100 * m for m in series["mean"]], yerr=[100 * s for s in series["std"]],
-                        marker="o", capsize=3, label=STUDENTS[student])
+                        marker="o", capsize=3, label=STUDENTS[student].label)
     if quality.get("ceiling_top1") is not None:
         ax.axhline(100 * quality["ceiling_top1"], color="black", linestyle="--", label="full data (ceiling)")
     ipcs = sorted({row["ipc"] for row in quality["summary"]})

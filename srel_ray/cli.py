@@ -109,7 +109,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if args.command == "tune":
         return _tune(args)
-    from srel_ray.pipeline import RunDir, format_summary, run_stages
+    from srel_ray.pipeline import run_stages
+    from srel_ray.storage.layout import RunDir
+    from srel_ray.summary import format_summary
 
     cfg = load_config(args.config or quickstart_config(QUICKSTART), args.overrides)
     summary = run_stages(cfg, args.out, COMMANDS[args.command], args.command, console)

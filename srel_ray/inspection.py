@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from srel_ray.config import Config, apply_overrides, from_dict, read_config_file, to_dict
-from srel_ray.data import sets
+from srel_ray.storage import files
 from srel_ray.errors import SrelError
 from srel_ray.methods import image_size_of, preset_values
 from srel_ray.tracking import flatten
@@ -105,7 +105,7 @@ def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], pa
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    sets.write_bytes_atomic(path, buffer.getvalue())
+    files.write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
@@ -115,38 +115,40 @@ def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], pa
 def show_run(out: str) -> str:
     """What ``srel-ray show DIR`` prints: the summary table, where the pictures are, and what each stage did.
     A folder that is no run, or a run still in progress, gets a SrelError saying what is there and what is not."""
-    from srel_ray.pipeline import STAGES, RunDir, format_summary
+    from srel_ray.stages.registry import STAGES
+    from srel_ray.summary import format_summary
+    from srel_ray.storage.layout import RunDir
     from srel_ray.progress import stage_did
 
     run = RunDir.at(out)
-    if not sets.exists(run.out):
+    if not files.exists(run.out):
         raise SrelError(f"{run.out!r} does not exist")
-    if sets.is_file(run.out):
+    if files.is_file(run.out):
         raise SrelError(f"{run.out!r} is a file; srel-ray show takes a run's output folder (--out of srel-ray run)")
-    if not sets.exists(run.config):
+    if not files.exists(run.config):
         raise SrelError(f"{run.out!r} is not a srel_ray run: it has no config.yaml (written when a run starts)")
     lines = []
-    done = [s for s in STAGES if sets.exists(run.stage_record(s))]
+    done = [s for s in STAGES if files.exists(run.stage_record(s))]
     for stage in STAGES:
         if stage in done:
-            record = sets.read_json(run.stage_record(stage))
+            record = files.read_json(run.stage_record(stage))
             did = stage_did(stage, record["result"])
             lines.append(f"{stage:9s} {record['seconds']:8.1f} s  {did}")
         else:
             lines.append(f"{stage:9s}        -    not finished (no stages/{stage}.json)")
-    if sets.exists(run.summary):
-        lines = [format_summary(sets.read_json(run.summary)), "", "stages:"] + lines
+    if files.exists(run.summary):
+        lines = [format_summary(files.read_json(run.summary)), "", "stages:"] + lines
     else:
         missing = [s for s in STAGES if s not in done]
         lines = [f"{run.out}: a run in progress or stopped before the end (no summary.json); stages not finished: "
                  f"{', '.join(missing)}", "", "stages:"] + lines
-    pictures = [p for p in (run.curves, run.grid) if sets.exists(p)]
+    pictures = [p for p in (run.curves, run.grid) if files.exists(p)]
     lines += ["", "pictures: " + (", ".join(pictures) if pictures else "none yet (drawn after recover and evaluate)")]
-    if sets.exists(run.summary) and not sets.exists(run.curves):
+    if files.exists(run.summary) and not files.exists(run.curves):
         lines.append(f"absent: {run.curves}" + (f" ({PLOTS_MISSING})" if pyplot() is None else ""))
-    if sets.exists(run.tracking):
-        tracking = sets.read_json(run.tracking)
+    if files.exists(run.tracking):
+        tracking = files.read_json(run.tracking)
         lines.append(f"mlflow: run {tracking['run_id']} at {tracking['tracking_uri']}")
-    if sets.exists(run.logs):
+    if files.exists(run.logs):
         lines.append(f"logs: {run.logs}")
     return "\n".join(lines)

@@ -6,11 +6,9 @@ A teacher comes from squeeze (trained here), from torchvision by name with pretr
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 
-import fsspec
 import torch
 from torch import nn
 
@@ -20,6 +18,7 @@ from srel_ray.core.normalization import IMAGENET, Normalization
 from srel_ray.data import imagenet_classes
 from srel_ray.errors import DataError
 from srel_ray.models import create_model
+from srel_ray.storage.files import exists, join, read_torch, write_json_atomic, write_torch
 
 
 @dataclass
@@ -73,17 +72,13 @@ def save_teacher(teacher: Teacher, path: str) -> None:
                # from a Ray Train checkpoint shares fewer than one built in one process. Canonical, the same
                # teacher gives the same file however its training was interrupted.
                "state_dict": teacher.state_dict, "metrics": json.loads(json.dumps(teacher.metrics))}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    _write_atomic(path, buf.getvalue())
+    write_torch(path, payload)
 
 
 def load_teacher(path: str) -> Teacher:
-    fs, p = fsspec.core.url_to_fs(path)
-    if not fs.exists(p):
+    if not exists(path):
         raise DataError(f"teacher checkpoint {path!r} does not exist")
-    with fs.open(p, "rb") as f:
-        payload = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    payload = read_torch(path)
     if not isinstance(payload, dict) or "state_dict" not in payload or "class_names" not in payload:
         raise DataError(f"{path!r} is not a srel_ray teacher checkpoint (expected keys arch, class_names, "
                         "state_dict, ...); for a bare torchvision state dict use teacher.source=torchvision "
@@ -107,11 +102,9 @@ def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224, class_names: 
     weights = torchvision_weights(cfg)
     model = torchvision.models.get_model(cfg.arch, weights=None)
     if cfg.weights_path:
-        fs, p = fsspec.core.url_to_fs(cfg.weights_path)
-        if not fs.exists(p):
+        if not exists(cfg.weights_path):
             raise DataError(f"teacher.weights_path {cfg.weights_path!r} does not exist")
-        with fs.open(p, "rb") as f:
-            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        state = read_torch(cfg.weights_path)
     else:
         state = weights.get_state_dict(progress=False)
     model.load_state_dict(state)
@@ -179,41 +172,29 @@ def extra_teacher(spec: ExtraTeacherConfig, image_size: int, class_names: list[s
 # One file per class, so a recovery actor reads only the classes of its units.
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    fs, p = fsspec.core.url_to_fs(path)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(p + ".tmp", "wb") as f:
-        f.write(data)
-    fs.mv(p + ".tmp", p)
-
-
 def class_stats_complete(folder: str) -> bool:
-    fs, p = fsspec.core.url_to_fs(folder)
-    return fs.exists(f"{p.rstrip('/')}/manifest.json")
+    return exists(join(folder, "manifest.json"))
 
 
 def save_class_stats(stats: ClassStats, folder: str, describe: dict) -> None:
     """Every class's file, then the manifest (``describe``: what produced them, for people reading it)."""
-    import json
-
     for row, c in enumerate(stats.classes):
-        buf = io.BytesIO()
-        torch.save({"mean": [m[row].clone() for m in stats.mean], "var": [v[row].clone() for v in stats.var]}, buf)
-        _write_atomic(f"{folder.rstrip('/')}/class-{c:05d}.pt", buf.getvalue())
+        write_torch(_class_file(folder, c), {"mean": [m[row].clone() for m in stats.mean],
+                                             "var": [v[row].clone() for v in stats.var]})
     manifest = {"num_classes": len(stats.classes), "layers": len(stats.mean),
                 "channels": [int(m.shape[1]) for m in stats.mean], **describe}
-    _write_atomic(f"{folder.rstrip('/')}/manifest.json", json.dumps(manifest, indent=2).encode())
+    write_json_atomic(join(folder, "manifest.json"), manifest)
+
+
+def _class_file(folder: str, c: int) -> str:
+    return join(folder, f"class-{c:05d}.pt")
 
 
 def load_class_stats(folder: str, classes: list[int]) -> ClassStats:
     """The statistics of ``classes`` only (one small file each)."""
     if not class_stats_complete(folder):
         raise DataError(f"no complete per-class statistics in {folder!r}: run the recover stage (it computes them)")
-    fs, root = fsspec.core.url_to_fs(folder)
-    rows = []
-    for c in classes:
-        with fs.open(f"{root.rstrip('/')}/class-{c:05d}.pt", "rb") as f:
-            rows.append(torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True))
+    rows = [read_torch(_class_file(folder, c)) for c in classes]
     layers = len(rows[0]["mean"])
     return ClassStats(list(classes), [torch.stack([r["mean"][i] for r in rows]) for i in range(layers)],
                       [torch.stack([r["var"][i] for r in rows]) for i in range(layers)])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterator
 
 from srel_ray.config import Config, to_dict
 from srel_ray.errors import SrelError
+from srel_ray.storage import files
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +72,9 @@ class Tracker:
         """Log a local file or an fsspec URL (fetched into a temporary folder first)."""
         if not self.enabled:
             return
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(str(path))
-        if not fs.exists(p):
-            return
-        if "://" not in str(path):
-            self.client.log_artifact(self.run_id, p, artifact_path=folder)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, p.rsplit("/", 1)[-1])
-            fs.get(p, local)
-            self.client.log_artifact(self.run_id, local, artifact_path=folder)
+        with files.local_copy(str(path)) as local:
+            if local is not None:
+                self.client.log_artifact(self.run_id, local, artifact_path=folder)
 
 
 def config_params(cfg: Config) -> dict[str, str]:

@@ -18,20 +18,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 from pathlib import Path
 
 import yaml
 
 from srel_ray.config import Config, DataConfig, from_dict, load_config, to_dict
-from srel_ray.data import sets
+from srel_ray.storage import files
 from srel_ray.data.real import WithoutRows, validation_indices
 from srel_ray.errors import SrelError
-from srel_ray.pipeline import RunDir, check_inputs, check_method_inputs, prepare_out, squeeze
+from srel_ray.stages import squeeze
+from srel_ray.stages.base import StageContext
+from srel_ray.stages.checks import check_inputs, check_method_inputs
+from srel_ray.stages.recover import needs_class_stats
+from srel_ray.storage.layout import RunDir, SearchDir, prepare_out
 from srel_ray.search_space import Param, apply_params, corner_configs, parse_space
 from srel_ray.tracking import check_reachable, tracked_run, tracking_uri
-from srel_ray.trial import TrialInputs, score_on_test, trial_dir
+from srel_ray.trial import TrialInputs, score_on_test, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,12 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
     status table too, "normal" keeps Tune's status table only."""
     params = parse_space(cfg)  # bad input fails here, before anything is written or started
     out = out.resolve()
-    _check_folder(cfg, out, resume)
+    folder = SearchDir.at(out)
+    _check_folder(cfg, folder, resume)
     if cfg.tracking.enabled:
         check_reachable(tracking_uri(cfg))
     from srel_ray.distributed.cluster import check_precision, resolve_use_gpu, start_ray  # Ray: seconds to import
+    from srel_ray.distributed.executor import RayExecutor
     from srel_ray.distributed.tune import fit_search, trial_resources
 
     data = check_inputs(cfg, RunDir.at(out), ("squeeze",))
@@ -60,7 +65,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
     use_gpu = resolve_use_gpu(cfg.resources)
     trial_resources(cfg, use_gpu)
     check_precision(cfg.resources, use_gpu)
-    previous = sets.read_json(str(out / "search.json")) if (out / "search.json").exists() else {}
+    previous = files.read_json(folder.search_record) if files.exists(folder.search_record) else {}
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     parent = previous.get("parent_run_id") if previous.get("tracking_uri") == uri else None
     with tracked_run(cfg, "tune", out, run_id=parent) as tracker:
@@ -70,34 +75,33 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
 
             active = mlflow.active_run().info
             search.update(parent_run_id=active.run_id, experiment_id=active.experiment_id)
-        sets.write_json_atomic(str(out / "search.json"), search)
+        files.write_json_atomic(folder.search_record, search)
         log.info("tune: teacher (made once, shared by every trial)")
-        squeeze(cfg, run, data, use_gpu, tracker)
-        teachers = [run.teacher, *run.extra_teachers(cfg)]
+        executor = RayExecutor(use_gpu)
+        squeeze.run(StageContext(cfg, run, data, executor, tracker))
+        teachers = run.teachers(cfg)
         stats_dirs: list[str] = []
-        if any(c.recover.class_bn_weight and c.recover.iterations for c in corners):
-            from srel_ray.distributed.class_stats import run_class_stats
-
+        if any(needs_class_stats(c) for c in corners):
             log.info("tune: per-class statistics of the training split (made once, shared by every trial)")
             stats_dirs = run.class_stats(cfg)
-            run_class_stats(cfg, data, teachers, stats_dirs, use_gpu)
+            executor.class_stats(cfg, data, teachers, stats_dirs)
         inputs = TrialInputs(str(out), run.teacher, data.name, data.norm, data.images_at("train", val_rows),
                              data.labels("train")[val_rows], val_rows, _absolute(cfg.data),
                              tuple(teachers[1:]), tuple(stats_dirs))
         log.info("tune: %s search, trials scored on %s of %d held-out training images; outputs in %s",
                  cfg.tune.search, cfg.tune.metric, len(val_rows), out)
         results = fit_search(cfg, params, out, inputs, use_gpu, resume, tracker.enabled, verbosity)
-        rows = trial_rows(cfg, params, results, out)
+        rows = trial_rows(cfg, params, results, folder)
         best = _best(cfg, rows, results)
-        record = _score_best(cfg, best, out, data)
-        write_best_config(cfg, record, out, run.teacher, len(rows))
-        (out / "trials.csv").write_text(_csv(rows))
+        record = _score_best(cfg, best, folder, data)
+        write_best_config(cfg, record, folder, run.teacher, len(rows))
+        files.write_text_atomic(folder.trials_table, _csv(rows))
         tracker.log_metrics({f"best.{cfg.tune.metric}": record["val"][cfg.tune.metric], **{
             f"best.{k}": v for k, v in record["test"].items() if k != "n"}, "trials": len(rows),
             "trials_finished": sum(r["outcome"] == "finished" for r in rows)})
-        for name in ("best.yaml", "best.json", "trials.csv"):
-            tracker.log_artifact(out / name)
-        tracker.log_artifact(out / "trials" / best["trial"] / "condensed_grid.png", folder="best")
+        for path in (folder.best_config, folder.best_record, folder.trials_table):
+            tracker.log_artifact(path)
+        tracker.log_artifact(folder.trial(best["trial"]).grid, folder="best")
     return {"rows": rows, "best": record, "params": [p.name for p in params], "metric": cfg.tune.metric,
             "mode": cfg.tune.mode}
 
@@ -109,38 +113,38 @@ def _absolute(data: DataConfig) -> DataConfig:
     return dataclasses.replace(data, path=str(Path(data.path).resolve()))
 
 
-def _check_folder(cfg: Config, out: Path, resume: bool) -> None:
+def _check_folder(cfg: Config, search: SearchDir, resume: bool) -> None:
     if not resume:
-        if out.exists() and any(out.iterdir()):
-            raise SrelError(f"output folder {str(out)!r} is not empty: choose a new --out, or pass --resume to "
+        if files.listdir(search.out):
+            raise SrelError(f"output folder {search.out!r} is not empty: choose a new --out, or pass --resume to "
                             "continue the search there")
         return
-    if not (out / "config.yaml").exists():
-        raise SrelError(f"--resume: {str(out)!r} holds no search (no config.yaml); run without --resume to start one")
-    old, new = to_dict(load_config(out / "config.yaml").tune), to_dict(cfg.tune)
+    if not files.exists(search.config):
+        raise SrelError(f"--resume: {search.out!r} holds no search (no config.yaml); run without --resume to start one")
+    old, new = to_dict(load_config(search.config).tune), to_dict(cfg.tune)
     for key in old:
         if old[key] != new[key]:
-            raise SrelError(f"--resume: {str(out)!r} holds a search with tune.{key}={old[key]!r}, not {new[key]!r}; "
+            raise SrelError(f"--resume: {search.out!r} holds a search with tune.{key}={old[key]!r}, not {new[key]!r}; "
                             "resume with the same config, or choose a new --out")
 
 
 # ---------------------------------------------------------------------------------------------- results
 
 
-def trial_rows(cfg: Config, params: list[Param], results, out: Path) -> list[dict]:
+def trial_rows(cfg: Config, params: list[Param], results, search: SearchDir) -> list[dict]:
     """One row per Tune trial: its values, budget and temperature, outcome, final validation metric, seconds."""
     metric = cfg.tune.metric
     rows = []
     for result in results:
         values = {p.name: result.config[p.name] for p in params}
         trial_cfg = apply_params(cfg, values)
-        folder = trial_dir(out, trial_cfg)
+        trial = search.trial(trial_key(trial_cfg))
         last = result.metrics or {}
-        row = {"trial": folder.name, "budget": trial_cfg.recover.iterations,
+        row = {"trial": trial.name, "budget": trial_cfg.recover.iterations,
                "temperature": trial_cfg.evaluate.temperature, "values": values,
                **{k: v for k, v in values.items() if k not in SHOWN}}
-        if (folder / "trial.json").exists():
-            record = json.loads((folder / "trial.json").read_text())
+        if files.exists(trial.record):
+            record = files.read_json(trial.record)
             row.update(outcome="finished", epochs=record["history"][-1]["epoch"] + 1, seconds=record["seconds"]["total"])
             row[metric] = record["final"][metric]
         else:
@@ -160,32 +164,32 @@ def _best(cfg: Config, rows: list[dict], results) -> dict:
     return max(finished, key=lambda r: sign * r[cfg.tune.metric])
 
 
-def _score_best(cfg: Config, best: dict, out: Path, data) -> dict:
+def _score_best(cfg: Config, best: dict, search: SearchDir, data) -> dict:
     """The best trial scored once on the test split (kept in best.json, so a resumed search does not redo it)."""
-    path = out / "best.json"
-    if path.exists() and json.loads(path.read_text())["trial"] == best["trial"]:
-        return json.loads(path.read_text())
-    folder = out / "trials" / best["trial"]
-    trial_cfg = from_dict(json.loads((folder / "trial.json").read_text())["config"])
+    path = search.best_record
+    if files.exists(path) and files.read_json(path)["trial"] == best["trial"]:
+        return files.read_json(path)
+    trial = search.trial(best["trial"])
+    trial_cfg = from_dict(files.read_json(trial.record)["config"])
     record = {"trial": best["trial"], "values": best["values"],
-              "val": {cfg.tune.metric: best[cfg.tune.metric]}, "test": score_on_test(trial_cfg, folder, data),
-              "config": str(out / "best.yaml")}
-    sets.write_json_atomic(str(path), record)
+              "val": {cfg.tune.metric: best[cfg.tune.metric]}, "test": score_on_test(trial_cfg, Path(trial.folder), data),
+              "config": search.best_config}
+    files.write_json_atomic(path, record)
     return record
 
 
-def write_best_config(cfg: Config, record: dict, out: Path, teacher: str, trials: int) -> None:
+def write_best_config(cfg: Config, record: dict, search: SearchDir, teacher: str, trials: int) -> None:
     """DIR/best.yaml: the base config with the best values, reusing the search's teacher."""
     raw = to_dict(apply_params(cfg, record["values"]))
     raw["teacher"].update(source="checkpoint", checkpoint=teacher)
     from_dict(raw).validate()
     metric = cfg.tune.metric
-    header = (f"# srel-ray tune {out}: the best of {trials} trials by {metric} ({cfg.tune.mode}) on "
+    header = (f"# srel-ray tune {search.out}: the best of {trials} trials by {metric} ({cfg.tune.mode}) on "
               f"{cfg.data.val_fraction:.0%} of the training data held out\n"
               f"# trial {record['trial']}: {record['values']}; {metric} {record['val'][metric]:.4f}; "
               f"test top-1 {record['test']['test_top1']:.4f} (scored once, after the search)\n"
               f"# the teacher is the search's own; run it with: srel-ray run --config best.yaml --out NEW_DIR\n")
-    sets.write_bytes_atomic(str(out / "best.yaml"), (header + yaml.safe_dump(raw, sort_keys=False)).encode())
+    files.write_bytes_atomic(search.best_config, (header + yaml.safe_dump(raw, sort_keys=False)).encode())
 
 
 def _csv(rows: list[dict]) -> str:

@@ -25,6 +25,10 @@ class Normalization:
         mean, std = self._shape(x01)
         return (x01 - mean) / std
 
+    def normalize_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (a stored image, a batch of real data) -> the normalised float input of a model."""
+        return self.normalize(from_uint8(x))
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self._shape(x)
         return x * std + mean
@@ -43,4 +47,5 @@ def to_uint8(x01: torch.Tensor) -> torch.Tensor:
 
 
 def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1]."""
     return x.float() / 255

@@ -61,7 +61,7 @@ def label_views(teachers: list[nn.Module], images_uint8: torch.Tensor, views: Vi
 def view_rows(images_uint8: torch.Tensor, image_ids: list[int], labels: list[int], epochs: list[int], *, k: int,
               scale: tuple[float, float], hflip: bool, seed: int) -> dict[str, np.ndarray]:
     """The K views of each (C, H, W) image of ``images_uint8`` in its label epoch, as label-file columns
-    (srel_ray.data.sets) plus ``image``: each row's uint8 source image (a quarter of the bytes of float32 view
+    (srel_ray.storage.sets) plus ``image``: each row's uint8 source image (a quarter of the bytes of float32 view
     pixels), which ``label_views`` renders where the teacher runs."""
     height, width = images_uint8.shape[-2:]
     per_image = [views_for(seed, i, e, k, height, width, scale, hflip) for i, e in zip(image_ids, epochs)]

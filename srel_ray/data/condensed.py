@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.relabel import view_pixels
 from srel_ray.core.views import Views
-from srel_ray.data import sets
+from srel_ray.storage import sets
 from srel_ray.errors import DataError
 
 

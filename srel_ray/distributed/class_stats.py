@@ -38,11 +38,11 @@ class ClassSumsMapper:
         self.models = [freeze(t.build()).to(self.device) for t in self.teachers]
 
     def __call__(self, batch: dict) -> dict:
-        images = torch.from_numpy(np.array(batch["image"])).float() / 255  # batches are read-only views
+        images = torch.from_numpy(np.array(batch["image"]))  # Ray Data batches are read-only views
         labels = torch.from_numpy(np.array(batch["label"]))
         out: dict[str, np.ndarray] = {"images": torch.unique(labels, return_counts=True)[1].numpy()}
         for k, (teacher, model) in enumerate(zip(self.teachers, self.models)):
-            part = batch_sums(model, teacher.norm.normalize(images).to(self.device), labels)
+            part = batch_sums(model, teacher.norm.normalize_uint8(images).to(self.device), labels)
             out["classes"] = part.classes.numpy()
             for layer in range(len(part.sums)):
                 out[f"t{k}_sum{layer}"] = part.sums[layer].numpy()

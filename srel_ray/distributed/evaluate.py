@@ -16,7 +16,7 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precision
 from srel_ray.core.student import (WeightEMA, build_student, count_correct, student_optimizer,
                                     train_student_epoch)
-from srel_ray.data import sets
+from srel_ray.storage import sets
 from srel_ray.data.real import RealData
 from srel_ray.distributed import trainer
 from srel_ray.distributed.progress import send

@@ -22,7 +22,7 @@ import torch
 from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.precision import prepare_model, resolve_precision
 from srel_ray.core.recover import Unit, freeze, plan_units, recover_unit
-from srel_ray.data import sets
+from srel_ray.storage import files, sets
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import load_dataset
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
@@ -62,8 +62,8 @@ class RecoveryWorker:
         """``progress_board`` (a ProgressBoard, or None) gets the loss every tracking.loss_interval iterations."""
         start = time.perf_counter()
         started = sets.unit_started(self.set_dir, unit.name)
-        attempt = sets.read_json(started)["attempt"] + 1 if sets.exists(started) else 1
-        sets.write_json_atomic(started, {"unit": unit.index, "attempt": attempt, "worker": self.identity()})
+        attempt = files.read_json(started)["attempt"] + 1 if files.exists(started) else 1
+        files.write_json_atomic(started, {"unit": unit.index, "attempt": attempt, "worker": self.identity()})
         stats_per_teacher = None
         if self.cfg.recover.class_bn_weight and self.cfg.recover.iterations:
             stats_per_teacher = [load_class_stats(d, list(unit.classes)) for d in self.class_stats_dirs]
@@ -81,7 +81,7 @@ class RecoveryWorker:
         sets.write_images(self.set_dir, unit.targets(), images)
         stats.update(unit=unit.index, attempt=attempt, precision=self.precision, seconds=time.perf_counter() - start,
                      worker=self.identity())
-        sets.write_json_atomic(sets.unit_marker(self.set_dir, unit.name), stats)
+        files.write_json_atomic(sets.unit_marker(self.set_dir, unit.name), stats)
         return stats
 
 
@@ -92,9 +92,9 @@ def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, 
     per-class statistics folders, one per teacher (recover.class_bn_weight > 0). ``progress``: the command's
     srel_ray.distributed.progress.Progress (the units bar, live losses), or None for a plain bar."""
     units = plan_units(num_classes, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit)
-    pending = [u for u in units if not sets.exists(sets.unit_marker(set_dir, u.name))]
+    pending = [u for u in units if not files.exists(sets.unit_marker(set_dir, u.name))]
     skipped = len(units) - len(pending)
-    interrupted = [u.index for u in pending if sets.exists(sets.unit_started(set_dir, u.name))]
+    interrupted = [u.index for u in pending if files.exists(sets.unit_started(set_dir, u.name))]
     if skipped:
         log.info("recover: %d of %d units already done, skipping them", skipped, len(units))
     if interrupted:

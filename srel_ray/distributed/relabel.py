@@ -25,7 +25,7 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import prepare_model, resolve_precision
 from srel_ray.core.recover import freeze
 from srel_ray.core.relabel import epoch_blocks, label_views, pad_rows, row_views, view_rows
-from srel_ray.data import sets
+from srel_ray.storage import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.distributed.progress import close_bar, open_bar
 from srel_ray.teacher import load_teacher

@@ -44,7 +44,7 @@ def squeeze_loop(config: dict) -> None:
     local_batch = max(1, t.batch_size // world)
 
     for epoch in range(start, t.epochs):
-        batches = ((norm.normalize(b["image"].float() / 255), b["label"]) for b in train_shard.iter_torch_batches(
+        batches = ((norm.normalize_uint8(b["image"]), b["label"]) for b in train_shard.iter_torch_batches(
             batch_size=local_batch, local_shuffle_buffer_size=t.shuffle_buffer or 4 * local_batch,
             local_shuffle_seed=derive_seed(cfg.seed, STREAM_TEACHER_DATA, epoch, rank)))
         stats = train_teacher_epoch(model, optimizer, batches, epoch=epoch, seed=cfg.seed, rank=rank,

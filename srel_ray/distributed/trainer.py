@@ -14,7 +14,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from srel_ray.config import ResourcesConfig
-from srel_ray.data import sets
+from srel_ray.storage import files
 
 
 def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage: str, res: ResourcesConfig,
@@ -44,8 +44,8 @@ def checkpoint_progress(storage: str, name: str) -> dict:
     """What the Train run ``name`` under ``storage`` has checkpointed: ``epochs`` trained (0 without a checkpoint)
     and ``start_epoch``, the epoch its last worker group started at. A group starts after the epochs restored from
     a checkpoint, so ``start_epoch`` above the epochs done before a fit means workers died and were restarted."""
-    path = sets.join(storage, name)
-    if not sets.exists(sets.join(path, "checkpoint_manager_snapshot.json")):  # written with the first checkpoint
+    path = files.join(storage, name)
+    if not files.exists(files.join(path, "checkpoint_manager_snapshot.json")):  # written with the first checkpoint
         return {"epochs": 0, "start_epoch": 0}
     metrics = ray.train.Result.from_path(path).metrics
     return {"epochs": metrics["epoch"] + 1, "start_epoch": metrics.get("start_epoch", 0)}
@@ -111,7 +111,7 @@ def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, 
 def test_batches(shard, batch_size: int, norm) -> "iter":
     """Normalised (images, labels) batches from a Ray Data shard of uint8 images."""
     for batch in shard.iter_torch_batches(batch_size=batch_size):
-        yield norm.normalize(batch["image"].float() / 255), batch["label"]
+        yield norm.normalize_uint8(batch["image"]), batch["label"]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

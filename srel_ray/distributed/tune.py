@@ -25,9 +25,11 @@ from ray.tune.search import BasicVariantGenerator
 
 from srel_ray.config import TRIAL_METRICS, Config, from_dict, load_config, to_dict
 from srel_ray.distributed.cluster import check_fits, local_device
+from srel_ray.storage import files
+from srel_ray.storage.layout import SearchDir
 from srel_ray.search_space import Param, apply_params, max_epochs
 from srel_ray.tracking import config_params
-from srel_ray.trial import TrialInputs, run_trial, trial_dir, trial_key
+from srel_ray.trial import TrialInputs, run_trial, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +132,10 @@ class MlflowTrials(Callback):
         self.out = out  # pickled with the Tuner: only the folder, the store is read at setup
 
     def setup(self, **info) -> None:
-        search = json.loads((Path(self.out) / "search.json").read_text())
+        search = files.read_json(SearchDir.at(self.out).search_record)
         self.client = MlflowClient(tracking_uri=search["tracking_uri"])
         self.experiment_id, self.parent = search["experiment_id"], search["parent_run_id"]
-        self.base = load_config(Path(self.out) / "config.yaml")
+        self.base = load_config(SearchDir.at(self.out).config)
         self.runs: dict[str, tuple[str, bool]] = {}  # Tune trial id -> (MLflow run id, finished before)
 
     def _run(self, trial) -> tuple[str, bool]:
@@ -180,22 +182,21 @@ class MlflowTrials(Callback):
         run_id, finished_before = self._run(trial)
         if finished_before:
             return
-        folder = trial_dir(self.out, apply_params(self.base, trial.config))
-        record_path = folder / "trial.json"
-        if record_path.exists():
-            record = json.loads(record_path.read_text())
+        folder = SearchDir.at(self.out).trial(trial_key(apply_params(self.base, trial.config)))
+        if files.exists(folder.record):
+            record = files.read_json(folder.record)
             summary = {**{f"final.{k}": v for k, v in record["final"].items()},
                        **{f"seconds.{k}": v for k, v in record["seconds"].items()},
                        **{f"recover.{k}": v for k, v in record["recover_stats"].items()}}
             now = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
-            self.client.log_artifact(run_id, str(record_path))
+            self.client.log_artifact(run_id, folder.record)
             outcome = "finished"
         else:
             last = trial.last_result or {}
             outcome = "error" if status == "FAILED" else f"stopped early after epoch {last.get('epoch', '?')}"
-        if (folder / "condensed_grid.png").exists():
-            self.client.log_artifact(run_id, str(folder / "condensed_grid.png"))
+        if files.exists(folder.grid):
+            self.client.log_artifact(run_id, folder.grid)
         self.client.set_tag(run_id, "srel_ray.outcome", outcome)
         self.client.set_terminated(run_id, status)
         self.runs[trial.trial_id] = (run_id, True)

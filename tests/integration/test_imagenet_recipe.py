@@ -14,7 +14,7 @@ from PIL import Image
 
 from srel_ray.cli import main
 from srel_ray.data.imagenet_classes import synsets
-from srel_ray.data.sets import read_set
+from srel_ray.storage.sets import read_set
 from srel_ray.teacher import load_teacher
 
 from .conftest import as_args

@@ -16,7 +16,7 @@ from srel_ray.core.class_stats import ClassStatsAccumulator
 from srel_ray.core.rded import rded_images
 from srel_ray.core.recover import freeze
 from srel_ray.core.relabel import teacher_logits, view_pixels
-from srel_ray.data import sets
+from srel_ray.storage import sets
 from srel_ray.data.class_images import rded_candidates, rded_generator
 from srel_ray.data.real import load_dataset
 from srel_ray.teacher import load_class_stats, load_teacher, save_teacher

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from srel_ray.config import load_config
-from srel_ray.data import sets
+from srel_ray.storage import sets
 
 SUMMARY_KEYS = {"dataset", "num_classes", "ipc", "teacher_top1", "student_top1", "baseline_random_hard_top1",
                 "baseline_random_soft_top1", "seconds"}

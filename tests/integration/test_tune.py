@@ -18,7 +18,9 @@ import srel_ray
 from srel_ray.cli import main
 from srel_ray.config import load_config
 from srel_ray.methods import preset_values
-from srel_ray.pipeline import STAGES, RunDir, check_inputs
+from srel_ray.pipeline import STAGES
+from srel_ray.stages.checks import check_inputs
+from srel_ray.storage.layout import RunDir
 
 from .conftest import TINY, as_args
 

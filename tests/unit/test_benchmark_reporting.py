@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import reporting
+from srel_ray.students import STUDENTS
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "data" / "benchmark_results"
@@ -43,7 +44,7 @@ def test_accuracy_plot_draws_each_student_at_its_mean_and_the_ceiling(results):
     series = reporting.accuracy_by_ipc(quality)
     assert series["condensed"] == {"ipc": [10, 50], "mean": [0.31, 0.42], "std": [0.01, 0.01]}
     curves = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
-    for student, label in reporting.STUDENTS.items():
+    for student, label in ((name, s.label) for name, s in STUDENTS.items()):
         assert list(curves[label].get_xdata()) == [10, 50]
         assert list(curves[label].get_ydata()) == pytest.approx([100 * m for m in series[student]["mean"]])
     ceiling = [line for line in ax.get_lines() if line.get_label() == "full data (ceiling)"]

@@ -3,9 +3,9 @@
 import torch
 
 from srel_ray.core.seeding import STREAM_RANDOM_REAL, generator
-from srel_ray.data import sets
+from srel_ray.storage import files, sets
 from srel_ray.data.real import ClassIndex, random_real_indices, random_real_rows, validation_indices
-from srel_ray.pipeline import GRID_CLASSES, GRID_IPC, grid_targets, save_grid
+from srel_ray.storage.sets import GRID_CLASSES, GRID_IPC, grid_targets, save_grid
 
 
 def _labels(n: int = 5000, classes: int = 37, seed: int = 1) -> torch.Tensor:
@@ -58,8 +58,8 @@ def test_save_grid_reads_only_the_preview(tmp_path):
     images = torch.randint(0, 256, (len(targets), 3, 4, 4), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     sets.write_images(set_dir, targets, images)
-    sets.remove(sets.image_path(set_dir, 1, 11))  # outside the preview: never read
+    files.remove(sets.image_path(set_dir, 1, 11))  # outside the preview: never read
     path = save_grid(set_dir, 150, 12, 3, str(tmp_path / "grid.png"))
-    grid = sets.decode_png(sets.read_bytes(path), 3)
+    grid = sets.decode_png(files.read_bytes(path), 3)
     assert grid.shape == (3, 1 + GRID_CLASSES * 5, 1 + GRID_IPC * 5)  # 4 px images, 1 px padding
     assert torch.equal(grid[:, 1:5, 1:5], images[0])  # class 0, image 0 at the top left

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from srel_ray.data import sets
+from srel_ray.storage import files, sets
 from srel_ray.errors import DataError
 
 
@@ -29,7 +29,7 @@ def test_write_and_read_images(root, channels):
     images = _images(6, channels, seed=channels)
     targets = [(c, i) for c in range(3) for i in range(2)]  # class-major: image id = c * 2 + i
     sets.write_images(root, targets, images)
-    assert sets.exists(sets.image_path(root, 2, 1))
+    assert files.exists(sets.image_path(root, 2, 1))
     assert torch.equal(sets.read_image(root, 1, 0, channels), images[2])
     assert torch.equal(sets.read_images(root, 3, 2, channels), images)
     with pytest.raises(DataError, match="misses image"):
@@ -59,7 +59,7 @@ def _label_columns(num_classes=4, n_images=5, k=2, epoch=3, seed=0):
 def test_label_epoch_round_trip(root, dtype):
     cols, order = _label_columns()
     sets.write_label_epoch(root, 3, cols, num_classes=4, logits_dtype=dtype)
-    assert sets.exists(sets.label_file(root, 3))
+    assert files.exists(sets.label_file(root, 3))
     labels = sets.read_label_epoch(root, 3)
     assert labels.image_index.dtype == torch.int64
     assert labels.image_index.tolist() == sorted(cols["image_id"].tolist())
@@ -126,11 +126,11 @@ def test_read_set_without_manifest_raises(root):
 
 
 def test_remove(root):
-    sets.write_json_atomic(sets.join(root, "a", "b.json"), {"k": 1})
-    assert sets.read_json(sets.join(root, "a", "b.json")) == {"k": 1}
-    sets.remove(sets.join(root, "a"))
-    assert not sets.exists(sets.join(root, "a", "b.json"))
-    sets.remove(sets.join(root, "a"))  # removing what is gone is fine
+    files.write_json_atomic(files.join(root, "a", "b.json"), {"k": 1})
+    assert files.read_json(files.join(root, "a", "b.json")) == {"k": 1}
+    files.remove(files.join(root, "a"))
+    assert not files.exists(files.join(root, "a", "b.json"))
+    files.remove(files.join(root, "a"))  # removing what is gone is fine
 
 
 def test_manifest_checksums_catch_changed_and_missing_files(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from srel_ray.core.soft_labels import compress_topk, expand_topk
-from srel_ray.data import sets
+from srel_ray.storage import files, sets
 
 
 def _softmax(z):
@@ -88,5 +88,5 @@ def test_topk_label_file_round_trip_and_size(tmp_path, where):
     expected = expand_topk(*compress_topk(torch.from_numpy(logits).half().float(), 5), classes)
     torch.testing.assert_close(top5, expected, atol=2e-2, rtol=1e-2)  # fp16 storage
     assert torch.equal(top5.argmax(1), full.argmax(1))
-    fs, path = sets._fs(root)
+    fs, path = files.fs_path(root)
     assert fs.size(f"{path}/top5/labels/epoch-00000.parquet") < fs.size(f"{path}/full/labels/epoch-00000.parquet") / 3

@@ -15,7 +15,7 @@ from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums
 from srel_ray.core.recover import freeze, plan_units, recover_unit
 from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
 from srel_ray.core.student import build_student, count_correct
-from srel_ray.data import sets
+from srel_ray.storage import sets
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import WithoutRows, load_dataset, random_real_indices, validation_indices
 from srel_ray.models import create_model

@@ -5,19 +5,16 @@
     <set>/manifest.json                                 written last; its presence means the images are complete
     <set>/.progress/                                    markers of finished work units (recovery resumes from them)
 
-Every file is written under a temporary name and renamed into place, so a crash never leaves a file that looks
-complete. Paths go through fsspec, so a set can live on any filesystem fsspec reaches.
+Every file is written atomically (srel_ray.storage.files), so a crash never leaves a file that looks complete.
+Paths go through fsspec, so a set can live on any filesystem fsspec reaches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass
-from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +25,8 @@ from srel_ray.core.relabel import row_views
 from srel_ray.core.soft_labels import compress_topk, expand_topk
 from srel_ray.core.student import EpochLabels
 from srel_ray.errors import DataError
+from srel_ray.storage.files import (TMP_SUFFIX, exists, fs_path, join, read_json, write_bytes_atomic,
+                                    write_json_atomic)
 
 FORMAT_VERSION = 1
 
@@ -50,64 +49,6 @@ def label_schema(num_classes: int, logits_dtype: str = "float16", top_k: int = 0
         ("flip", pa.bool_()),
         *logits,
     ])
-
-
-# ----------------------------------------------------------------------------------------- files
-
-
-def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(str(path))
-
-
-def join(*parts: str) -> str:
-    return "/".join(str(p).rstrip("/") for p in parts)
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    fs, p = _fs(path)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    tmp = p + ".tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, p)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=False).encode())
-
-
-def read_bytes(path: str) -> bytes:
-    fs, p = _fs(path)
-    with fs.open(p, "rb") as f:
-        return f.read()
-
-
-def read_json(path: str) -> Any:
-    return json.loads(read_bytes(path))
-
-
-def listdir(path: str) -> list[str]:
-    """Names in a folder; empty when it does not exist."""
-    fs, p = _fs(path)
-    if not fs.isdir(p):
-        return []
-    return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(p, detail=False))
-
-
-def exists(path: str) -> bool:
-    fs, p = _fs(path)
-    return fs.exists(p)
-
-
-def is_file(path: str) -> bool:
-    fs, p = _fs(path)
-    return fs.isfile(p)
-
-
-def remove(path: str) -> None:
-    fs, p = _fs(path)
-    if fs.exists(p):
-        fs.rm(p, recursive=True)
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -146,7 +87,7 @@ def read_image(set_dir: str, label: int, index: int, channels: int) -> torch.Ten
 
 def read_images_at(set_dir: str, labels_and_indices: list[tuple[int, int]], channels: int) -> torch.Tensor:
     """Images of a set by (class, index within class), as (N, C, H, W) uint8 (the filesystem is resolved once)."""
-    fs, root = _fs(set_dir)
+    fs, root = fs_path(set_dir)
     images = []
     for label, index in labels_and_indices:
         path = image_path(root, label, index)
@@ -175,8 +116,38 @@ def unit_started(set_dir: str, unit_name: str) -> str:
     return join(set_dir, ".progress", f"{unit_name}.started.json")
 
 
+def unit_markers(set_dir: str) -> list[dict]:
+    """The stats of every finished recovery unit of a set, in unit order."""
+    fs, root = fs_path(join(set_dir, ".progress"))
+    done = [p for p in sorted(fs.glob(f"{root}/*.json")) if not p.endswith(".started.json")]
+    return [read_json(fs.unstrip_protocol(p)) for p in done]
+
+
 def image_id(label: int, index: int, ipc: int) -> int:
     return label * ipc + index
+
+
+# ----------------------------------------------------------------------------------------- preview
+
+
+GRID_CLASSES, GRID_IPC = 100, 10  # the preview's bound: a grid of the whole set would not fit the driver at scale
+
+
+def grid_targets(num_classes: int, ipc: int) -> list[tuple[int, int]]:
+    """(class, index) of a set's preview: at most GRID_CLASSES classes spread evenly over the class order (all
+    of them when there are fewer), the first GRID_IPC images of each; the same for the same sizes."""
+    classes = torch.linspace(0, num_classes - 1, min(num_classes, GRID_CLASSES)).round().long().unique().tolist()
+    return [(c, i) for c in classes for i in range(min(ipc, GRID_IPC))]
+
+
+def save_grid(set_dir: str, num_classes: int, ipc: int, channels: int, path: str) -> str:
+    """A PNG preview of a set, one row per class (``grid_targets``), written to ``path`` (local or URL)."""
+    import torchvision.utils
+
+    images = read_images_at(set_dir, grid_targets(num_classes, ipc), channels)
+    grid = torchvision.utils.make_grid(images, nrow=min(ipc, GRID_IPC), padding=1, pad_value=255)
+    write_bytes_atomic(path, encode_png(grid))
+    return path
 
 
 # ----------------------------------------------------------------------------------------- labels
@@ -217,7 +188,7 @@ def _matrix(table: pa.Table, name: str) -> np.ndarray:
 
 def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabels:
     """One label epoch as the student replays it; ``hard`` drops the logits (the hard-label baseline)."""
-    fs, p = _fs(label_file(set_dir, epoch))
+    fs, p = fs_path(label_file(set_dir, epoch))
     if not fs.exists(p):
         raise DataError(f"set {set_dir!r} has no labels for epoch {epoch}: run the relabel stage first")
     with fs.open(p, "rb") as f:
@@ -241,7 +212,7 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
 
 def label_bytes(set_dir: str) -> int:
     """Bytes of all label files of a set."""
-    fs, path = _fs(join(set_dir, "labels"))
+    fs, path = fs_path(join(set_dir, "labels"))
     return sum(fs.size(p) for p in fs.ls(path, detail=False)) if fs.exists(path) else 0
 
 
@@ -301,10 +272,10 @@ def write_manifest(set_dir: str, *, kind: str, dataset: str, class_names: list[s
 
 def checksums(set_dir: str) -> dict[str, str]:
     """sha256 of every image and label file, by path relative to the set (``verify_set`` checks them)."""
-    fs, root = _fs(set_dir)
+    fs, root = fs_path(set_dir)
     files = [p for sub in ("images", "labels") if fs.exists(f"{root}/{sub}") for p in fs.find(f"{root}/{sub}")]
     return {p[len(root) + 1:]: hashlib.sha256(fs.cat_file(p)).hexdigest()
-            for p in sorted(files) if not p.endswith(".tmp")}
+            for p in sorted(files) if not p.endswith(TMP_SUFFIX)}
 
 
 def verify_set(set_dir: str) -> None:

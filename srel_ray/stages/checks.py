@@ -1,0 +1,79 @@
+"""Everything that can be wrong with a command's inputs, checked before any heavy work starts. What is checked
+follows the stages' plans: an output that a stage of this command makes is checked at its source (the teacher's
+checkpoint or torchvision weights), one it only reads must already be in the run folder."""
+
+from __future__ import annotations
+
+import torch
+
+from srel_ray.config import Config, TeacherConfig
+from srel_ray.data.real import RealData, load_dataset, random_real_indices
+from srel_ray.errors import SrelError
+from srel_ray.stages.base import CONDENSED, RANDOM_REAL, TEACHER, check_same_input, check_teacher
+from srel_ray.stages.registry import UNITS
+from srel_ray.storage import files
+from srel_ray.storage.layout import RunDir, check_out_is_folder
+from srel_ray.teacher import imagenet_indices, load_teacher, torchvision_weights
+
+
+def made_by(cfg: Config, stages: tuple[str, ...]) -> set[str]:
+    """What the ``stages`` of one command make, from their plans."""
+    return {m for stage in stages for m in UNITS[stage].plan(cfg).makes}
+
+
+def read_from_folder(cfg: Config, stages: tuple[str, ...]) -> set[str]:
+    """What the ``stages`` of one command need and no stage of it makes: it must be in the run folder."""
+    return {n for stage in stages for n in UNITS[stage].plan(cfg).needs} - made_by(cfg, stages)
+
+
+def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
+    """The dataset's index, once every input of ``stages`` is there and consistent."""
+    check_out_is_folder(run)
+    data = load_dataset(cfg.data)
+    made = made_by(cfg, stages)
+    if cfg.relabel.top_k >= data.num_classes:
+        raise SrelError(f"relabel.top_k={cfg.relabel.top_k} must be below the class count {data.num_classes} "
+                        "(0 keeps all logits)")
+    if RANDOM_REAL in made:
+        random_real_indices(data.labels("train"), data.num_classes, cfg.recover.ipc, cfg.seed)  # enough?
+    if TEACHER in made and cfg.teacher.source == "checkpoint":
+        check_teacher(load_teacher(cfg.teacher.checkpoint), data)
+    elif TEACHER in made and cfg.teacher.source == "torchvision":
+        torchvision_weights(cfg.teacher)  # known weights?
+        imagenet_indices(data.class_names, f"torchvision {cfg.teacher.arch} ({cfg.teacher.weights})",
+                         _dataset(cfg, data))
+    elif TEACHER in read_from_folder(cfg, stages):
+        if not files.exists(run.teacher):
+            raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
+        check_teacher(load_teacher(run.teacher), data)
+    check_method_inputs(cfg, run, data, stages)
+    return data
+
+
+def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[str, ...]) -> None:
+    """What the successors' options (docs/methods.md) need from the data and the extra teachers."""
+    r, made = cfg.recover, made_by(cfg, stages)
+    if CONDENSED in made and r.init == "real":
+        random_real_indices(data.labels("train"), data.num_classes, r.ipc, cfg.seed)  # enough images per class?
+    if CONDENSED in made and r.init == "rded":
+        need = r.ipc * r.rded_factor ** 2
+        smallest = int(torch.bincount(data.labels("train"), minlength=data.num_classes).min())
+        if min(r.rded_pool, smallest) < need:
+            raise SrelError(f"RDED needs ipc * rded_factor^2 = {need} candidate images per class, but "
+                            f"recover.rded_pool={r.rded_pool} and the smallest class has {smallest}")
+    for i, (spec, path) in enumerate(zip(cfg.teacher.extra, run.extra_teachers(cfg))):
+        if TEACHER in read_from_folder(cfg, stages):
+            if not files.exists(path):
+                raise SrelError(f"no extra teacher at {path!r}: run the squeeze stage first (srel-ray squeeze)")
+            check_teacher(load_teacher(path), data)
+            check_same_input(load_teacher(path), load_teacher(run.teacher), path)
+        elif spec.source == "checkpoint":
+            check_teacher(load_teacher(spec.checkpoint), data)
+        else:
+            torchvision_weights(TeacherConfig(arch=spec.arch, weights=spec.weights))  # known weights?
+            imagenet_indices(data.class_names, f"teacher.extra[{i}]: torchvision {spec.arch} ({spec.weights})",
+                             _dataset(cfg, data))
+
+
+def _dataset(cfg: Config, data: RealData) -> str:
+    return f"dataset {data.name!r}" + (f" at {cfg.data.path!r}" if cfg.data.path else "")

@@ -1,0 +1,69 @@
+"""Evaluate: the condensed set's student and, with evaluate.baselines, both random-real students, each trained
+from scratch by the executor on one protocol and tested on the real test split; one DIR/evaluate/<student>.json
+each, so a rerun trains only the students without one."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from srel_ray.config import Config
+from srel_ray.errors import SrelError
+from srel_ray.stages.base import LABELS, SCORES, TEACHER, Plan, StageContext
+from srel_ray.storage import files, sets
+from srel_ray.storage.layout import RunDir
+from srel_ray.students import students_of
+
+log = logging.getLogger(__name__)
+
+NAME = "evaluate"
+
+
+@dataclass(frozen=True)
+class StudentScore:
+    top1: float
+    top5: float
+
+
+@dataclass
+class EvaluateResult:
+    scores: dict[str, StudentScore]  # every student of the run, trained now or before
+    skipped_students: list[str] = field(default_factory=list)  # trained by an earlier command
+    resumed: dict[str, dict] = field(default_factory=dict)  # per student trained now: epochs resumed, restarts
+    skipped: bool = False
+
+
+def plan(cfg: Config) -> Plan:
+    return Plan(NAME, needs=(TEACHER, LABELS), makes=(SCORES,))
+
+
+def is_done(cfg: Config, run: RunDir) -> bool:
+    return all(files.exists(run.student_record(s.name)) for s in students_of(cfg.evaluate.baselines))
+
+
+def run(ctx: StageContext) -> EvaluateResult:
+    cfg, run_dir = ctx.cfg, ctx.run
+    students = students_of(cfg.evaluate.baselines)
+    done = [s.name for s in students if files.exists(run_dir.student_record(s.name))]
+    if done:
+        log.info("evaluate: %d of %d students already trained, skipping them: %s", len(done), len(students),
+                 ", ".join(done))
+    scores, resumed = {}, {}
+    for student in students:
+        path = run_dir.student_record(student.name)
+        if student.name in done:
+            result = files.read_json(path)
+        else:
+            info = sets.read_set(run_dir.set_dir(student.set_name))
+            if info.label_epochs != cfg.relabel.epochs:
+                raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
+            log.info("evaluate: training the %s student", student.name)
+            result, resumed[student.name] = ctx.executor.train_student(ctx, student, info)
+            files.write_json_atomic(path, result)
+        scores[student.name] = StudentScore(result["top1"], result["top5"])
+    return EvaluateResult(scores, done, resumed, skipped=len(done) == len(students))
+
+
+def record(result: EvaluateResult) -> dict:
+    return {**{name: {"top1": s.top1, "top5": s.top5} for name, s in result.scores.items()},
+            "skipped_students": result.skipped_students, "resumed": result.resumed, "skipped": result.skipped}

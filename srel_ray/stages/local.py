@@ -1,0 +1,135 @@
+"""The in-process executor: the stages' heavy work in this process, with the plain-PyTorch loops of srel_ray.core
+and no Ray. Tuning trials use it (nesting actor pools or Ray Train inside a Ray Tune trial would oversubscribe a
+small machine and can deadlock waiting for CPUs the trials hold), and so do tests.
+
+It takes the same calls as the Ray executor (srel_ray.distributed.executor) for recovery, labels and students,
+and writes the same files; a unit's marker holds its stats, unit and precision (no worker or attempt: there is
+one worker). Teachers are loaded once per executor. Teachers and class statistics come made: the tune driver
+makes them once, on Ray, for every trial.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from srel_ray.config import Config
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.precision import grad_scaler, prepare_model
+from srel_ray.core.recover import freeze, recover_unit
+from srel_ray.core.relabel import label_views, row_views, view_rows
+from srel_ray.core.student import WeightEMA, build_student, count_correct, student_optimizer, train_student_epoch
+from srel_ray.data.class_images import StartImages
+from srel_ray.data.real import RealData
+from srel_ray.stages.base import StageContext
+from srel_ray.stages.recover import RecoverResult, needs_class_stats, pending_units
+from srel_ray.storage import files, sets
+from srel_ray.students import Student
+from srel_ray.teacher import Teacher, load_class_stats, load_teacher
+
+
+class InProcessExecutor:
+    """``start_data`` gives the real images recovery may start from (recover.init real or rded; a trial's excludes
+    its validation images); it is called only when there are units to recover."""
+
+    def __init__(self, device: torch.device | str = "cpu", precision: str = "fp32", compile_model: bool = False,
+                 start_data: Callable[[], RealData] | None = None):
+        self.device, self.precision, self.compile_model = device, precision, compile_model
+        self.start_data = start_data
+        self._teachers: dict[tuple[str, ...], tuple[Teacher, list[nn.Module]]] = {}
+
+    def teachers(self, paths: list[str]) -> tuple[Teacher, list[nn.Module]]:
+        """The first teacher, and the frozen models of all (the first, then the extra teachers), loaded once."""
+        key = tuple(paths)
+        if key not in self._teachers:
+            loaded = [load_teacher(p) for p in paths]
+            models = [prepare_model(freeze(t.build()).to(self.device), self.device, self.compile_model)
+                      for t in loaded]
+            self._teachers[key] = loaded[0], models
+        return self._teachers[key]
+
+    def recover(self, cfg: Config, teachers: list[str], set_dir: str, num_classes: int, class_stats: list[str],
+                progress=None) -> RecoverResult:
+        """Recover the units of the set without a marker, one after another."""
+        r = cfg.recover
+        units, pending = pending_units(cfg, set_dir, num_classes)
+        if not pending:
+            return RecoverResult(units=len(units), skipped_units=len(units))
+        teacher, models = self.teachers(teachers)
+        data = self.start_data() if r.init != "noise" else None
+        start_images = StartImages(data, r, cfg.seed, models, teacher.norm, self.device)
+        stats = []
+        for unit in tqdm(pending, desc="recover units", unit="unit"):
+            unit_stats = None
+            if needs_class_stats(cfg):
+                unit_stats = [load_class_stats(folder, list(unit.classes)) for folder in class_stats]
+            images, s = recover_unit(models[0], unit, r, seed=cfg.seed, image_size=cfg.data.image_size,
+                                     norm=teacher.norm, hflip=cfg.data.hflip, device=self.device,
+                                     extra_teachers=models[1:], init=start_images(unit), class_stats=unit_stats,
+                                     precision=self.precision)
+            sets.write_images(set_dir, unit.targets(), images)
+            marker = {**s, "unit": unit.index, "precision": self.precision}
+            files.write_json_atomic(sets.unit_marker(set_dir, unit.name), marker)
+            stats.append(marker)
+        return RecoverResult(units=len(units), skipped_units=len(units) - len(pending), stats=stats)
+
+    def relabel(self, cfg: Config, teachers: list[str], info: sets.SetInfo, progress=None) -> dict:
+        """Write every missing label epoch: the teacher's logits on each image's views of that epoch (with extra
+        teachers, the mean of every teacher's logits)."""
+        r = cfg.relabel
+        teacher, models = self.teachers(teachers)
+        images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
+        done = set(sets.label_epochs_done(info.path, r.epochs))
+        for epoch in tqdm([e for e in range(r.epochs) if e not in done], desc="relabel epochs", unit="epoch"):
+            ids = list(range(len(images)))
+            columns = view_rows(images, ids, [i // info.ipc for i in ids], [epoch] * len(ids),
+                                k=r.views_per_epoch, scale=r.crop_scale, hflip=cfg.data.hflip, seed=cfg.seed)
+            columns["logits"] = label_views(models, torch.from_numpy(columns.pop("image")), row_views(columns),
+                                            image_size=cfg.data.image_size, norm=teacher.norm,
+                                            batch_size=r.batch_size, device=self.device,
+                                            precision=self.precision).numpy()
+            sets.write_label_epoch(info.path, epoch, columns, info.num_classes, r.logits_dtype, r.top_k)
+        return {"epochs": r.epochs, "skipped_epochs": len(done)}
+
+    def student_epochs(self, cfg: Config, info: sets.SetInfo, norm: Normalization,
+                       hard: bool = False) -> Iterator[tuple[int, float, nn.Module]]:
+        """Train a student on the set's stored views and labels; after each epoch, yield the epoch, its training
+        loss and the model to test (the EMA of the weights when evaluate.ema_decay is set)."""
+        e = cfg.evaluate
+        images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
+        class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
+        model = prepare_model(build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
+                                            image_size=cfg.data.image_size).to(self.device), self.device)
+        scaler = grad_scaler(self.precision, self.device)
+        optimizer, scheduler, batch_size = student_optimizer(model, e, len(images) * cfg.relabel.views_per_epoch)
+        ema = WeightEMA(model, e.ema_decay) if e.ema_decay else None
+        tested = ema.model if ema is not None else model
+        for epoch in range(e.epochs):
+            labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=hard)
+            loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
+                                       seed=cfg.seed, batch_size=batch_size, temperature=e.temperature,
+                                       image_size=cfg.data.image_size, norm=norm, device=self.device, ema=ema,
+                                       precision=self.precision, scaler=scaler)
+            yield epoch, loss, tested
+
+    def train_student(self, ctx: StageContext, student: Student, info: sets.SetInfo) -> tuple[dict, dict]:
+        """Train and test one student as the evaluate stage does on Ray: tested on the real test split every
+        evaluate.eval_interval epochs and after the last; returns its record and how it resumed (never)."""
+        e, norm = ctx.cfg.evaluate, ctx.data.norm
+        history = []
+        for epoch, loss, tested in self.student_epochs(ctx.cfg, info, norm, hard=student.hard):
+            metrics = {"epoch": epoch, "train_loss": loss}
+            if epoch == e.epochs - 1 or (e.eval_interval and (epoch + 1) % e.eval_interval == 0):
+                test = count_correct(tested, test_batches(ctx.data, norm), self.device)
+                metrics.update(test_top1=test["top1"] / test["n"], test_top5=test["top5"] / test["n"])
+            history.append(metrics)
+        record = {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"], "history": history}
+        return record, {"skipped_epochs": 0, "restarted_at_epoch": None}
+
+
+def test_batches(data: RealData, norm: Normalization, size: int = 256):
+    """The real test split as normalised batches."""
+    return ((norm.normalize_uint8(x), y) for x, y in data.batches("test", size))
