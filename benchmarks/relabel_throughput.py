@@ -50,7 +50,7 @@ def make_set(cfg: Config, teacher: Teacher, set_dir: str) -> None:
     data = load_dataset(cfg.data)
     ipc = cfg.recover.ipc
     indices = random_real_indices(data.labels("train"), data.num_classes, ipc, cfg.seed)
-    sets.write_images(set_dir, [(c, i) for c in range(data.num_classes) for i in range(ipc)],
+    sets.write_image_unit(set_dir, sets.unit_marker(set_dir, "unit-000000"), [(c, i) for c in range(data.num_classes) for i in range(ipc)],
                       data.images_at("train", indices))
     sets.write_manifest(set_dir, kind="random_real", dataset=data.name, class_names=teacher.class_names, ipc=ipc,
                         channels=3, image_size=32,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from srel_ray.core.soft_labels import compress_topk
 from srel_ray.core.normalization import Normalization, from_uint8
 from srel_ray.core.precision import autocast, to_input
 from srel_ray.core.seeding import STREAM_VIEWS, generator
@@ -36,16 +37,10 @@ def teacher_logits(teacher: nn.Module, pixels: torch.Tensor, batch_size: int, de
     return torch.cat(out).cpu() if out else torch.empty(0)
 
 
-@torch.no_grad()
-def label_views(teachers: list[nn.Module], images_uint8: torch.Tensor, views: Views, *, image_size: int,
-                norm: Normalization, batch_size: int, device: torch.device | str,
-                precision: str = "fp32") -> torch.Tensor:
-    """The teachers' mean logits on each row's view (row r: view ``views[r]`` of image ``images_uint8[r]``),
-    rendered on ``device`` a batch at a time from the uint8 images; one copy back at the end. At fp32 the values
-    equal ``teacher_logits`` on ``view_pixels`` (every view pixel depends on its own image and box only)."""
-    device = torch.device(device)
+def _teacher_chunks(teachers: list[nn.Module], images_uint8: torch.Tensor, views: Views, *, image_size: int,
+                    norm: Normalization, batch_size: int, device: torch.device, precision: str):
+    """The teachers' mean logits, one teacher batch at a time, left on ``device``."""
     pin = device.type == "cuda"  # page-locked rows copy while the previous batch still runs
-    out = []
     for start in range(0, len(images_uint8), batch_size):
         rows = slice(start, start + batch_size)
         chunk = images_uint8[rows].pin_memory() if pin else images_uint8[rows]
@@ -54,8 +49,57 @@ def label_views(teachers: list[nn.Module], images_uint8: torch.Tensor, views: Vi
         pixels = to_input(view_pixels(chunk.to(device, non_blocking=True), chunk_views, image_size, norm), device)
         with autocast(precision, device):
             per_teacher = [t(pixels).float() for t in teachers]
-        out.append(per_teacher[0] if len(per_teacher) == 1 else mean_logits(per_teacher))
+        yield per_teacher[0] if len(per_teacher) == 1 else mean_logits(per_teacher)
+
+
+@torch.no_grad()
+def label_views(teachers: list[nn.Module], images_uint8: torch.Tensor, views: Views, *, image_size: int,
+                norm: Normalization, batch_size: int, device: torch.device | str,
+                precision: str = "fp32") -> torch.Tensor:
+    """The teachers' mean logits on each row's view (row r: view ``views[r]`` of image ``images_uint8[r]``),
+    rendered on ``device`` a batch at a time from the uint8 images; one copy back at the end. At fp32 the values
+    equal ``teacher_logits`` on ``view_pixels`` (every view pixel depends on its own image and box only)."""
+    out = list(_teacher_chunks(teachers, images_uint8, views, image_size=image_size, norm=norm,
+                               batch_size=batch_size, device=torch.device(device), precision=precision))
     return torch.cat(out).cpu() if out else torch.empty(0)
+
+
+@torch.no_grad()
+def label_views_topk(teachers: list[nn.Module], images_uint8: torch.Tensor, views: Views, k: int, *,
+                     image_size: int, norm: Normalization, batch_size: int, device: torch.device | str,
+                     precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``label_views`` kept as top-k (srel_ray.core.soft_labels.compress_topk), compressed on ``device`` batch
+    by batch: only k + 1 numbers per view ever leave it."""
+    parts = [compress_topk(chunk, k) for chunk in _teacher_chunks(
+        teachers, images_uint8, views, image_size=image_size, norm=norm, batch_size=batch_size,
+        device=torch.device(device), precision=precision)]
+    return tuple(torch.cat([p[i] for p in parts]).cpu() for i in range(3))
+
+
+def label_block(teachers: list[nn.Module], columns: dict[str, np.ndarray], *, top_k: int, image_size: int,
+                norm: Normalization, batch_size: int, device: torch.device | str,
+                precision: str = "fp32") -> dict[str, np.ndarray]:
+    """One relabel block (``view_rows`` columns, padded by ``pad_rows``): the teacher batch runs on every row,
+    padding included (so the batch is the same whoever runs it), then the padding is dropped and the uint8
+    images replaced by the label columns: ``logits`` (R, C), or with ``top_k`` ``topk_index``, ``topk_logits``
+    and ``rest_logsumexp``."""
+    keep = ~np.asarray(columns["pad"])
+    images = torch.from_numpy(np.array(columns["image"]))  # Ray Data batches are read-only views
+    rows = {k: np.asarray(v) for k, v in columns.items() if k not in ("image", "pad")}
+    args = dict(image_size=image_size, norm=norm, batch_size=batch_size, device=device, precision=precision)
+    if top_k:
+        index, values, rest = label_views_topk(teachers, images, row_views(rows), top_k, **args)
+        rows.update(topk_index=index.numpy(), topk_logits=values.numpy(), rest_logsumexp=rest.numpy())
+    else:
+        rows["logits"] = label_views(teachers, images, row_views(rows), **args).numpy()
+    return {k: v[keep] for k, v in rows.items()}
+
+
+def images_per_block(num_images: int, views_per_epoch: int, batch_size: int) -> int:
+    """Images per relabel block: one teacher batch of views per block (so work spreads over every labelling
+    actor), blocks of an epoch as equal as possible (padding the short one costs less than one image a block)."""
+    cap = max(1, batch_size // views_per_epoch)
+    return -(-num_images // -(-num_images // cap))
 
 
 def view_rows(images_uint8: torch.Tensor, image_ids: list[int], labels: list[int], epochs: list[int], *, k: int,

@@ -72,6 +72,13 @@ def random_real_indices(labels: torch.Tensor, num_classes: int, ipc: int, seed: 
     return _draw_per_class(labels, num_classes, _random_real_count(ipc), seed, STREAM_RANDOM_REAL)
 
 
+def check_images_per_class(index: ClassIndex, ipc: int) -> None:
+    """Every class has the ``ipc`` training images the random-real draw (and real-image starts) need."""
+    sizes = index.sizes()
+    smallest = int(sizes.argmin())
+    _random_real_count(ipc)(smallest, int(sizes[smallest]))
+
+
 def _random_real_count(ipc: int):
     def count(c: int, size: int) -> int:
         if size < ipc:

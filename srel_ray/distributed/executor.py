@@ -8,6 +8,8 @@ import contextlib
 import logging
 from typing import Iterator
 
+import ray
+
 from srel_ray.config import Config
 from srel_ray.data.real import RealData
 from srel_ray.distributed.class_stats import run_class_stats
@@ -17,6 +19,7 @@ from srel_ray.distributed.relabel import run_relabel
 from srel_ray.distributed.squeeze import run_squeeze
 from srel_ray.distributed.trainer import checkpoint_progress
 from srel_ray.stages.base import StageContext
+from srel_ray.stages.baselines import select_slice
 from srel_ray.stages.recover import RecoverResult
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
@@ -51,6 +54,11 @@ class RayExecutor:
         return RecoverResult(units=r["units"], skipped_units=r["skipped"], interrupted_units=r["interrupted"],
                              retried_units=r["retried"], actors=r["actors"], unit_nodes=r["unit_nodes"],
                              stats=r["stats"])
+
+    def select_random_real(self, cfg: Config, set_dir: str, slices: list[range]) -> None:
+        """The baseline's class slices as Ray tasks: each reads, decodes and writes its own images."""
+        task = ray.remote(num_cpus=1)(select_slice)
+        ray.get([task.remote(cfg.data, set_dir, s, cfg.recover.ipc, cfg.seed) for s in slices])
 
     def relabel(self, cfg: Config, teachers: list[str], info: sets.SetInfo, progress=None) -> dict:
         return run_relabel(cfg, teachers[0], info, self.use_gpu, extra_teachers=teachers[1:], progress=progress)

@@ -78,10 +78,10 @@ class RecoveryWorker:
                                      hflip=self.cfg.data.hflip, device=self.device, extra_teachers=self.extra,
                                      init=self.start_images(unit), class_stats=stats_per_teacher,
                                      precision=self.precision)
-        sets.write_images(self.set_dir, unit.targets(), images)
         stats.update(unit=unit.index, attempt=attempt, precision=self.precision, seconds=time.perf_counter() - start,
                      worker=self.identity())
-        files.write_json_atomic(sets.unit_marker(self.set_dir, unit.name), stats)
+        # The marker keeps the images' checksums too (the manifest is assembled from markers); the driver gets stats.
+        sets.write_image_unit(self.set_dir, sets.unit_marker(self.set_dir, unit.name), unit.targets(), images, stats)
         return stats
 
 

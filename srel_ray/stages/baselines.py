@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from srel_ray.config import Config, to_dict
-from srel_ray.data.real import RealData, random_real_indices
+import torch
+
+from srel_ray.config import Config, DataConfig, to_dict
+from srel_ray.data.real import RealData, load_dataset, random_real_rows
 from srel_ray.stages.base import RANDOM_REAL, TEACHER, Plan, write_set_manifest
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
@@ -26,14 +28,35 @@ def is_done(cfg: Config, run: RunDir) -> bool:
     return files.exists(sets.manifest_path(run.set_dir(NAME)))
 
 
-def run(cfg: Config, run_dir: RunDir, data: RealData, teacher: Teacher) -> None:
+CLASS_SLICES = 64  # at most this many tasks; the cut depends on the class count alone (resume finds its markers)
+
+
+def class_slices(num_classes: int) -> list[range]:
+    per = -(-num_classes // CLASS_SLICES)
+    return [range(s, min(s + per, num_classes)) for s in range(0, num_classes, per)]
+
+
+def select_slice(data_cfg: DataConfig, set_dir: str, classes: range, ipc: int, seed: int) -> int:
+    """One class slice of the baseline, where it runs (a Ray task, or in process): draw each class's IPC rows
+    (``random_real_rows``, keyed by (seed, class)), read, decode and write them; the slice's marker (its rows and
+    the images' checksums) last. Returns the number of images written."""
+    data = load_dataset(data_cfg)
+    rows = torch.cat([random_real_rows(data.train_index, c, ipc, seed) for c in classes])
+    sets.write_image_unit(set_dir, sets.slice_marker(set_dir, classes.start), [(c, i) for c in classes for i in range(ipc)],
+                          data.images_at("train", rows), {"classes": [classes.start, classes.stop],
+                                                          "train_indices": rows.tolist()})
+    return len(rows)
+
+
+def run(cfg: Config, run_dir: RunDir, data: RealData, teacher: Teacher, executor) -> None:
+    """Select the baseline's images by class slices on ``executor`` (the driver reads and decodes none of them),
+    then write its manifest."""
     set_dir = run_dir.set_dir(NAME)
     if is_done(cfg, run_dir):
         log.info("relabel: the random-real images at %s are complete, skipping their selection", set_dir)
         return
-    ipc = cfg.recover.ipc
-    indices = random_real_indices(data.labels("train"), data.num_classes, ipc, cfg.seed)
-    targets = [(c, i) for c in range(data.num_classes) for i in range(ipc)]
-    sets.write_images(set_dir, targets, data.images_at("train", indices))
+    pending = [s for s in class_slices(data.num_classes) if not files.exists(sets.slice_marker(set_dir, s.start))]
+    executor.select_random_real(cfg, set_dir, pending)
     write_set_manifest(cfg, set_dir, NAME, data.name, teacher, to_dict(cfg),
-                       source={"train_indices": indices.tolist()})
+                       source={"selection": "recover.ipc training images per class, drawn from (seed, class); each "
+                                            "class slice's rows in .progress/slice-<first class>.json"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from srel_ray.config import Config, TeacherConfig
-from srel_ray.data.real import RealData, load_dataset, random_real_indices
+from srel_ray.data.real import RealData, check_images_per_class, load_dataset
 from srel_ray.errors import SrelError
 from srel_ray.stages.base import CONDENSED, RANDOM_REAL, TEACHER, check_same_input, check_teacher
 from srel_ray.stages.registry import UNITS
@@ -35,7 +35,7 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
         raise SrelError(f"relabel.top_k={cfg.relabel.top_k} must be below the class count {data.num_classes} "
                         "(0 keeps all logits)")
     if RANDOM_REAL in made:
-        random_real_indices(data.labels("train"), data.num_classes, cfg.recover.ipc, cfg.seed)  # enough?
+        check_images_per_class(data.train_index, cfg.recover.ipc)
     if TEACHER in made and cfg.teacher.source == "checkpoint":
         check_teacher(load_teacher(cfg.teacher.checkpoint), data)
     elif TEACHER in made and cfg.teacher.source == "torchvision":
@@ -54,7 +54,7 @@ def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[
     """What the successors' options (docs/methods.md) need from the data and the extra teachers."""
     r, made = cfg.recover, made_by(cfg, stages)
     if CONDENSED in made and r.init == "real":
-        random_real_indices(data.labels("train"), data.num_classes, r.ipc, cfg.seed)  # enough images per class?
+        check_images_per_class(data.train_index, r.ipc)
     if CONDENSED in made and r.init == "rded":
         need = r.ipc * r.rded_factor ** 2
         smallest = int(torch.bincount(data.labels("train"), minlength=data.num_classes).min())

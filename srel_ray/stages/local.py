@@ -20,10 +20,11 @@ from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model
 from srel_ray.core.recover import freeze, recover_unit
-from srel_ray.core.relabel import label_views, row_views, view_rows
+from srel_ray.core.relabel import epoch_blocks, images_per_block, label_block, pad_rows, view_rows
 from srel_ray.core.student import WeightEMA, build_student, count_correct, student_optimizer, train_student_epoch
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import RealData
+from srel_ray.stages.baselines import select_slice
 from srel_ray.stages.base import StageContext
 from srel_ray.stages.recover import RecoverResult, needs_class_stats, pending_units
 from srel_ray.storage import files, sets
@@ -70,11 +71,14 @@ class InProcessExecutor:
                                      norm=teacher.norm, hflip=cfg.data.hflip, device=self.device,
                                      extra_teachers=models[1:], init=start_images(unit), class_stats=unit_stats,
                                      precision=self.precision)
-            sets.write_images(set_dir, unit.targets(), images)
             marker = {**s, "unit": unit.index, "precision": self.precision}
-            files.write_json_atomic(sets.unit_marker(set_dir, unit.name), marker)
+            sets.write_image_unit(set_dir, sets.unit_marker(set_dir, unit.name), unit.targets(), images, marker)
             stats.append(marker)
         return RecoverResult(units=len(units), skipped_units=len(units) - len(pending), stats=stats)
+
+    def select_random_real(self, cfg: Config, set_dir: str, slices: list[range]) -> None:
+        for classes in slices:
+            select_slice(cfg.data, set_dir, classes, cfg.recover.ipc, cfg.seed)
 
     def relabel(self, cfg: Config, teachers: list[str], info: sets.SetInfo, progress=None) -> dict:
         """Write every missing label epoch: the teacher's logits on each image's views of that epoch (with extra
@@ -83,15 +87,20 @@ class InProcessExecutor:
         teacher, models = self.teachers(teachers)
         images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
         done = set(sets.label_epochs_done(info.path, r.epochs))
+        n_images = len(images)
+        per_block = images_per_block(n_images, r.views_per_epoch, r.batch_size)
         for epoch in tqdm([e for e in range(r.epochs) if e not in done], desc="relabel epochs", unit="epoch"):
-            ids = list(range(len(images)))
-            columns = view_rows(images, ids, [i // info.ipc for i in ids], [epoch] * len(ids),
-                                k=r.views_per_epoch, scale=r.crop_scale, hflip=cfg.data.hflip, seed=cfg.seed)
-            columns["logits"] = label_views(models, torch.from_numpy(columns.pop("image")), row_views(columns),
-                                            image_size=cfg.data.image_size, norm=teacher.norm,
-                                            batch_size=r.batch_size, device=self.device,
-                                            precision=self.precision).numpy()
-            sets.write_label_epoch(info.path, epoch, columns, info.num_classes, r.logits_dtype, r.top_k)
+            parts = []
+            for block in epoch_blocks([epoch], n_images, per_block):  # the blocks (and teacher batches) of Ray's
+                ids = list(range(block["start"], block["stop"]))
+                columns = pad_rows(view_rows(images[block["start"]:block["stop"]], ids, [i // info.ipc for i in ids],
+                                             [epoch] * len(ids), k=r.views_per_epoch, scale=r.crop_scale,
+                                             hflip=cfg.data.hflip, seed=cfg.seed), per_block * r.views_per_epoch)
+                rows = label_block(models, columns, top_k=r.top_k, image_size=cfg.data.image_size, norm=teacher.norm,
+                                   batch_size=r.batch_size, device=self.device, precision=self.precision)
+                parts.append(sets.write_label_part(info.path, epoch, block["start"], block["stop"], rows,
+                                                   info.num_classes, r.logits_dtype, r.top_k))
+            sets.commit_label_epoch(info.path, epoch, parts, n_images)
         return {"epochs": r.epochs, "skipped_epochs": len(done)}
 
     def student_epochs(self, cfg: Config, info: sets.SetInfo, norm: Normalization,

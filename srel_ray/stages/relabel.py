@@ -45,7 +45,7 @@ def run(ctx: StageContext) -> RelabelResult:
     cfg, run_dir = ctx.cfg, ctx.run
     teacher = load_teacher(run_dir.teacher)
     if cfg.evaluate.baselines:
-        baselines.run(cfg, run_dir, ctx.data, teacher)
+        baselines.run(cfg, run_dir, ctx.data, teacher, ctx.executor)
     report = {}
     for name in set_names(cfg):
         info = sets.read_set(run_dir.set_dir(name))

@@ -1,7 +1,10 @@
 """A small labelled image set on disk: the condensed set, and the random-real baseline in the same format.
 
     <set>/images/<class index>/<image index:05d>.png   lossless images, one folder per class
-    <set>/labels/epoch-<e:05d>.parquet                  one file per label epoch (schema: ``LABEL_SCHEMA``)
+    <set>/labels/epoch-<e:05d>/part-<first image:08d>.parquet  one label epoch in parts, one per relabel block,
+                                                        written by the labelling workers (schema: ``label_schema``)
+    <set>/labels/epoch-<e:05d>.json                     the epoch's record (its parts and their checksums),
+                                                        written last: the epoch is complete when it exists
     <set>/manifest.json                                 written last; its presence means the images are complete
     <set>/.progress/                                    markers of finished work units (recovery resumes from them)
 
@@ -22,13 +25,13 @@ import torch
 from PIL import Image
 
 from srel_ray.core.relabel import row_views
-from srel_ray.core.soft_labels import compress_topk, expand_topk
+from srel_ray.core.soft_labels import compress_topk
 from srel_ray.core.student import EpochLabels
 from srel_ray.errors import DataError
 from srel_ray.storage.files import (TMP_SUFFIX, exists, fs_path, join, read_json, write_bytes_atomic,
                                     write_json_atomic)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: label epochs in parts with a record (1: one Parquet file per epoch)
 
 
 def label_schema(num_classes: int, logits_dtype: str = "float16", top_k: int = 0) -> pa.Schema:
@@ -55,7 +58,7 @@ def label_schema(num_classes: int, logits_dtype: str = "float16", top_k: int = 0
 
 
 def image_path(set_dir: str, label: int, index: int) -> str:
-    return join(set_dir, "images", str(label), f"{index:05d}.png")
+    return join(set_dir, image_name(label, index))
 
 
 def encode_png(image: torch.Tensor) -> bytes:
@@ -75,9 +78,19 @@ def decode_png(data: bytes, channels: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def write_images(set_dir: str, labels_and_indices: list[tuple[int, int]], images: torch.Tensor) -> None:
+def image_name(label: int, index: int) -> str:
+    return f"images/{label}/{index:05d}.png"
+
+
+def write_images(set_dir: str, labels_and_indices: list[tuple[int, int]], images: torch.Tensor) -> dict[str, str]:
+    """Write each image as a PNG; returns their sha256 by path within the set, computed from the bytes written
+    (the writer keeps them in its marker, so the manifest never reads an image back)."""
+    out = {}
     for (label, index), image in zip(labels_and_indices, images):
-        write_bytes_atomic(image_path(set_dir, label, index), encode_png(image))
+        data = encode_png(image)
+        write_bytes_atomic(image_path(set_dir, label, index), data)
+        out[image_name(label, index)] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def read_image(set_dir: str, label: int, index: int, channels: int) -> torch.Tensor:
@@ -117,10 +130,24 @@ def unit_started(set_dir: str, unit_name: str) -> str:
 
 
 def unit_markers(set_dir: str) -> list[dict]:
-    """The stats of every finished recovery unit of a set, in unit order."""
+    """The records of every finished unit of work that wrote a set's images (recovery units, the baseline's class
+    slices), in name order."""
     fs, root = fs_path(join(set_dir, ".progress"))
     done = [p for p in sorted(fs.glob(f"{root}/*.json")) if not p.endswith(".started.json")]
     return [read_json(fs.unstrip_protocol(p)) for p in done]
+
+
+def write_image_unit(set_dir: str, marker: str, labels_and_indices: list[tuple[int, int]], images: torch.Tensor,
+                     record: dict | None = None) -> None:
+    """One unit of work's images, then its marker (``record`` plus the images' checksums) at path ``marker``: the
+    unit is done, and its images are known to the manifest, exactly when the marker exists."""
+    checksums = write_images(set_dir, labels_and_indices, images)
+    write_json_atomic(marker, {**(record or {}), "checksums": checksums})
+
+
+def slice_marker(set_dir: str, first_class: int) -> str:
+    """The marker of a finished class slice of an image set that is selected, not recovered (the baseline)."""
+    return join(set_dir, ".progress", f"slice-{first_class:06d}.json")
 
 
 def image_id(label: int, index: int, ipc: int) -> int:
@@ -153,19 +180,30 @@ def save_grid(set_dir: str, num_classes: int, ipc: int, channels: int, path: str
 # ----------------------------------------------------------------------------------------- labels
 
 
-def label_file(set_dir: str, epoch: int) -> str:
-    return join(set_dir, "labels", f"epoch-{epoch:05d}.parquet")
+def label_record(set_dir: str, epoch: int) -> str:
+    """The record that commits a label epoch (its parts, rows and checksums), written once every part is."""
+    return join(set_dir, "labels", f"epoch-{epoch:05d}.json")
 
 
-def write_label_epoch(set_dir: str, epoch: int, columns: dict[str, np.ndarray], num_classes: int,
-                      logits_dtype: str, top_k: int = 0) -> None:
-    """Write one label epoch (rows sorted by image id, then view) atomically; ``columns["logits"]`` is (R, C)."""
+def _part_name(epoch: int, first: int) -> str:
+    return f"labels/epoch-{epoch:05d}/part-{first:08d}.parquet"
+
+
+def label_part(set_dir: str, epoch: int, first: int) -> str:
+    """The part of a label epoch holding the rows of images ``first``.. (one relabel block)."""
+    return join(set_dir, _part_name(epoch, first))
+
+
+def _legacy_label_file(set_dir: str, epoch: int) -> str:
+    return join(set_dir, "labels", f"epoch-{epoch:05d}.parquet")  # sets of format 1: one file per epoch
+
+
+def encode_label_table(columns: dict[str, np.ndarray], num_classes: int, logits_dtype: str, top_k: int = 0) -> bytes:
+    """Label rows as Parquet bytes, sorted by image id, then view. ``columns`` hold ``logits`` (R, C), or with
+    ``top_k`` the compressed ``topk_index``, ``topk_logits``, ``rest_logsumexp`` (srel_ray.core.soft_labels)."""
     schema = label_schema(num_classes, logits_dtype, top_k)
     order = np.lexsort((columns["view"], columns["image_id"]))
     columns = {name: np.asarray(values)[order] for name, values in columns.items()}
-    if top_k:
-        columns["topk_index"], columns["topk_logits"], columns["rest_logsumexp"] = (
-            t.numpy() for t in compress_topk(torch.from_numpy(np.asarray(columns["logits"])), top_k))
     arrays = []
     for field in schema:
         values = columns[field.name]
@@ -178,7 +216,42 @@ def write_label_epoch(set_dir: str, epoch: int, columns: dict[str, np.ndarray], 
     table = pa.Table.from_arrays(arrays, schema=schema.with_metadata({"num_classes": str(num_classes)}))
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    write_bytes_atomic(label_file(set_dir, epoch), buf.getvalue())
+    return buf.getvalue()
+
+
+def write_label_part(set_dir: str, epoch: int, first: int, stop: int, columns: dict[str, np.ndarray],
+                     num_classes: int, logits_dtype: str, top_k: int = 0) -> dict:
+    """Write the label rows of images ``first..stop-1`` of ``epoch`` (the labelling worker does, never the
+    driver); returns the part's record, checksum included, for ``commit_label_epoch``."""
+    data = encode_label_table(columns, num_classes, logits_dtype, top_k)
+    path = label_part(set_dir, epoch, first)
+    write_bytes_atomic(path, data)
+    return {"epoch": epoch, "first": first, "stop": stop, "rows": len(columns["image_id"]),
+            "file": _part_name(epoch, first), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def commit_label_epoch(set_dir: str, epoch: int, parts: list[dict], num_images: int) -> None:
+    """Commit ``epoch`` once its parts cover every image: the record lists them (small: one entry a block)."""
+    parts = sorted(parts, key=lambda p: p["first"])
+    covered = [(p["first"], p["stop"]) for p in parts]
+    assert covered and covered[0][0] == 0 and covered[-1][1] == num_images and all(
+        a[1] == b[0] for a, b in zip(covered, covered[1:])), f"epoch {epoch}: parts {covered} do not tile the images"
+    write_json_atomic(label_record(set_dir, epoch), {"epoch": epoch, "rows": sum(p["rows"] for p in parts),
+                                                    "parts": [{k: p[k] for k in ("first", "stop", "rows", "file",
+                                                                                  "sha256", "bytes")} for p in parts]})
+
+
+def write_label_epoch(set_dir: str, epoch: int, columns: dict[str, np.ndarray], num_classes: int,
+                      logits_dtype: str, top_k: int = 0) -> None:
+    """A whole label epoch as one part, committed (small sets, tests): ``columns["logits"]`` is (R, C) and is
+    kept as top-k when ``top_k`` is set."""
+    columns = dict(columns)
+    if top_k and "logits" in columns:
+        columns["topk_index"], columns["topk_logits"], columns["rest_logsumexp"] = (
+            t.numpy() for t in compress_topk(torch.from_numpy(np.asarray(columns.pop("logits"))), top_k))
+    stop = int(np.max(columns["image_id"])) + 1
+    part = write_label_part(set_dir, epoch, 0, stop, columns, num_classes, logits_dtype, top_k)
+    commit_label_epoch(set_dir, epoch, [part], stop)
 
 
 def _matrix(table: pa.Table, name: str) -> np.ndarray:
@@ -186,13 +259,31 @@ def _matrix(table: pa.Table, name: str) -> np.ndarray:
     return flat.reshape(len(table), -1)
 
 
-def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabels:
-    """One label epoch as the student replays it; ``hard`` drops the logits (the hard-label baseline)."""
-    fs, p = fs_path(label_file(set_dir, epoch))
+def _read_table(set_dir: str, path: str) -> pa.Table:
+    fs, p = fs_path(path)
     if not fs.exists(p):
-        raise DataError(f"set {set_dir!r} has no labels for epoch {epoch}: run the relabel stage first")
+        raise DataError(f"set {set_dir!r} misses label file {path!r}: was its relabel stage interrupted?")
     with fs.open(p, "rb") as f:
-        table = pq.read_table(f)
+        return pq.read_table(f)
+
+
+def read_label_epoch(set_dir: str, epoch: int, hard: bool = False, images: range | None = None) -> EpochLabels:
+    """One label epoch as the student replays it; ``hard`` drops the logits (the hard-label baseline).
+    ``images``: only the rows of these image ids (a worker's share), reading only the parts that hold them."""
+    if exists(label_record(set_dir, epoch)):
+        parts = read_json(label_record(set_dir, epoch))["parts"]
+        if images is not None:
+            parts = [p for p in parts if p["first"] < images.stop and p["stop"] > images.start]
+        tables = [_read_table(set_dir, join(set_dir, p["file"])) for p in parts]
+    elif exists(_legacy_label_file(set_dir, epoch)):
+        tables = [_read_table(set_dir, _legacy_label_file(set_dir, epoch))]
+    else:
+        raise DataError(f"set {set_dir!r} has no labels for epoch {epoch}: run the relabel stage first")
+    metadata = tables[0].schema.metadata
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if images is not None:
+        ids = table.column("image_id").to_numpy()
+        table = table.filter(pa.array((ids >= images.start) & (ids < images.stop)))
     col = {name: table.column(name).to_numpy() for name in ("image_id", "top", "left", "height", "width", "flip")}
     labels = EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)), row_views(col))
     if hard:
@@ -200,8 +291,8 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
     if "logits" in table.column_names:
         labels.logits = torch.from_numpy(_matrix(table, "logits").astype(np.float32))
         return labels
-    num_classes = int(table.schema.metadata[b"num_classes"]) if table.schema.metadata else None
-    assert num_classes, f"{p}: a top-k label file must record num_classes in its schema metadata"
+    num_classes = int(metadata[b"num_classes"]) if metadata else None
+    assert num_classes, f"{set_dir}: a top-k label file must record num_classes in its schema metadata"
     # Kept compressed: the student expands one batch at a time (EpochLabels.targets).
     labels.topk = (torch.from_numpy(_matrix(table, "topk_index").astype(np.int32)),
                    torch.from_numpy(_matrix(table, "topk_logits").astype(np.float32)),
@@ -210,14 +301,19 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False) -> EpochLabel
     return labels
 
 
+def label_records(set_dir: str) -> list[dict]:
+    """The records of a set's committed label epochs, in epoch order (one small file each)."""
+    fs, root = fs_path(join(set_dir, "labels"))
+    return [read_json(fs.unstrip_protocol(p)) for p in sorted(fs.glob(f"{root}/epoch-*.json"))]
+
+
 def label_bytes(set_dir: str) -> int:
-    """Bytes of all label files of a set."""
-    fs, path = fs_path(join(set_dir, "labels"))
-    return sum(fs.size(p) for p in fs.ls(path, detail=False)) if fs.exists(path) else 0
+    """Bytes of all label parts of a set, from the epoch records (no label file is read)."""
+    return sum(p["bytes"] for record in label_records(set_dir) for p in record["parts"])
 
 
 def label_epochs_done(set_dir: str, epochs: int) -> list[int]:
-    return [e for e in range(epochs) if exists(label_file(set_dir, e))]
+    return [e for e in range(epochs) if exists(label_record(set_dir, e)) or exists(_legacy_label_file(set_dir, e))]
 
 
 # ----------------------------------------------------------------------------------------- manifest
@@ -250,6 +346,10 @@ def manifest_path(set_dir: str) -> str:
 def write_manifest(set_dir: str, *, kind: str, dataset: str, class_names: list[str], ipc: int, channels: int,
                    image_size: int, normalization: dict, teacher: dict, config: dict,
                    labels: dict | None = None, source: dict | None = None) -> None:
+    recorded = checksums(set_dir)
+    images = sum(path.startswith("images/") for path in recorded)
+    assert images == len(class_names) * ipc, \
+        f"{set_dir}: the units' markers record {images} of its {len(class_names) * ipc} images"
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -264,28 +364,32 @@ def write_manifest(set_dir: str, *, kind: str, dataset: str, class_names: list[s
                    "label_files": labels["epochs"] if labels else 0},
         "labels": labels or {},
         "source": source or {},
-        "checksums": checksums(set_dir),
+        "checksums": recorded,
         "config": config,
     }
     write_json_atomic(manifest_path(set_dir), manifest)
 
 
 def checksums(set_dir: str) -> dict[str, str]:
-    """sha256 of every image and label file, by path relative to the set (``verify_set`` checks them)."""
-    fs, root = fs_path(set_dir)
-    files = [p for sub in ("images", "labels") if fs.exists(f"{root}/{sub}") for p in fs.find(f"{root}/{sub}")]
-    return {p[len(root) + 1:]: hashlib.sha256(fs.cat_file(p)).hexdigest()
-            for p in sorted(files) if not p.endswith(TMP_SUFFIX)}
+    """sha256 of every image and label file, by path relative to the set (``verify_set`` re-reads and checks
+    them). Assembled from what the writers recorded as they wrote (the images' in the markers of the units that
+    wrote them, the label parts' in their epoch records): nothing of the set is read back."""
+    out = {}
+    for marker in unit_markers(set_dir):
+        out.update(marker["checksums"])
+    out.update({part["file"]: part["sha256"] for record in label_records(set_dir) for part in record["parts"]})
+    return dict(sorted(out.items()))
 
 
 def verify_set(set_dir: str) -> None:
     """Raise DataError naming the first file that is missing or differs from the manifest's checksum."""
     recorded = read_set(set_dir).manifest.get("checksums", {})
-    actual = checksums(set_dir)
+    fs, root = fs_path(set_dir)
     for path, digest in recorded.items():
-        if actual.get(path) != digest:
-            state = "missing" if path not in actual else "changed"
-            raise DataError(f"set {set_dir!r}: {path} is {state} since the manifest was written")
+        if not fs.exists(f"{root}/{path}"):
+            raise DataError(f"set {set_dir!r}: {path} is missing since the manifest was written")
+        if hashlib.sha256(fs.cat_file(f"{root}/{path}")).hexdigest() != digest:
+            raise DataError(f"set {set_dir!r}: {path} is changed since the manifest was written")
 
 
 def read_set(set_dir: str) -> SetInfo:

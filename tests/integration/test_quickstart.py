@@ -36,9 +36,11 @@ def test_output_contract(quickstart_run):
     assert manifest["counts"]["label_files"] == cfg.relabel.epochs
     assert manifest["teacher"]["arch"] == "convnet" and manifest["config"]["seed"] == cfg.seed
 
-    label_files = sorted((condensed / "labels").glob("*.parquet"))
-    assert len(label_files) == cfg.relabel.epochs
-    table = pq.read_table(label_files[0])
+    records = sorted((condensed / "labels").glob("epoch-*.json"))  # one committed record per label epoch
+    assert len(records) == cfg.relabel.epochs
+    parts = json.loads(records[0].read_text())["parts"]
+    table = pq.read_table(condensed / parts[0]["file"])
+    assert sum(p["rows"] for p in parts) == table.num_rows  # the tiny set is one relabel block
     assert table.num_rows == 10 * cfg.recover.ipc * cfg.relabel.views_per_epoch
     assert str(table.schema.field("logits").type) == "fixed_size_list<element: halffloat>[10]"
     assert not list(out.rglob("*.tmp")), "no temporary files may be left behind"

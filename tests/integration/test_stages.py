@@ -22,7 +22,7 @@ def _files(folder):
 
 
 def _labels(folder):
-    return [pq.read_table(p).to_pylist() for p in sorted((folder / "labels").glob("*.parquet"))]
+    return [pq.read_table(p).to_pylist() for p in sorted((folder / "labels").glob("epoch-*/*.parquet"))]
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_save_grid_reads_only_the_preview(tmp_path):
     targets = [(c, i) for c in range(150) for i in range(12)]
     images = torch.randint(0, 256, (len(targets), 3, 4, 4), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    sets.write_images(set_dir, targets, images)
+    sets.write_image_unit(set_dir, sets.unit_marker(set_dir, "unit-000000"), targets, images)
     files.remove(sets.image_path(set_dir, 1, 11))  # outside the preview: never read
     path = save_grid(set_dir, 150, 12, 3, str(tmp_path / "grid.png"))
     grid = sets.decode_png(files.read_bytes(path), 3)

@@ -35,7 +35,7 @@ def _columns(epoch: int) -> dict[str, np.ndarray]:
 def _write(root: str, labels: bool = True) -> tuple[torch.Tensor, list[dict]]:
     images = torch.randint(0, 256, (len(CLASSES) * IPC, 1, SIZE, SIZE), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(7))
-    sets.write_images(root, [(c, i) for c in range(len(CLASSES)) for i in range(IPC)], images)
+    sets.write_image_unit(root, sets.unit_marker(root, "unit-000000"), [(c, i) for c in range(len(CLASSES)) for i in range(IPC)], images)
     epochs = [_columns(e) for e in range(EPOCHS)] if labels else []
     for e, cols in enumerate(epochs):
         sets.write_label_epoch(root, e, cols, len(CLASSES), "float16")

@@ -34,7 +34,7 @@ def test_a_non_empty_folder_without_a_run_is_refused(root):
 
 def test_grid_has_one_row_per_class(root):
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    sets.write_images(root, [(c, i) for c in range(3) for i in range(2)], images)
+    sets.write_image_unit(root, sets.unit_marker(root, "unit-000000"), [(c, i) for c in range(3) for i in range(2)], images)
     grid = sets.decode_png(files.read_bytes(save_grid(root, 3, 2, 3, files.join(root, "grid.png"))), 3)
     assert grid.shape == (3, 3 * 9 + 1, 2 * 9 + 1)  # 1-pixel padding around every 8x8 image
     assert torch.equal(grid[:, 1 + 9:1 + 9 + 8, 1:9], images[2])  # class 1, image 0

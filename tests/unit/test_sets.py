@@ -59,7 +59,7 @@ def _label_columns(num_classes=4, n_images=5, k=2, epoch=3, seed=0):
 def test_label_epoch_round_trip(root, dtype):
     cols, order = _label_columns()
     sets.write_label_epoch(root, 3, cols, num_classes=4, logits_dtype=dtype)
-    assert files.exists(sets.label_file(root, 3))
+    assert files.exists(sets.label_record(root, 3)) and files.exists(sets.label_part(root, 3, 0))
     labels = sets.read_label_epoch(root, 3)
     assert labels.image_index.dtype == torch.int64
     assert labels.image_index.tolist() == sorted(cols["image_id"].tolist())
@@ -96,6 +96,8 @@ def test_label_epochs_done_and_missing_epoch(root):
 
 
 def test_manifest_round_trip(root):
+    sets.write_image_unit(root, sets.unit_marker(root, "unit-000000"), [(c, i) for c in range(3) for i in range(2)],
+                          _images(6, 1))
     sets.write_manifest(root, kind="condensed", dataset="digits", class_names=["a", "b", "c"], ipc=2, channels=1,
                         image_size=16, normalization={"mean": [0.5], "std": [0.5]}, teacher={"arch": "convnet"},
                         config={"seed": 0}, labels={"epochs": 5, "views_per_epoch": 1})
@@ -113,6 +115,7 @@ def test_manifest_round_trip(root):
 
 
 def test_manifest_without_labels(root):
+    sets.write_image_unit(root, sets.slice_marker(root, 0), [(0, 0)], _images(1, 3))
     sets.write_manifest(root, kind="random_real", dataset="digits", class_names=["x"], ipc=1, channels=3,
                         image_size=8, normalization={}, teacher={}, config={})
     info = sets.read_set(root)
@@ -137,6 +140,10 @@ def test_manifest_checksums_catch_changed_and_missing_files(tmp_path):
     set_dir = str(tmp_path / "set")
     images = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8)
     sets.write_images(set_dir, [(0, 0), (0, 1), (1, 0), (1, 1)], images)
+    with pytest.raises(AssertionError, match="0 of its 4 images"):  # no unit recorded them: not complete
+        sets.write_manifest(set_dir, kind="condensed", dataset="toy", class_names=["a", "b"], ipc=2, channels=1,
+                            image_size=6, normalization={"mean": [0.5], "std": [0.5]}, teacher={}, config={})
+    sets.write_image_unit(set_dir, sets.unit_marker(set_dir, "unit-000000"), [(0, 0), (0, 1), (1, 0), (1, 1)], images)
     sets.write_manifest(set_dir, kind="condensed", dataset="toy", class_names=["a", "b"], ipc=2, channels=1,
                         image_size=6, normalization={"mean": [0.5], "std": [0.5]}, teacher={}, config={})
     manifest = sets.read_set(set_dir).manifest
@@ -148,3 +155,44 @@ def test_manifest_checksums_catch_changed_and_missing_files(tmp_path):
     (tmp_path / "set" / "images" / "1" / "00000.png").unlink()
     with pytest.raises(DataError, match="images/1/00000.png is missing"):
         sets.verify_set(set_dir)
+
+
+def _rows(cols, images):
+    keep = np.isin(cols["image_id"], list(images))
+    return {k: v[keep] for k, v in cols.items()}
+
+
+def test_label_epoch_in_parts_is_committed_by_its_record_and_read_by_share(root):
+    """Workers write parts (one a relabel block) and return their records; the epoch exists once the record that
+    lists them is written; a worker that needs some images reads only the parts that hold them."""
+    cols, order = _label_columns(n_images=5)
+    parts = [sets.write_label_part(root, 3, first, stop, _rows(cols, range(first, stop)), 4, "float32")
+             for first, stop in ((3, 5), (0, 3))]
+    assert parts[1] == {"epoch": 3, "first": 0, "stop": 3, "rows": 6, "file": "labels/epoch-00003/part-00000000.parquet",
+                        "sha256": parts[1]["sha256"], "bytes": parts[1]["bytes"]}
+    assert sets.label_epochs_done(root, 4) == []  # parts without the record are not an epoch
+    with pytest.raises(AssertionError, match="do not tile"):
+        sets.commit_label_epoch(root, 3, parts[:1], 5)
+    sets.commit_label_epoch(root, 3, parts, 5)
+    assert sets.label_epochs_done(root, 4) == [3]
+    whole = sets.read_label_epoch(root, 3)
+    assert torch.equal(whole.image_index, torch.from_numpy(cols["image_id"][order]))
+    assert torch.equal(whole.logits, torch.from_numpy(cols["logits"][order]))
+    assert sets.checksums(root)["labels/epoch-00003/part-00000003.parquet"] == parts[0]["sha256"]
+    assert sets.label_bytes(root) == parts[0]["bytes"] + parts[1]["bytes"]
+    fs, path = files.fs_path(sets.label_part(root, 3, 0))
+    fs.rm(path)  # a share of images 3-4 never opens the part of images 0-2
+    share = sets.read_label_epoch(root, 3, images=range(3, 5))
+    assert share.image_index.tolist() == [3, 3, 4, 4]
+    assert torch.equal(share.logits, whole.logits[6:])
+    with pytest.raises(DataError, match="misses label file"):
+        sets.read_label_epoch(root, 3)
+
+
+def test_label_epoch_of_format_1_sets_still_reads(root):
+    """Sets written before label epochs came in parts (one Parquet file an epoch) read as they did."""
+    cols, order = _label_columns()
+    files.write_bytes_atomic(files.join(root, "labels", "epoch-00000.parquet"),
+                             sets.encode_label_table(cols, 4, "float32"))
+    assert sets.label_epochs_done(root, 2) == [0]
+    assert torch.equal(sets.read_label_epoch(root, 0).logits, torch.from_numpy(cols["logits"][order]))

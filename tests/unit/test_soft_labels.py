@@ -88,5 +88,24 @@ def test_topk_label_file_round_trip_and_size(tmp_path, where):
     expected = expand_topk(*compress_topk(torch.from_numpy(logits).half().float(), 5), classes)
     torch.testing.assert_close(top5, expected, atol=2e-2, rtol=1e-2)  # fp16 storage
     assert torch.equal(top5.argmax(1), full.argmax(1))
-    fs, path = files.fs_path(root)
-    assert fs.size(f"{path}/top5/labels/epoch-00000.parquet") < fs.size(f"{path}/full/labels/epoch-00000.parquet") / 3
+    assert sets.label_bytes(f"{root}/top5") < sets.label_bytes(f"{root}/full") / 3
+
+
+def test_a_block_labelled_as_top_k_is_the_top_k_of_its_logits():
+    """The labelling actor's top-k (computed on its device, batch by batch) is the top-k of the logits it would
+    have returned whole; the padding rows are labelled (same teacher batches) and dropped."""
+    from srel_ray.core.normalization import Normalization
+    from srel_ray.core.relabel import label_block, pad_rows, view_rows
+    from srel_ray.models import create_model
+
+    teacher = create_model("convnet", num_classes=12, in_channels=1, image_size=8, width=4, depth=1).eval()
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    columns = pad_rows(view_rows(images, [4, 5, 6], [0, 1, 2], [1, 1, 1], k=2, scale=(0.5, 1.0), hflip=True,
+                                 seed=0), 8)
+    args = dict(image_size=8, norm=Normalization((0.5,), (0.25,)), batch_size=3, device="cpu")
+    full = label_block([teacher], columns, top_k=0, **args)
+    top = label_block([teacher], columns, top_k=4, **args)
+    assert len(full["logits"]) == len(top["topk_index"]) == 6 and "image" not in top and "pad" not in top
+    index, values, rest = compress_topk(torch.from_numpy(full["logits"]), 4)
+    assert np.array_equal(top["topk_index"], index.numpy()) and np.array_equal(top["topk_logits"], values.numpy())
+    np.testing.assert_allclose(top["rest_logsumexp"], rest.numpy(), rtol=1e-6)
