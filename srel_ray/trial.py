@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from srel_ray.config import TRIAL_METRICS, Config, DataConfig, to_dict
 from srel_ray.core.normalization import Normalization
-from srel_ray.core.recover import freeze, plan_units, recover_unit
+from srel_ray.core.recover import Recovery, freeze, plan_units, recover_unit
+from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precision
 from srel_ray.core.relabel import label_views, row_views, view_rows
 from srel_ray.core.student import (WeightEMA, build_student, count_correct, student_optimizer,
@@ -108,10 +109,8 @@ def condense(cfg: Config, teacher: Teacher, models: list[nn.Module], set_dir: st
         class_stats = None
         if r.class_bn_weight and r.iterations:
             class_stats = [load_class_stats(folder, list(unit.classes)) for folder in inputs.class_stats]
-        images, stats = recover_unit(models[0], unit, r, seed=cfg.seed, image_size=cfg.data.image_size,
-                                     norm=teacher.norm, hflip=cfg.data.hflip, device=device,
-                                     extra_teachers=models[1:], init=start_images(unit), class_stats=class_stats,
-                                     precision=precision)
+        images, stats = recover_unit(Recovery.of(cfg, models, teacher.norm, device=device, precision=precision),
+                                     unit, recover_terms(r, class_stats), init=start_images(unit))
         sets.write_images(set_dir, unit.targets(), images)
         sets.write_json_atomic(sets.unit_marker(set_dir, unit.name),
                                {**stats, "unit": unit.index, "precision": precision})
