@@ -147,7 +147,7 @@ def recover_unit(recovery: Recovery, unit: Unit, terms: Sequence[Term], *, init:
                 logits = model(augmented).float()
             ce = F.cross_entropy(logits, targets)
 
-            def look(images: torch.Tensor, model=model, bn=bn, views=views, shift=shift) -> torch.Tensor:
+            def look(images: torch.Tensor) -> torch.Tensor:  # used within this step only
                 with torch.no_grad(), bn.paused(), autocast(precision, device):
                     return model(to_input(roll(render_views(images, views, image_size), shift), device))
 

@@ -114,9 +114,9 @@ def test_edc_search_against_a_real_mlflow_server(quickstart_run, mlflow_server, 
     space = "tune.space={recover.init: {grid: [real, rded]}}"
     # The quickstart's saved config spells out every value, and explicit values win over a preset: set them all.
     size = load_config(quickstart_run / "config.yaml").data.image_size
+    presets = method_presets({"method": "edc", "data": {"image_size": size}})
     edc = ["method=edc", *(f"{section}.{key}={json.dumps(value)}"
-                           for section, values in method_presets({"method": "edc", "data": {"image_size": size}}).items()
-                           for key, value in values.items())]
+                           for section, values in presets.items() for key, value in values.items())]
     assert main(["tune", "--out", str(out), *_args(quickstart_run, *edc, "recover.iterations=3", space,
                                                    "tune.asha=false", "tune.score_interval=2")]) == 0
     client = MlflowClient(tracking_uri=mlflow_server)

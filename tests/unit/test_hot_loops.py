@@ -147,7 +147,8 @@ def test_bf16_autocast_on_cpu_keeps_bn_statistics_and_losses_fp32():
 
     unit, cfg = Unit(0, (0, 1, 2), 0, 2), RecoverConfig(iterations=4, lr=0.1, jitter=1, crop_scale=(0.5, 1.0))
     losses = []
-    bf16, stats = _recover_unit(teacher, unit, cfg, seed=0, precision="bf16", on_step=lambda s, loss: losses.append(loss))
+    bf16, stats = _recover_unit(teacher, unit, cfg, seed=0, precision="bf16",
+                                on_step=lambda s, loss: losses.append(loss))
     fp32, _ = _recover_unit(teacher, unit, cfg, seed=0, precision="fp32")
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses) and math.isfinite(stats["ce"])
     assert bf16.dtype == torch.uint8 and not torch.equal(bf16, fp32)  # bf16 changes the numbers: not a resource
