@@ -22,9 +22,10 @@ def peak_mb() -> float:
 
 
 def main() -> None:
-    from srel_ray.config import RecoverConfig
+    from srel_ray.config import Config, DataConfig, RecoverConfig
     from srel_ray.core.normalization import Normalization
-    from srel_ray.core.recover import Unit, freeze, recover_unit
+    from srel_ray.core.recover import Recovery, Unit, freeze, recover_unit
+    from srel_ray.core.recover_terms import recover_terms
     from srel_ray.core.relabel import teacher_logits
     from srel_ray.models import create_model
 
@@ -45,8 +46,8 @@ def main() -> None:
     if args.stage == "recover":  # one unit of `batch` classes x 1 image, two steps (the second reuses buffers)
         norm = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         unit = Unit(index=0, classes=tuple(range(args.batch)), ipc_start=0, ipc_stop=1)
-        recover_unit(teacher, unit, RecoverConfig(iterations=2, jitter=32), seed=0, image_size=args.image_size,
-                     norm=norm)
+        cfg = Config(data=DataConfig(image_size=args.image_size), recover=RecoverConfig(iterations=2, jitter=32))
+        recover_unit(Recovery.of(cfg, [teacher], norm), unit, recover_terms(cfg.recover))
     else:
         with torch.no_grad():
             teacher_logits(teacher, torch.randn(args.batch, 3, args.image_size, args.image_size), args.batch, "cpu")

@@ -38,10 +38,11 @@ import measure
 import torch
 
 import srel_ray.core.recover as recover_module
-from srel_ray.config import RecoverConfig
+from srel_ray.config import Config, DataConfig, RecoverConfig
 from srel_ray.core.losses import soft_label_kl
 from srel_ray.core.normalization import Normalization
-from srel_ray.core.recover import Unit, freeze, recover_unit
+from srel_ray.core.recover import Recovery, Unit, freeze, recover_unit
+from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.relabel import label_views, teacher_logits, view_pixels, views_for
 from srel_ray.core.seeding import STREAM_RECOVER, generator, seeded_init
 from srel_ray.core.student import EpochLabels, shard_order, stretched_cosine, train_student_epoch
@@ -80,12 +81,18 @@ def recover_seconds(model, iterations: int, image_size: int, legacy: bool, preci
     (torch runs one intra-op thread here: the calling one)."""
     classes = tuple(range(min(10, batch)))
     unit = Unit(0, classes, 0, batch // len(classes))
-    cfg = RecoverConfig(iterations=iterations, jitter=4)
+    recovery, terms = sre2l_recovery(model, iterations, image_size, device, precision)
     views = legacy_recovery_views if legacy else recover_module.recovery_views
     with mock.patch.object(recover_module, "recovery_views", views):
         began = clock()
-        recover_unit(model, unit, cfg, seed=0, image_size=image_size, norm=NORM, device=device, precision=precision)
+        recover_unit(recovery, unit, terms)
         return clock() - began
+
+
+def sre2l_recovery(model, iterations: int, image_size: int, device="cpu", precision: str = "fp32"):
+    """SRe2L's defaults at ``iterations`` steps (jitter 4) with ``model`` as the one teacher; and its terms."""
+    cfg = Config(data=DataConfig(image_size=image_size), recover=RecoverConfig(iterations=iterations, jitter=4))
+    return (Recovery.of(cfg, [model], NORM, device=device, precision=precision), recover_terms(cfg.recover))
 
 
 def cpu_step_ms(model, image_size: int, legacy: bool, steps: int) -> float:
@@ -108,11 +115,11 @@ def python_share(model, image_size: int, legacy: bool, steps: int = 3) -> dict:
         return out
 
     recover_seconds(model, 1, image_size, legacy)  # warm-up outside the profile
+    recovery, terms = sre2l_recovery(model, steps, image_size)
     with profile(activities=[ProfilerActivity.CPU]) as prof, mock.patch.object(recover_module, "recovery_views",
                                                                               timed_sampler):
         began = time.perf_counter()
-        recover_unit(model, Unit(0, tuple(range(10)), 0, 10), RecoverConfig(iterations=steps, jitter=4), seed=0,
-                     image_size=image_size, norm=NORM)
+        recover_unit(recovery, Unit(0, tuple(range(10)), 0, 10), terms)
         wall = time.perf_counter() - began
     user_scopes = ("Optimizer.", "ProfilerStep", "##")  # record_function regions: their self time is Python
     op_us = sum(e.self_cpu_time_total for e in prof.key_averages() if not e.key.startswith(user_scopes))

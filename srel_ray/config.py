@@ -7,6 +7,7 @@ equal outputs whatever their resources, which is why only the hyper-parameter se
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import types
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from srel_ray.errors import ConfigError
+from srel_ray.methods import method_spec
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,8 @@ class RecoverConfig:
     rded_pool: int = 300  # RDED: real candidate images per class (capped at the class size)
     rded_crops: int = 5  # RDED: random square crops scored per candidate image
     # RDED: stitch factor x factor crops per image, each at 1/factor resolution. None: RDED's published choice for
-    # the input size (its scripts): 2 from 128 px up (ImageNet and its subsets), 1 below (CIFAR, Tiny-ImageNet).
+    # the input size (its scripts), which ``resolve`` writes in: 2 from 128 px up (ImageNet and its subsets), 1
+    # below (CIFAR, Tiny-ImageNet).
     rded_factor: int | None = None
     rded_crop_scale: tuple[float, float] = (0.08, 1.0)  # RDED: area range of the candidate crops
 
@@ -326,7 +329,7 @@ class Config:
     """A whole run. ``seed`` is the one source of all randomness."""
 
     seed: int = 0
-    method: str = "sre2l"  # a preset of defaults (srel_ray/methods.py): sre2l | cda | rded | edc
+    method: str = "sre2l"  # a registered method (srel_ray/methods.py): sre2l | cda | rded | edc
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     recover: RecoverConfig = field(default_factory=RecoverConfig)
@@ -337,20 +340,17 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
-        # Defaults that depend on other sections, made concrete here so the saved config says what ran.
-        if self.recover.rded_factor is None:
-            self.recover.rded_factor = 2 if self.data.image_size >= RDED_STITCH_FROM_PX else 1
+        # A default that depends on the teacher's weights, made concrete here so the saved config says what ran.
+        # (Defaults that depend on the image size and the method are ``resolve``'s, before the config is built.)
         if self.data.test_resize is None:
             self.data.test_resize = 0
             if self.teacher.source == "torchvision":
-                from srel_ray.teacher import test_resize  # torchvision's weights metadata; keep imports light
+                from srel_ray.models.pretrained import eval_resize  # torchvision's metadata; keep imports light
 
-                self.data.test_resize = test_resize(self.teacher, self.data.image_size)
+                self.data.test_resize = eval_resize(self.teacher.arch, self.teacher.weights, self.data.image_size)
 
     def validate(self) -> "Config":
-        from srel_ray.methods import METHODS
-
-        _check(self.method in METHODS, "method", f"must be one of {list(METHODS)}, got {self.method!r}")
+        method_spec(self.method)  # a ConfigError naming ``method`` and the registered ones
         for section in (self.data, self.teacher, self.recover, self.relabel, self.evaluate, self.resources,
                         self.tracking, self.tune):
             section.validate()
@@ -377,7 +377,9 @@ class Config:
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # srel_ray.core.precision (kept here so config imports no torch)
 DATASETS = {"digits", "parquet", "imagefolder", "cifar", "webdataset"}
-RDED_STITCH_FROM_PX = 128  # RDED's scripts stitch 2 x 2 crops per image from this input size up, none below
+# RDED's scripts stitch 2 x 2 crops per image from this input size up, none below; below it the methods' small-image
+# values apply (srel_ray.methods.MethodSpec.small_image_presets).
+RDED_STITCH_FROM_PX = 128
 RECOVER_INITS = ("noise", "real", "rded")
 CROP_CURRICULA = ("none", "step", "linear", "cosine")
 TEACHER_SOURCES = {"squeeze", "torchvision", "checkpoint"}
@@ -394,8 +396,6 @@ def to_dict(cfg: Any) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (or the defaults when ``path`` is None), apply ``section.key=value`` overrides, validate."""
     raw = apply_overrides(read_config_file(path), overrides or [])
-    from srel_ray.methods import preset_overrides
-
     kept = preset_overrides(raw)
     if kept:
         log.warning("method %s: the config sets %s; explicit values win over the preset (srel-ray config shows "
@@ -427,10 +427,61 @@ def _parse_yaml(text: str, what: str) -> Any:
 
 
 def from_dict(raw: dict) -> Config:
-    """Build a Config from plain values; the chosen ``method``'s preset fills the keys ``raw`` leaves out."""
-    from srel_ray.methods import apply_method
+    """Build a Config from plain values, resolved first (``resolve``): the chosen ``method``'s presets fill the keys
+    ``raw`` leaves out."""
+    return _build(Config, resolve(raw), prefix="")
 
-    return _build(Config, apply_method(raw), prefix="")
+
+# ---------------------------------------------------------------------------------------------- resolving
+
+
+def resolve(raw: dict) -> dict:
+    """The one step that decides the values that follow from other values; ``raw`` is not changed. First the
+    method's presets (srel_ray.methods), for the image size, fill every key ``raw`` gives no value; then an unset
+    ``recover.rded_factor`` becomes RDED's choice for the image size (2 from RDED_STITCH_FROM_PX up, 1 below)."""
+    if not isinstance(raw, dict):
+        return raw  # the config builder reports the wrong type
+    out = copy.deepcopy(raw)
+    for section, values in method_presets(raw).items():
+        given = out.get(section)
+        if given is None:
+            given = out[section] = {}
+        if not isinstance(given, dict):
+            continue  # the config builder reports "<section> must be a mapping"
+        for key, value in values.items():
+            given.setdefault(key, copy.deepcopy(value))
+    recover = out.get("recover")
+    if recover is None:
+        recover = out["recover"] = {}
+    if isinstance(recover, dict) and recover.get("rded_factor") is None:
+        recover["rded_factor"] = 1 if _small_images(raw) else 2
+    return out
+
+
+def method_presets(raw: dict) -> dict[str, dict]:
+    """The values ``raw``'s method chooses for ``raw``'s image size: {section: {key: value}}. An unknown method is
+    a ConfigError naming ``method`` and the registered ones."""
+    return method_spec(raw.get("method", "sre2l")).preset_values(small_images=_small_images(raw))
+
+
+def preset_overrides(raw: dict) -> list[str]:
+    """``section.key=<given> (preset: <value>)`` for every preset value that ``raw`` sets otherwise: worth saying,
+    since e.g. a file's ``recover.iterations: 1000`` turns ``method: rded`` (0 iterations) into an optimisation."""
+    out = []
+    for section, values in method_presets(raw).items():
+        given = raw.get(section)
+        for key, value in values.items():
+            if isinstance(given, dict) and key in given and given[key] != value:
+                out.append(f"{section}.{key}={given[key]!r} (preset: {value!r})")
+    return out
+
+
+def _small_images(raw: dict) -> bool:
+    """Below RDED's stitching size: CIFAR-like data, where RDED stitches nothing and methods may differ."""
+    data = raw.get("data")
+    size = data.get("image_size") if isinstance(data, dict) else None
+    # A wrong type is the config builder's to report; until then the default stands in.
+    return (size if isinstance(size, int) else DataConfig.image_size) < RDED_STITCH_FROM_PX
 
 
 def config_yaml(cfg: Config) -> str:

@@ -8,10 +8,9 @@ import io
 import logging
 from pathlib import Path
 
-from srel_ray.config import Config, apply_overrides, from_dict, read_config_file, to_dict
+from srel_ray.config import Config, apply_overrides, from_dict, method_presets, read_config_file, to_dict
 from srel_ray.storage import files
 from srel_ray.errors import SrelError
-from srel_ray.methods import image_size_of, preset_values
 from srel_ray.tracking import flatten
 
 SOURCES = ("default", "preset", "file", "--set")
@@ -29,7 +28,7 @@ def config_sources(path: str | Path | None, overrides: list[str]) -> tuple[Confi
     cfg = from_dict(raw).validate()
     given_file = set(flatten(from_file))
     given_set = set(flatten(apply_overrides({}, overrides)))
-    preset = flatten({section: values for section, values in preset_values(cfg.method, image_size_of(raw)).items()})
+    preset = flatten(method_presets(raw))
     sources = {}
     for key, value in flatten(to_dict(cfg)).items():
         if key in given_set or key in given_file:

@@ -17,7 +17,7 @@ from srel_ray.core.class_stats import ClassStats
 from srel_ray.core.normalization import IMAGENET, Normalization
 from srel_ray.data import imagenet_classes
 from srel_ray.errors import DataError
-from srel_ray.models import create_model
+from srel_ray.models import create_model, list_models, pretrained
 from srel_ray.storage.files import exists, join, read_torch, write_json_atomic, write_torch
 
 
@@ -114,10 +114,20 @@ def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224, class_names: 
     metrics = {"top1_published": weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
     if class_names is not None and class_names != wnids:
         rows = torch.tensor(imagenet_indices(class_names, f"teacher {cfg.arch} ({cfg.weights})"))
-        state = {**state, "fc.weight": state["fc.weight"][rows].clone(), "fc.bias": state["fc.bias"][rows].clone()}
+        head = _classifier_head(state, len(weights.meta["categories"]))
+        state = {**state, **{key: state[key][rows].clone() for key in head}}
         wnids = list(class_names)
         metrics["classes_kept"] = f"{len(wnids)} of ImageNet-1K's 1000, by wnid"
-    return Teacher(cfg.arch, {}, wnids, 3, image_size, IMAGENET, state, metrics)
+    arch = cfg.arch if cfg.arch in list_models() else f"torchvision:{cfg.arch}"  # the registry's name for it
+    return Teacher(arch, {}, wnids, 3, image_size, IMAGENET, state, metrics)
+
+
+def _classifier_head(state: dict, classes: int) -> list[str]:
+    """The state-dict keys of the last layer that maps features to the ``classes`` outputs (its weight and bias):
+    ``fc`` for ResNets, ``classifier.1`` for MobileNets and EfficientNets, ``heads.head`` for ViTs, ..."""
+    weight = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 2 and v.shape[0] == classes][-1]
+    bias = weight[:-len("weight")] + "bias"
+    return [weight, bias] if bias in state else [weight]
 
 
 def imagenet_indices(class_names: list[str], what: str, dataset: str = "the dataset") -> list[int]:
@@ -134,26 +144,7 @@ def imagenet_indices(class_names: list[str], what: str, dataset: str = "the data
 
 def torchvision_weights(cfg: TeacherConfig):
     """The torchvision weights enum entry named by the config (its metadata needs no download)."""
-    import torchvision
-
-    try:
-        return torchvision.models.get_weight(f"{_weights_enum(cfg.arch)}.{cfg.weights}")
-    except (ValueError, KeyError, AttributeError):
-        raise DataError(f"teacher.weights: torchvision has no weights {cfg.weights!r} for {cfg.arch!r}") from None
-
-
-def test_resize(cfg: TeacherConfig, image_size: int) -> int:
-    """The short side held-out images are resized to before the centre crop to ``image_size``, in the proportion
-    of the weights' own evaluation transform (resize 256, crop 224 for the V1 weights)."""
-    transform = torchvision_weights(cfg).transforms()
-    return round(image_size * transform.resize_size[0] / transform.crop_size[0])
-
-
-def _weights_enum(arch: str) -> str:
-    names = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
-    if arch not in names:
-        raise DataError(f"teacher.arch: torchvision teachers supported: {sorted(names)}, got {arch!r}")
-    return names[arch]
+    return pretrained.torchvision_weights(cfg.arch, cfg.weights)
 
 
 def extra_teacher(spec: ExtraTeacherConfig, image_size: int, class_names: list[str] | None = None) -> Teacher:

@@ -57,25 +57,9 @@ MAY_IMPORT = {
                "driver", "package"},
     "package": set(),
 }
-# What today's code still does against the rule: removed when issue 17's other parts land (config <-> methods goes
-# with the methods' resolve() step; pipeline -> distributed.tune -> trial -> pipeline with the stage modules and
-# the in-process executor). The coordinator empties these after merging; test_known_cycles_are_still_there says
-# when an entry is gone.
-KNOWN_CYCLES_UNTIL_ISSUE_17_LANDS = {
-    # strongly connected modules
-    "modules": [
-        {"srel_ray.config", "srel_ray.methods", "srel_ray.teacher"},  # config's lazy imports of presets, test_resize
-    ],
-    # strongly connected once each subpackage (core, data, distributed, models) counts as one node
-    "packages": [
-        {"srel_ray.config", "srel_ray.core", "srel_ray.data", "srel_ray.methods", "srel_ray.storage",
-         "srel_ray.teacher"},
-    ],
-    # (importer, imported) against MAY_IMPORT: the back edges that close the cycles above
-    "layer_edges": [
-        ("srel_ray.config", "srel_ray.teacher"),
-    ],
-}
+# Cycles and back edges the package is allowed to keep: none (issue 17 removed config <-> methods <-> teacher,
+# data.real <-> its readers and pipeline -> distributed.tune -> trial -> pipeline). An entry needs a reason here.
+KNOWN_CYCLES = {"modules": [], "packages": [], "layer_edges": []}
 
 
 # ------------------------------------------------------------------------------------------- the graph
@@ -192,23 +176,23 @@ def layer_violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
 def test_the_package_has_no_new_import_cycles():
     graph = import_graph()
     assert len(graph) > 40 and "srel_ray.stages.checks" in graph["srel_ray.pipeline"]
-    assert unexpected_cycles(graph, KNOWN_CYCLES_UNTIL_ISSUE_17_LANDS["modules"]) == []
-    assert unexpected_cycles(collapse(graph), KNOWN_CYCLES_UNTIL_ISSUE_17_LANDS["packages"]) == []
+    assert unexpected_cycles(graph, KNOWN_CYCLES["modules"]) == []
+    assert unexpected_cycles(collapse(graph), KNOWN_CYCLES["packages"]) == []
 
 
 def test_known_cycles_are_still_there():
     """An allow-listed cycle that is gone is taken off the list, so it cannot come back unnoticed."""
     graph = import_graph()
-    assert [g for g in KNOWN_CYCLES_UNTIL_ISSUE_17_LANDS["modules"] if g not in cycles(graph)] == []
-    assert [g for g in KNOWN_CYCLES_UNTIL_ISSUE_17_LANDS["packages"] if g not in cycles(collapse(graph))] == []
-    assert [e for e in KNOWN_CYCLES_UNTIL_ISSUE_17_LANDS["layer_edges"] if e not in layer_violations(graph)] == []
+    assert [g for g in KNOWN_CYCLES["modules"] if g not in cycles(graph)] == []
+    assert [g for g in KNOWN_CYCLES["packages"] if g not in cycles(collapse(graph))] == []
+    assert [e for e in KNOWN_CYCLES["layer_edges"] if e not in layer_violations(graph)] == []
 
 
 def test_every_module_has_a_layer_and_imports_only_the_layers_it_may():
     graph = import_graph()
     assert {name: layer_of(name) for name in graph if name.startswith("srel_ray.core.")} == \
         {name: "core" for name in graph if name.startswith("srel_ray.core.")}
-    new = [edge for edge in layer_violations(graph) if edge not in KNOWN_CYCLES_UNTIL_ISSUE_17_LANDS["layer_edges"]]
+    new = [edge for edge in layer_violations(graph) if edge not in KNOWN_CYCLES["layer_edges"]]
     assert new == [], "imports against the layer table of docs/design.md (importer, imported)"
 
 

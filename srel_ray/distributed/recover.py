@@ -21,7 +21,8 @@ import torch
 
 from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.precision import prepare_model, resolve_precision
-from srel_ray.core.recover import Unit, freeze, plan_units, recover_unit
+from srel_ray.core.recover import Recovery, Unit, freeze, plan_units, recover_unit
+from srel_ray.core.recover_terms import recover_terms
 from srel_ray.storage import files, sets
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import load_dataset
@@ -72,12 +73,10 @@ class RecoveryWorker:
         if every and progress_board is not None:
             def on_step(step: int, loss: float) -> None:
                 send(progress_board, source="recover", unit=unit.index, step=step, loss=loss)
-        images, stats = recover_unit(self.model, unit, self.cfg.recover, seed=self.cfg.seed, on_step=on_step,
-                                     on_step_every=max(every, 1),
-                                     image_size=self.cfg.data.image_size, norm=self.norm,
-                                     hflip=self.cfg.data.hflip, device=self.device, extra_teachers=self.extra,
-                                     init=self.start_images(unit), class_stats=stats_per_teacher,
-                                     precision=self.precision)
+        images, stats = recover_unit(Recovery.of(self.cfg, [self.model, *self.extra], self.norm, device=self.device,
+                                                 precision=self.precision),
+                                     unit, recover_terms(self.cfg.recover, stats_per_teacher),
+                                     init=self.start_images(unit), on_step=on_step, on_step_every=max(every, 1))
         stats.update(unit=unit.index, attempt=attempt, precision=self.precision, seconds=time.perf_counter() - start,
                      worker=self.identity())
         # The marker keeps the images' checksums too (the manifest is assembled from markers); the driver gets stats.

@@ -20,7 +20,7 @@ from typing import Callable
 
 from torch import nn
 
-from srel_ray.errors import ConfigError
+from srel_ray.errors import ConfigError, SrelError
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
@@ -99,6 +99,8 @@ def check_model_fits(name: str, num_classes: int, in_channels: int, image_size: 
         try:
             model = create_model(name, num_classes, in_channels, image_size, **kwargs)
             out = model.eval()(torch.empty(2, in_channels, image_size, image_size))
+        except SrelError:
+            raise  # already names the field and what would be valid
         except (RuntimeError, ValueError, TypeError, AssertionError) as e:  # shape, size and kwargs errors
             raise ConfigError(f"{field}: model {name!r} (with {kwargs or 'no arch_kwargs'}) does not take "
                               f"{in_channels}-channel {image_size} px images: {e}") from None

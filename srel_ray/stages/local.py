@@ -19,7 +19,8 @@ from tqdm import tqdm
 from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model
-from srel_ray.core.recover import freeze, recover_unit
+from srel_ray.core.recover import Recovery, freeze, recover_unit
+from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.relabel import epoch_blocks, images_per_block, label_block, pad_rows, view_rows
 from srel_ray.core.student import WeightEMA, build_student, count_correct, student_optimizer, train_student_epoch
 from srel_ray.data.class_images import StartImages
@@ -62,15 +63,13 @@ class InProcessExecutor:
         teacher, models = self.teachers(teachers)
         data = self.start_data() if r.init != "noise" else None
         start_images = StartImages(data, r, cfg.seed, models, teacher.norm, self.device)
+        recovery = Recovery.of(cfg, models, teacher.norm, device=self.device, precision=self.precision)
         stats = []
         for unit in tqdm(pending, desc="recover units", unit="unit"):
             unit_stats = None
             if needs_class_stats(cfg):
                 unit_stats = [load_class_stats(folder, list(unit.classes)) for folder in class_stats]
-            images, s = recover_unit(models[0], unit, r, seed=cfg.seed, image_size=cfg.data.image_size,
-                                     norm=teacher.norm, hflip=cfg.data.hflip, device=self.device,
-                                     extra_teachers=models[1:], init=start_images(unit), class_stats=unit_stats,
-                                     precision=self.precision)
+            images, s = recover_unit(recovery, unit, recover_terms(r, unit_stats), init=start_images(unit))
             marker = {**s, "unit": unit.index, "precision": self.precision}
             sets.write_image_unit(set_dir, sets.unit_marker(set_dir, unit.name), unit.targets(), images, marker)
             stats.append(marker)

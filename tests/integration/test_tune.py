@@ -16,8 +16,7 @@ from mlflow.tracking import MlflowClient
 
 import srel_ray
 from srel_ray.cli import main
-from srel_ray.config import load_config
-from srel_ray.methods import preset_values
+from srel_ray.config import load_config, method_presets
 from srel_ray.pipeline import STAGES
 from srel_ray.stages.checks import check_inputs
 from srel_ray.storage.layout import RunDir
@@ -120,8 +119,9 @@ def test_edc_search_against_a_real_mlflow_server(quickstart_run, mlflow_server, 
     space = "tune.space={recover.init: {grid: [real, rded]}}"
     # The quickstart's saved config spells out every value, and explicit values win over a preset: set them all.
     size = load_config(quickstart_run / "config.yaml").data.image_size
+    presets = method_presets({"method": "edc", "data": {"image_size": size}})
     edc = ["method=edc", *(f"{section}.{key}={json.dumps(value)}"
-                           for section, values in preset_values("edc", size).items() for key, value in values.items())]
+                           for section, values in presets.items() for key, value in values.items())]
     assert main(["tune", "--out", str(out), *_args(quickstart_run, *edc, "recover.iterations=3", space,
                                                    "tune.asha=false", "tune.score_interval=2")]) == 0
     client = MlflowClient(tracking_uri=mlflow_server)

@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from srel_ray.config import RecoverConfig, load_config
+from srel_ray.config import Config, DataConfig, RecoverConfig, load_config
 from srel_ray.core.bn_matching import BNStatsMatcher
 from srel_ray.core.normalization import Normalization, to_uint8
 from srel_ray.core.precision import autocast, resolve_precision
-from srel_ray.core.recover import Unit, cosine_lr, freeze, recover_unit, recovery_views
+from srel_ray.core.recover import Recovery, Unit, cosine_lr, freeze, recover_unit, recovery_views
+from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.relabel import label_views, row_views, teacher_logits, view_pixels, view_rows
 from srel_ray.core.seeding import STREAM_RECOVER, STREAM_RECOVER_VIEWS, generator, seeded_init
 from srel_ray.core.views import RATIO, render_views, roll, sample_boxes, sample_boxes_batched
@@ -25,6 +26,12 @@ from srel_ray.models import create_model
 
 NORM = Normalization((0.5,), (0.5,))
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _recover_unit(teacher, unit, cfg, seed, precision, on_step=None):
+    recovery = Recovery.of(Config(seed=seed, data=DataConfig(image_size=8), recover=cfg), [teacher], NORM,
+                           precision=precision)
+    return recover_unit(recovery, unit, recover_terms(cfg), on_step=on_step)
 
 
 def documented_boxes(n, height, width, scale, gen, ratio=RATIO, tries=10):
@@ -105,7 +112,7 @@ def test_fp32_recover_unit_is_the_plain_sre2l_loop_with_the_new_views():
     swapped for recovery_views: bit-identical images."""
     teacher, unit = _teacher(), Unit(2, (0, 1, 2), 0, 2)
     cfg = RecoverConfig(iterations=6, lr=0.1, bn_weight=0.01, first_bn_multiplier=10.0, jitter=1, crop_scale=(0.5, 1.0))
-    got, _ = recover_unit(teacher, unit, cfg, seed=4, image_size=8, norm=NORM, hflip=True, precision="fp32")
+    got, _ = _recover_unit(teacher, unit, cfg, seed=4, precision="fp32")
 
     targets = torch.tensor([c for c, _ in unit.targets()])
     x = torch.randn(6, 1, 8, 8, generator=generator(4, STREAM_RECOVER, 2)).requires_grad_(True)
@@ -140,9 +147,9 @@ def test_bf16_autocast_on_cpu_keeps_bn_statistics_and_losses_fp32():
 
     unit, cfg = Unit(0, (0, 1, 2), 0, 2), RecoverConfig(iterations=4, lr=0.1, jitter=1, crop_scale=(0.5, 1.0))
     losses = []
-    bf16, stats = recover_unit(teacher, unit, cfg, seed=0, image_size=8, norm=NORM, precision="bf16",
-                               on_step=lambda s, loss: losses.append(loss))
-    fp32, _ = recover_unit(teacher, unit, cfg, seed=0, image_size=8, norm=NORM, precision="fp32")
+    bf16, stats = _recover_unit(teacher, unit, cfg, seed=0, precision="bf16",
+                                on_step=lambda s, loss: losses.append(loss))
+    fp32, _ = _recover_unit(teacher, unit, cfg, seed=0, precision="fp32")
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses) and math.isfinite(stats["ce"])
     assert bf16.dtype == torch.uint8 and not torch.equal(bf16, fp32)  # bf16 changes the numbers: not a resource
 

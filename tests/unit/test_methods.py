@@ -1,15 +1,63 @@
-"""Method presets: defaults that fill what a config leaves unset, never override it; saved configs hold the result."""
+"""Methods as registered specs whose presets fill what a config leaves unset, never override it; saved configs
+hold the result."""
 
 import pytest
 
-from srel_ray.config import Config, ExtraTeacherConfig, config_from_yaml, config_yaml, load_config
+from srel_ray import methods
+from srel_ray.config import (Config, ExtraTeacherConfig, config_from_yaml, config_yaml, from_dict, load_config,
+                             method_presets, resolve)
 from srel_ray.errors import ConfigError
-from srel_ray.methods import METHODS, PRESETS, SMALL_IMAGE_PRESETS, apply_method, preset_values
+from srel_ray.methods import MethodSpec, method_names, method_spec, register_method
+
+METHODS = method_names()
+
+
+def preset_values(method: str, image_size: int) -> dict:
+    return method_presets({"method": method, "data": {"image_size": image_size}})
 
 
 def test_sre2l_is_the_default_and_changes_nothing():
-    assert load_config() == Config() == load_config(overrides=["method=sre2l"])
-    assert Config().method == "sre2l" and PRESETS["sre2l"] == {}
+    assert load_config() == from_dict({}) == load_config(overrides=["method=sre2l"])
+    assert Config().method == "sre2l" and method_spec("sre2l").presets == {}
+    assert METHODS == ("sre2l", "cda", "rded", "edc")
+    assert all(method_spec(m).name == m and method_spec(m).description for m in METHODS)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The method registry, restored after the test."""
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+
+
+def test_a_registered_method_is_a_value_of_method_with_its_presets(registry):
+    spec = register_method(MethodSpec("sre2l_tv", "SRe2L with a TV prior and real starts below 128 px",
+                                      {"recover": {"tv_weight": 0.5}},
+                                      small_image_presets={"recover": {"init": "real"}}))
+    assert method_spec("sre2l_tv") is spec and method_names()[-1] == "sre2l_tv"
+    small = load_config(overrides=["method=sre2l_tv"])
+    assert (small.recover.tv_weight, small.recover.init) == (0.5, "real")
+    large = load_config(overrides=["method=sre2l_tv", "data.image_size=224", "recover.tv_weight=0.25"])
+    assert (large.recover.tv_weight, large.recover.init) == (0.25, "noise")  # explicit values win
+    with pytest.raises(ValueError, match="sre2l_tv"):
+        register_method(MethodSpec("sre2l_tv", "again"))
+
+
+def test_a_spec_is_data_its_values_are_copies():
+    edc = method_spec("edc")
+    values = edc.preset_values(small_images=True)
+    values["recover"]["iterations"] = 1
+    assert edc.preset_values(small_images=True)["recover"]["iterations"] == 150
+    assert edc.preset_values(small_images=False)["recover"]["iterations"] == 500
+    with pytest.raises(AttributeError):
+        edc.name = "other"
+
+
+@pytest.mark.parametrize("name", ["edcc", None, 3])
+def test_an_unknown_method_names_the_field_and_the_valid_ones(name):
+    with pytest.raises(ConfigError) as info:
+        method_spec(name)
+    msg = str(info.value)
+    assert msg.startswith("method must be one of") and repr(name) in msg and all(m in msg for m in METHODS)
 
 
 @pytest.mark.parametrize("image_size", [16, 32, 224])
@@ -52,8 +100,9 @@ def test_edc_recovers_briefly_from_wider_rded_crops_below_128_px(image_size, ite
     assert (cfg.recover.init, cfg.recover.class_bn_weight, cfg.recover.lr) == ("rded", 0.5, 0.05)  # the rest: edc's
     assert load_config(overrides=["method=edc", f"data.image_size={image_size}", "recover.iterations=40",
                                   "recover.rded_pool=50"]).recover.rded_pool == 50
-    assert list(SMALL_IMAGE_PRESETS) == ["edc"]
-    assert preset_values("rded", image_size) == PRESETS["rded"] and preset_values("cda", image_size) == PRESETS["cda"]
+    assert [m for m in METHODS if method_spec(m).small_image_presets] == ["edc"]
+    assert preset_values("rded", image_size) == method_spec("rded").presets
+    assert preset_values("cda", image_size) == method_spec("cda").presets
 
 
 def test_a_file_that_sets_the_image_size_gets_the_presets_for_it(tmp_path):
@@ -107,11 +156,26 @@ def test_saved_config_holds_resolved_values_and_reloads_to_the_same_run():
     assert back == cfg and back.identity() == cfg.identity()
 
 
-def test_apply_method_leaves_its_input_alone():
+def test_resolve_leaves_its_input_alone():
     raw = {"method": "edc", "recover": {"ipc": 3}}
-    out = apply_method(raw)
+    out = resolve(raw)
     assert raw == {"method": "edc", "recover": {"ipc": 3}}
     assert out["recover"]["ipc"] == 3 and out["recover"]["class_bn_weight"] == 0.5
+    assert out["recover"]["rded_factor"] == 1 and resolve({})["recover"] == {"rded_factor": 1}
+
+
+def test_config_and_methods_import_each_other_in_one_direction_only():
+    """methods is a leaf (errors only); config imports it, never the other way round, lazily or not."""
+    import ast
+    from pathlib import Path
+
+    def imported(module):
+        tree = ast.parse((Path(methods.__file__).parent / f"{module}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert {m for m in imported("methods") if m.startswith("srel_ray")} == {"srel_ray.errors"}
+    assert "srel_ray.methods" in imported("config")
 
 
 def test_unknown_method_lists_the_valid_ones():

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from srel_ray.config import RecoverConfig
+from srel_ray.config import Config, DataConfig, RecoverConfig
 from srel_ray.core.normalization import Normalization, from_uint8, to_uint8
-from srel_ray.core.recover import Unit, cosine_lr, freeze, plan_units, recover_unit
+from srel_ray.core.recover import Recovery, Unit, cosine_lr, freeze, plan_units, recover_unit
+from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.seeding import STREAM_RECOVER, generator, seeded_init
 from srel_ray.models import create_model
 
@@ -63,7 +64,11 @@ def _teacher():
 def _recover(teacher, seed, unit, **overrides):
     cfg = RecoverConfig(**{**dict(iterations=5, lr=0.1, bn_weight=0.01, first_bn_multiplier=10.0, jitter=1,
                                   crop_scale=(0.5, 1.0)), **overrides})
-    return recover_unit(teacher, unit, cfg, seed=seed, image_size=8, norm=NORM, hflip=True)
+    return recover_unit(_recovery(teacher, cfg, seed), unit, recover_terms(cfg))
+
+
+def _recovery(teacher, cfg, seed):
+    return Recovery.of(Config(seed=seed, data=DataConfig(image_size=8), recover=cfg), [teacher], NORM)
 
 
 def test_freeze():
@@ -102,7 +107,7 @@ def test_recover_reports_every_step():
     steps = []
     teacher = _teacher()
     cfg = RecoverConfig(iterations=4, lr=0.1, jitter=0, crop_scale=(0.5, 1.0))
-    recover_unit(teacher, Unit(0, (0, 1), 0, 1), cfg, seed=0, image_size=8, norm=NORM,
+    recover_unit(_recovery(teacher, cfg, 0), Unit(0, (0, 1), 0, 1), recover_terms(cfg),
                  on_step=lambda step, loss: steps.append((step, loss)))
     assert [s for s, _ in steps] == [0, 1, 2, 3]
     assert all(math.isfinite(v) for _, v in steps)

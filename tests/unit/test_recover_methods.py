@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from srel_ray.config import RecoverConfig
+from srel_ray.config import Config, DataConfig, RecoverConfig
 from srel_ray.core.class_stats import ClassStats
 from srel_ray.core.normalization import Normalization
-from srel_ray.core.recover import Unit, crop_scale_at, freeze, recover_unit
+from srel_ray.core.recover import Recovery, Unit, freeze, recover_unit
+from srel_ray.core.recover_terms import crop_scale_at, recover_terms
 from srel_ray.core.seeding import seeded_init
 from srel_ray.models import create_model
 
@@ -30,12 +31,17 @@ def _init():
     return (torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
 
 
-def _recover(teacher=None, **kwargs):
-    options = {k: kwargs.pop(k) for k in ("extra_teachers", "init", "class_stats", "on_step") if k in kwargs}
+def _recovery(teachers, cfg):
+    return Recovery.of(Config(seed=0, data=DataConfig(image_size=8), recover=cfg), teachers, NORM)
+
+
+def _recover(teacher=None, extra_teachers=(), class_stats=None, **kwargs):
+    options = {k: kwargs.pop(k) for k in ("init", "on_step") if k in kwargs}
     if options.get("init") is not None:
         kwargs["init"] = "real"
     cfg = RecoverConfig(**{**dict(iterations=5, lr=0.1, bn_weight=0.5, jitter=1, crop_scale=(0.5, 1.0)), **kwargs})
-    return recover_unit(teacher or _teacher(), UNIT, cfg, seed=0, image_size=8, norm=NORM, **options)
+    return recover_unit(_recovery([teacher or _teacher(), *extra_teachers], cfg), UNIT,
+                        recover_terms(cfg, class_stats), **options)
 
 
 @pytest.mark.parametrize("curriculum,expected", [
@@ -64,8 +70,8 @@ def test_curriculum_changes_the_recovery():
 
 def test_zero_iterations_returns_the_starting_images():
     init = _init()
-    images, stats = recover_unit(_teacher(), UNIT, RecoverConfig(iterations=0, init="real"), seed=0, image_size=8,
-                                 norm=NORM, init=init)
+    cfg = RecoverConfig(iterations=0, init="real")
+    images, stats = recover_unit(_recovery([_teacher()], cfg), UNIT, recover_terms(cfg), init=init)
     assert torch.equal(images, init)
     assert 0.0 <= stats["accuracy"] <= 1.0 and stats["ce"] > 0
 

@@ -12,7 +12,8 @@ import torch
 from srel_ray.cli import quickstart_config
 from srel_ray.config import TRIAL_METRICS, load_config
 from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums
-from srel_ray.core.recover import freeze, plan_units, recover_unit
+from srel_ray.core.recover import Recovery, freeze, plan_units, recover_unit
+from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
 from srel_ray.core.student import build_student, count_correct
 from srel_ray.storage import sets
@@ -159,9 +160,8 @@ def test_a_trial_runs_rded_starts_class_matching_and_two_teachers_as_the_core_do
     expected = {}
     for unit in plan_units(10, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit):
         class_stats = [load_class_stats(str(folder), list(unit.classes)) for folder in stats]
-        images, _ = recover_unit(models[0], unit, cfg.recover, seed=cfg.seed, image_size=16, norm=data.norm,
-                                 hflip=cfg.data.hflip, extra_teachers=models[1:], init=start(unit),
-                                 class_stats=class_stats)
+        images, _ = recover_unit(Recovery.of(cfg, models, data.norm), unit, recover_terms(cfg.recover, class_stats),
+                                 init=start(unit))
         expected.update(zip(unit.targets(), images))
     got = sets.read_images(set_dir, 10, cfg.recover.ipc, 1)
     assert torch.equal(got, torch.stack([expected[(c, i)] for c in range(10) for i in range(cfg.recover.ipc)]))
