@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
                        "value came from: default, preset, file or --set")
     _add_config(c, required=False)
     _add_overrides(c)
+    verify = sub.add_parser("verify", help="re-read every image and label file of a run's sets (or of one set) and "
+                            "check it against the manifest's checksums")
+    verify.add_argument("out", metavar="DIR", help="a run's output folder, or a set's folder")
     show = sub.add_parser("show", help="a run's summary table, what each stage did, where its pictures are")
     show.add_argument("out", metavar="DIR", help="a run's output folder (the --out of srel-ray run)")
     return p
@@ -101,6 +104,11 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         from srel_ray.inspection import show_run
 
         print(show_run(args.out))
+        return EXIT_OK
+    if args.command == "verify":
+        from srel_ray.inspection import verify_run
+
+        print(verify_run(args.out))
         return EXIT_OK
     if args.command == "config":
         from srel_ray.inspection import config_sources, format_config

@@ -190,6 +190,11 @@ class RelabelConfig:
     batch_size: int = 256  # views per teacher forward pass
     logits_dtype: str = "float16"
     top_k: int = 0  # 0: store all logits; k: store the k largest per view, the rest as uniform mass
+    # Label with another teacher than the one that recovered the images (the SRe2L paper's Fig. 3 ablation; an
+    # independent check of a set): a teacher.pt of the same classes and input normalisation, e.g. another run's.
+    # It labels the condensed set and the random-real baseline alike; teacher.extra then recovers only. None: the
+    # recovery teacher(s).
+    teacher: str | None = None
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "relabel.epochs", f"must be >= 1, got {self.epochs}")

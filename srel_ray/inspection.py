@@ -111,6 +111,26 @@ def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], pa
 # ---------------------------------------------------------------------------------------------- show
 
 
+def verify_run(out: str) -> str:
+    """What ``srel-ray verify DIR`` prints: every set of a run (or DIR itself when it is a set) re-read and checked
+    against its manifest's checksums; a DataError names the first file that is missing or changed."""
+    from srel_ray.storage import sets
+    from srel_ray.storage.layout import RunDir
+    from srel_ray.students import STUDENTS
+
+    run = RunDir.at(out)
+    if files.exists(sets.manifest_path(run.out)):
+        folders = [run.out]
+    else:
+        folders = [run.set_dir(name) for name in dict.fromkeys(s.set_name for s in STUDENTS.values())
+                   if files.exists(sets.manifest_path(run.set_dir(name)))]
+    if not folders:
+        raise SrelError(f"{run.out!r} holds no complete set (no manifest.json in it, condensed/ or baselines/): "
+                        "give a run's output folder or a set's folder")
+    return "\n".join(f"{folder}: {sets.verify_set(folder)} files match their manifest checksums"
+                     for folder in folders)
+
+
 def show_run(out: str) -> str:
     """What ``srel-ray show DIR`` prints: the summary table, where the pictures are, and what each stage did.
     A folder that is no run, or a run still in progress, gets a SrelError saying what is there and what is not."""

@@ -57,9 +57,7 @@ class TrialInputs:
     teacher_path: str
     dataset: str
     norm: Normalization  # the real data's normalisation, which the student uses (as in the evaluate stage)
-    val_images: torch.Tensor  # uint8 (N, C, S, S), held out from the training split
-    val_labels: torch.Tensor
-    val_rows: torch.Tensor  # their rows in the training split: never a starting image of recovery
+    val_rows: torch.Tensor  # the validation split's rows in the training split: never a starting image of recovery
     data: DataConfig  # the search's data, local paths made absolute (a trial may run in another directory)
     extra_teachers: tuple[str, ...] = ()  # teacher.extra's teacher.pt files
     class_stats: tuple[str, ...] = ()  # per-class statistics folders, one per teacher (recover.class_bn_weight > 0)
@@ -97,7 +95,7 @@ def condense(cfg: Config, executor: InProcessExecutor, set_dir: str, inputs: Tri
     relabel_began = time.perf_counter()
     info = sets.read_set(set_dir)
     if info.label_epochs != cfg.relabel.epochs:
-        executor.relabel(cfg, inputs.teachers, info)
+        executor.relabel(cfg, [cfg.relabel.teacher] if cfg.relabel.teacher else inputs.teachers, info)
         write_set_manifest(cfg, set_dir, "condensed", inputs.dataset, teacher, made_by, labels=labels_record(cfg))
     worked = recovered.skipped_units < recovered.units
     return {"recover": relabel_began - began if worked else 0.0, "relabel": time.perf_counter() - relabel_began}
@@ -113,13 +111,27 @@ def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs, device:
     the model they were scored with (the EMA of the weights when evaluate.ema_decay is set, as the evaluate stage
     tests it)."""
     executor = InProcessExecutor(device, precision)
+    held_out = validation(inputs)
     last = cfg.evaluate.epochs - 1
     for epoch, loss, tested in executor.student_epochs(cfg, info, inputs.norm):
         if (epoch + 1) % cfg.tune.score_interval and epoch != last:
             continue
-        val = count_correct(tested, _batches(inputs.val_images, inputs.val_labels, inputs.norm), device)
+        val = count_correct(tested, _batches(*held_out, inputs.norm), device)
         yield {"epoch": epoch, "epochs_trained": epoch + 1, "train_loss": loss, "val_top1": val["top1"] / val["n"],
                "val_top5": val["top5"] / val["n"]}, tested
+
+
+def validation(inputs: TrialInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation images (uint8) and labels: read and decoded by the first trial that needs them (under a
+    lock) and kept in the search folder for the others; the driver decodes none of them."""
+    path = SearchDir(inputs.out).validation
+    with files.locked(path):
+        if not files.exists(path):
+            data = load_dataset(inputs.data)
+            files.write_torch(path, {"images": data.images_at("train", inputs.val_rows),
+                                     "labels": data.labels("train")[inputs.val_rows]})
+    stored = files.read_torch(path)
+    return stored["images"], stored["labels"]
 
 
 def _batches(images: torch.Tensor, labels: torch.Tensor, norm: Normalization, size: int = 256):
@@ -170,7 +182,7 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
             if metrics["epochs_trained"] == cfg.evaluate.epochs:
                 files.write_torch_local(trial.student, {k: v.cpu() for k, v in student.state_dict().items()})
                 record = {"trial": trial.name, "set": set_key(cfg), "history": history,
-                          "final": {k: metrics[k] for k in TRIAL_METRICS}, "val_images": len(inputs.val_labels),
+                          "final": {k: metrics[k] for k in TRIAL_METRICS}, "val_images": len(inputs.val_rows),
                           "recover_stats": _unit_stats(info.path),
                           "seconds": {**seconds, "student": time.perf_counter() - student_began,
                                       "total": time.perf_counter() - began},

@@ -85,8 +85,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
             log.info("tune: per-class statistics of the training split (made once, shared by every trial)")
             stats_dirs = run.class_stats(cfg)
             executor.class_stats(cfg, data, teachers, stats_dirs)
-        inputs = TrialInputs(str(out), run.teacher, data.name, data.norm, data.images_at("train", val_rows),
-                             data.labels("train")[val_rows], val_rows, _absolute(cfg.data),
+        inputs = TrialInputs(str(out), run.teacher, data.name, data.norm, val_rows, _absolute(cfg.data),
                              tuple(teachers[1:]), tuple(stats_dirs))
         log.info("tune: %s search, trials scored on %s of %d held-out training images; outputs in %s",
                  cfg.tune.search, cfg.tune.metric, len(val_rows), out)

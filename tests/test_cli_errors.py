@@ -1,5 +1,6 @@
 """Bad input: one clear error naming the problem, before any heavy work, and nothing written that looks complete."""
 
+import pytest
 import torch
 
 from srel_ray.cli import main, quickstart_config
@@ -224,3 +225,22 @@ def test_config_command_says_where_each_value_comes_from(capsys, tmp_path):
     assert lines["evaluate.ema_decay"].endswith("[preset]")
     assert lines["evaluate.temperature"].endswith("[default]")
     assert lines["method"].endswith("[file]")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["teacher.arch=timm:deit_tiny_patch16_224", "teacher.arch_kwargs={patch_size: 4, depth: 1}"],
+     "the teacher 'timm:deit_tiny_patch16_224' has no BatchNorm layers.*bnvit_tiny"),
+    (["evaluate.arch=torchvision:resnet18"], "evaluate.arch: torchvision:resnet18 takes 3-channel images"),
+    (["evaluate.arch=convnet", "evaluate.arch_kwargs={depth: 5}"], "evaluate.arch: model 'convnet'.*depth"),
+    (["evaluate.arch=resnet18_smal"], "close matches: resnet18_small"),
+])
+def test_models_that_cannot_work_are_refused_before_work(tmp_path, capsys, overrides, message):
+    import re
+
+    from srel_ray.cli import main, quickstart_config
+
+    out = tmp_path / "run"
+    args = [a for o in overrides for a in ("--set", o)]
+    assert main(["run", "--config", str(quickstart_config()), "--out", str(out), *args]) == 3
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()

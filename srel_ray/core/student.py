@@ -72,6 +72,21 @@ def shard_order(num_rows: int, seed: int, epoch: int, rank: int, world: int) -> 
     return padded[rank::world]
 
 
+def image_share(num_images: int, rank: int, world: int) -> range:
+    """The image ids rank ``rank`` of ``world`` trains on: contiguous, sizes within one image of each other. A
+    rank reads only these images and, per epoch, only their label rows."""
+    assert num_images >= world, f"{world} training workers for {num_images} images: each needs at least one"
+    return range(rank * num_images // world, (rank + 1) * num_images // world)
+
+
+def share_order(num_rows: int, rows_per_rank: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """The order of this rank's own rows (it holds only its share's) for one epoch, wrapped to ``rows_per_rank``
+    so every rank takes as many steps. One rank: exactly ``shard_order``'s permutation."""
+    key = (seed, STREAM_STUDENT_ORDER, epoch) if world == 1 else (seed, STREAM_STUDENT_ORDER, epoch, rank)
+    perm = torch.randperm(num_rows, generator=generator(*key))
+    return perm.repeat(-(-rows_per_rank // num_rows))[:rows_per_rank]
+
+
 def stretched_cosine(optimizer: torch.optim.Optimizer, total_steps: int, stretch: float = 1.0
                      ) -> torch.optim.lr_scheduler.CosineAnnealingLR:
     """Cosine annealing over ``stretch`` times the real number of steps (EDC's smoothing schedule): the learning
@@ -144,9 +159,12 @@ def train_student_epoch(
     ema: WeightEMA | None = None,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    rows_per_rank: int | None = None,
 ) -> float:
     """One epoch over this rank's share of the stored views; returns the mean loss. Scheduler (and ``ema``, when
-    given) step per batch.
+    given) step per batch. ``rows_per_rank``: ``images`` and ``labels`` hold only this rank's share of the set
+    (``image_share``, ``labels.image_index`` counted from its first image), and every rank takes this many rows;
+    None: they hold the whole set and each rank takes its rows of one shared permutation (``shard_order``).
 
     ``images``: the set's uint8 images, kept on the host (a set can outgrow a GPU): each batch's images are gathered
     there, a batch ahead in a helper thread on a GPU (pinned, so the copy does not stall), copied as uint8 and
@@ -157,7 +175,8 @@ def train_student_epoch(
     device = torch.device(device)
     model.train()
     scaler = scaler if scaler is not None else grad_scaler(precision, device)
-    rows = shard_order(len(labels.image_index), seed, epoch, rank, world)
+    rows = (shard_order(len(labels.image_index), seed, epoch, rank, world) if rows_per_rank is None else
+            share_order(len(labels.image_index), rows_per_rank, seed, epoch, rank, world))
     boxes, flips = labels.views.boxes.to(device), labels.views.flips.to(device)  # one copy per epoch, not per batch
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0

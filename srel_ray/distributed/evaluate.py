@@ -14,7 +14,7 @@ import torch
 from srel_ray.config import Config, from_dict, to_dict
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precision
-from srel_ray.core.student import (WeightEMA, build_student, count_correct, student_optimizer,
+from srel_ray.core.student import (WeightEMA, build_student, count_correct, image_share, student_optimizer,
                                     train_student_epoch)
 from srel_ray.storage import sets
 from srel_ray.data.real import RealData
@@ -29,8 +29,11 @@ def student_loop(config: dict) -> None:
     norm = Normalization(**config["norm"])
     rank, world, device = trainer.worker_setup(config["threads"])
     info = sets.read_set(config["set_dir"])
-    images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
-    class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
+    num_images = info.num_classes * info.ipc
+    share = image_share(num_images, rank, world)  # this worker reads only these images and their label rows
+    images = sets.read_images_at(info.path, [(i // info.ipc, i % info.ipc) for i in share], info.channels)
+    class_labels = torch.tensor([i // info.ipc for i in share])
+    rows_per_rank = -(-num_images // world) * cfg.relabel.views_per_epoch
     model = build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
                           image_size=cfg.data.image_size)
     if device.type == "cuda" and world > 1:
@@ -38,18 +41,19 @@ def student_loop(config: dict) -> None:
     model = prepare_model(model.to(device), device)  # channels_last on GPUs; not compiled (DDP, EMA, checkpoints)
     precision = resolve_precision(cfg.resources.precision, device)
     scaler = grad_scaler(precision, device)
-    optimizer, scheduler, local_batch = student_optimizer(model, e, len(images) * cfg.relabel.views_per_epoch, world)
+    optimizer, scheduler, local_batch = student_optimizer(model, e, num_images * cfg.relabel.views_per_epoch, world)
     ema = WeightEMA(model, e.ema_decay) if e.ema_decay else None  # tested instead of the raw weights
     start, history = trainer.restore(model, optimizer, scheduler, ema)
     model = ray.train.torch.prepare_model(model, move_to_device=False)
     test_shard = ray.train.get_dataset_shard("test")
 
     for epoch in range(start, e.epochs):
-        labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"])
+        labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"], images=share)
+        labels.image_index -= share.start
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=local_batch, temperature=e.temperature,
                                    image_size=cfg.data.image_size, norm=norm, rank=rank, world=world, device=device,
-                                   ema=ema, precision=precision, scaler=scaler)
+                                   ema=ema, precision=precision, scaler=scaler, rows_per_rank=rows_per_rank)
         metrics = {"epoch": epoch, "train_loss": trainer.all_reduce_sum({"l": loss}, device)["l"] / world}
         last = epoch == e.epochs - 1
         if last or (e.eval_interval and (epoch + 1) % e.eval_interval == 0):

@@ -97,7 +97,8 @@ def check_model_fits(name: str, num_classes: int, in_channels: int, image_size: 
 
     with torch.device("meta"):
         try:
-            model = create_model(name, num_classes, in_channels, image_size, **kwargs)
+            model = resolve_builder(name, field)(num_classes=num_classes, in_channels=in_channels,
+                                                 image_size=image_size, **kwargs)
             out = model.eval()(torch.empty(2, in_channels, image_size, image_size))
         except SrelError:
             raise  # already names the field and what would be valid

@@ -40,8 +40,9 @@ class StageContext:
 def labels_record(cfg: Config) -> dict:
     """How a set's labels were made, as its manifest records them."""
     r = cfg.relabel
-    return {"epochs": r.epochs, "views_per_epoch": r.views_per_epoch, "crop_scale": list(r.crop_scale),
-            "logits_dtype": r.logits_dtype, "top_k": r.top_k}
+    record = {"epochs": r.epochs, "views_per_epoch": r.views_per_epoch, "crop_scale": list(r.crop_scale),
+              "logits_dtype": r.logits_dtype, "top_k": r.top_k}
+    return {**record, "teacher": r.teacher} if r.teacher else record  # unchanged records when it is not set
 
 
 def write_set_manifest(cfg: Config, set_dir: str, kind: str, dataset: str, teacher: Teacher, config: dict,

@@ -9,7 +9,9 @@ import torch
 from srel_ray.config import Config, TeacherConfig
 from srel_ray.data.real import RealData, check_images_per_class, load_dataset
 from srel_ray.errors import SrelError
-from srel_ray.stages.base import CONDENSED, RANDOM_REAL, TEACHER, check_same_input, check_teacher
+from srel_ray.models import create_model, has_batchnorm
+from srel_ray.models.registry import check_model_fits
+from srel_ray.stages.base import CONDENSED, LABELS, RANDOM_REAL, SCORES, TEACHER, check_same_input, check_teacher
 from srel_ray.stages.registry import UNITS
 from srel_ray.storage import files
 from srel_ray.storage.layout import RunDir, check_out_is_folder
@@ -46,8 +48,41 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
         if not files.exists(run.teacher):
             raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
         check_teacher(load_teacher(run.teacher), data)
+    if cfg.relabel.teacher and LABELS in made:
+        check_teacher(load_teacher(cfg.relabel.teacher), data)
+    check_models(cfg, run, data, made)
     check_method_inputs(cfg, run, data, stages)
     return data
+
+
+def check_models(cfg: Config, run: RunDir, data: RealData, made: set[str]) -> None:
+    """The models fit the data (built on the meta device: no memory, no weights), and recovery's teacher has the
+    BatchNorm statistics it matches."""
+    if TEACHER in made and cfg.teacher.source == "squeeze":
+        check_model_fits(cfg.teacher.arch, data.num_classes, data.channels, cfg.data.image_size,
+                         cfg.teacher.arch_kwargs, "teacher.arch")
+    if SCORES in made:
+        check_model_fits(cfg.evaluate.arch, data.num_classes, data.channels, cfg.data.image_size,
+                         cfg.evaluate.arch_kwargs, "evaluate.arch")
+    if CONDENSED in made and cfg.recover.iterations:
+        if TEACHER in made and cfg.teacher.source == "squeeze":
+            with torch.device("meta"):
+                model = create_model(cfg.teacher.arch, data.num_classes, data.channels, cfg.data.image_size,
+                                     **cfg.teacher.arch_kwargs)
+            name = cfg.teacher.arch
+        else:
+            teacher = load_teacher(cfg.teacher.checkpoint if TEACHER in made and cfg.teacher.source == "checkpoint"
+                                   else run.teacher) if cfg.teacher.source != "torchvision" else None
+            if teacher is None:
+                return  # torchvision's ImageNet classifiers with weights: the CNNs have BN; checked when built
+            with torch.device("meta"):
+                model = create_model(teacher.arch, teacher.num_classes, teacher.in_channels, teacher.image_size,
+                                     **teacher.arch_kwargs)
+            name = teacher.arch
+        if not has_batchnorm(model):
+            raise SrelError(f"the teacher {name!r} has no BatchNorm layers, and recovery matches BatchNorm "
+                            "statistics: squeeze a model with BN (convnet, resnet18_small, ...); for a ViT use "
+                            "bnvit_tiny, the SRe2L paper's BN-ViT (BatchNorm for LayerNorm)")
 
 
 def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[str, ...]) -> None:

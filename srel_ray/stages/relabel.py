@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from srel_ray.config import Config, to_dict
 from srel_ray.stages import baselines
-from srel_ray.stages.base import CONDENSED, LABELS, TEACHER, Plan, StageContext, labels_record, write_set_manifest
+from srel_ray.stages.base import (CONDENSED, LABELS, TEACHER, Plan, StageContext, check_same_input, labels_record,
+                                  write_set_manifest)
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
 from srel_ray.teacher import load_teacher
@@ -44,6 +45,8 @@ def is_done(cfg: Config, run: RunDir) -> bool:
 def run(ctx: StageContext) -> RelabelResult:
     cfg, run_dir = ctx.cfg, ctx.run
     teacher = load_teacher(run_dir.teacher)
+    if cfg.relabel.teacher:  # it renders the same views: it must see the same pixels
+        check_same_input(load_teacher(cfg.relabel.teacher), teacher, cfg.relabel.teacher)
     if cfg.evaluate.baselines:
         baselines.run(cfg, run_dir, ctx.data, teacher, ctx.executor)
     report = {}
@@ -54,7 +57,7 @@ def run(ctx: StageContext) -> RelabelResult:
             log.info("relabel %s: all %d label epochs are written, skipping the set", name, cfg.relabel.epochs)
             report[name] = {"skipped": True, "epochs": cfg.relabel.epochs, "skipped_epochs": cfg.relabel.epochs}
             continue
-        report[name] = ctx.executor.relabel(cfg, run_dir.teachers(cfg), info, ctx.progress)
+        report[name] = ctx.executor.relabel(cfg, run_dir.label_teachers(cfg), info, ctx.progress)
         labels = {**labels_record(cfg), "bytes_per_image_per_epoch": label_bytes(cfg, info)}
         log.info("relabel %s: %.1f bytes of soft labels per image per epoch (Parquet, compressed)", name,
                  labels["bytes_per_image_per_epoch"])

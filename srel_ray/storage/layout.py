@@ -74,6 +74,10 @@ class RunDir:
         """teacher.pt, then each extra teacher."""
         return [self.teacher, *self.extra_teachers(cfg)]
 
+    def label_teachers(self, cfg: Config) -> list[str]:
+        """The teachers whose (mean) logits label the sets: relabel.teacher when it is set, else ``teachers``."""
+        return [cfg.relabel.teacher] if cfg.relabel.teacher else self.teachers(cfg)
+
     def class_stats(self, cfg: Config) -> list[str]:
         """One statistics folder per teacher: teacher.pt's, then each extra teacher's."""
         names = ["teacher"] + [f"extra-{i + 1}" for i in range(len(cfg.teacher.extra))]
@@ -143,6 +147,11 @@ class SearchDir(RunDir):
     @property
     def search_record(self) -> str:
         return join(self.out, "search.json")
+
+    @property
+    def validation(self) -> str:
+        """The validation images every trial scores on, decoded once by the first trial that needs them."""
+        return join(self.out, "validation.pt")
 
     def shared_set(self, key: str) -> str:
         return join(self.out, "sets", key)

@@ -238,3 +238,25 @@ print(sorted(m for m in sys.modules if m.startswith("matplotlib")))
     assert f"absent: {out / 'accuracy_curves.png'} (matplotlib is not installed" in done.stdout
     assert f"pictures: {out / 'condensed_grid.png'}" in done.stdout
     assert done.stdout.strip().endswith("[]")
+
+
+def test_verify_rereads_every_set_and_names_a_changed_file(quickstart_run, tmp_path, capsys):
+    """`srel-ray verify DIR`: the manifests' checksums (recorded by the writers, never read back when the manifest
+    was assembled) match the files; a changed image is named, with exit code 3."""
+    import shutil
+
+    from srel_ray.cli import main
+
+    out = tmp_path / "quick"
+    shutil.copytree(quickstart_run, out, ignore=shutil.ignore_patterns("ray", "logs"))
+    assert main(["verify", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    counts = {name: len(json.loads((out / name / "manifest.json").read_text())["checksums"])
+              for name in ("condensed", "baselines/random_real")}
+    images = 10 * load_config(out / "config.yaml").recover.ipc
+    assert all(n > images for n in counts.values())  # every image and at least one label part per epoch
+    assert printed == [f"{out}/{name}: {n} files match their manifest checksums" for name, n in counts.items()]
+    (out / "baselines" / "random_real" / "images" / "3" / "00001.png").write_bytes(
+        (out / "baselines" / "random_real" / "images" / "3" / "00000.png").read_bytes())
+    assert main(["verify", str(out)]) == 3
+    assert "images/3/00001.png is changed since the manifest was written" in capsys.readouterr().err

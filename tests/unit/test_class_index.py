@@ -4,7 +4,7 @@ import torch
 
 from srel_ray.core.seeding import STREAM_RANDOM_REAL, generator
 from srel_ray.storage import files, sets
-from srel_ray.data.real import ClassIndex, random_real_indices, random_real_rows, validation_indices
+from srel_ray.data.real import ClassIndex, load_dataset, random_real_indices, random_real_rows, validation_indices
 from srel_ray.storage.sets import GRID_CLASSES, GRID_IPC, grid_targets, save_grid
 
 
@@ -63,3 +63,24 @@ def test_save_grid_reads_only_the_preview(tmp_path):
     grid = sets.decode_png(files.read_bytes(path), 3)
     assert grid.shape == (3, 1 + GRID_CLASSES * 5, 1 + GRID_IPC * 5)  # 4 px images, 1 px padding
     assert torch.equal(grid[:, 1:5, 1:5], images[0])  # class 0, image 0 at the top left
+
+
+def test_the_baseline_selected_by_class_slices_is_the_one_drawn_for_all_classes(tmp_path):
+    """The random-real baseline, selected slice by slice where the work runs (Ray tasks), holds exactly the rows
+    and images the one draw over every class gives, whatever the slicing."""
+    from srel_ray.config import DataConfig
+    from srel_ray.stages.baselines import class_slices, select_slice
+
+    cfg = DataConfig()  # digits: 10 classes
+    data = load_dataset(cfg)
+    set_dir = str(tmp_path / "random_real")
+    slices = [range(0, 3), range(3, 10)]
+    assert class_slices(10) == [range(c, c + 1) for c in range(10)]
+    big = class_slices(21841)  # at most 64 tasks, tiling the classes
+    assert len(big) <= 64 and [c for s in big for c in s] == list(range(21841))
+    assert [select_slice(cfg, set_dir, s, ipc=3, seed=5) for s in slices] == [9, 21]
+    rows = [r for s in slices for r in files.read_json(sets.slice_marker(set_dir, s.start))["train_indices"]]
+    expected = random_real_indices(data.labels("train"), 10, 3, seed=5)
+    assert rows == expected.tolist()
+    assert torch.equal(sets.read_images(set_dir, 10, 3, data.channels), data.images_at("train", expected))
+    assert len(sets.checksums(set_dir)) == 30  # recorded by the slices as they wrote

@@ -62,3 +62,43 @@ def test_a_command_reads_from_the_folder_only_what_its_stages_do_not_make(tmp_pa
     check_inputs(cfg, run, ("squeeze", "recover"))  # squeeze makes the teacher: nothing to find
     with pytest.raises(SrelError, match="no teacher at .*run the squeeze stage first"):
         check_inputs(cfg, run, ("recover",))
+
+
+def test_relabel_teacher_labels_both_sets_instead_of_the_recovery_teacher(tmp_path):
+    """relabel.teacher (the seed's Fig. 3 ablation): the condensed set and the baseline are labelled by that
+    teacher alone; one that sees other pixels (another normalisation) is refused before labelling."""
+    from srel_ray.core.normalization import Normalization
+    from srel_ray.core.recover import freeze
+    from srel_ray.core.relabel import teacher_logits, view_pixels
+    from srel_ray.teacher import load_teacher
+
+    data = load_dataset(load_config(quickstart_config(), TINY).data)
+    teachers = {}
+    for seed, name in ((0, "recovery.pt"), (1, "labeller.pt")):
+        torch.manual_seed(seed)
+        model = create_model("convnet", num_classes=10, in_channels=1, image_size=16, width=8, depth=2)
+        teachers[name] = Teacher("convnet", {"width": 8, "depth": 2}, data.class_names, 1, 16, data.norm,
+                                 model.state_dict())
+        save_teacher(teachers[name], str(tmp_path / name))
+    cfg = load_config(quickstart_config(), TINY + [f"relabel.teacher={tmp_path / 'labeller.pt'}"])
+    run = prepare_out(cfg, tmp_path / "run")
+    save_teacher(teachers["recovery.pt"], run.teacher)
+    check_inputs(cfg, run, ("recover", "relabel"))
+    ctx = StageContext(cfg, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False))
+    recover.run(ctx)
+    relabel.run(ctx)
+    labeller = freeze(load_teacher(str(tmp_path / "labeller.pt")).build())
+    for name in ("condensed", "random_real"):
+        info = sets.read_set(run.set_dir(name))
+        assert info.manifest["labels"]["teacher"] == str(tmp_path / "labeller.pt")
+        labels = sets.read_label_epoch(info.path, 1)
+        images = sets.read_images(info.path, 10, 1, 1)[labels.image_index]
+        expected = teacher_logits(labeller, view_pixels(images, labels.views, 16, data.norm), 64, "cpu")
+        torch.testing.assert_close(labels.logits, expected.half().float())
+
+    other = Teacher("convnet", {"width": 8, "depth": 2}, data.class_names, 1, 16, Normalization((0.1,), (0.2,)),
+                    teachers["labeller.pt"].state_dict)
+    save_teacher(other, str(tmp_path / "labeller.pt"))
+    files.remove(files.join(run.set_dir("condensed"), "labels"))
+    with pytest.raises(SrelError, match="normalises inputs"):
+        relabel.run(ctx)

@@ -112,3 +112,16 @@ def test_squeeze_augmentation_by_image_size():
     spans = out[:, 0, 0].amax(dim=1) - out[:, 0, 0].amin(dim=1)
     assert bool((spans < 127.5).all())  # each crop covers only part of the columns ...
     assert torch.equal(out, squeeze_augment(large, generator(1)))  # ... drawn from the generator
+
+
+def test_image_shares_tile_the_set_and_one_rank_keeps_the_shared_order():
+    from srel_ray.core.student import image_share, shard_order, share_order
+
+    shares = [image_share(10, rank, 3) for rank in range(3)]
+    assert [list(s) for s in shares] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    # One worker holds the whole set: its order is the shared permutation's, so results do not change.
+    assert torch.equal(share_order(40, 40, seed=1, epoch=2, rank=0, world=1), shard_order(40, 1, 2, 0, 1))
+    # Several: each rank permutes its own rows, wrapped to the same count (equal steps under DDP).
+    orders = [share_order(len(s) * 4, 16, seed=1, epoch=2, rank=r, world=3) for r, s in enumerate(shares)]
+    assert [len(o) for o in orders] == [16, 16, 16]
+    assert sorted(orders[2].tolist()) == list(range(16)) and sorted(set(orders[0].tolist())) == list(range(12))

@@ -22,7 +22,8 @@ from srel_ray.data.real import WithoutRows, load_dataset, random_real_indices, v
 from srel_ray.models import create_model
 from srel_ray.search_space import apply_params
 from srel_ray.teacher import Teacher, load_class_stats, load_teacher, save_class_stats, save_teacher
-from srel_ray.trial import TrialInputs, run_trial, score_on_test, set_key, student_epochs, trial_dir
+from srel_ray.trial import (TrialInputs, run_trial, score_on_test, set_key, student_epochs, trial_dir,
+                            validation)
 
 TINY = ["recover.iterations=3", "relabel.epochs=2", "evaluate.epochs=3", "teacher.arch_kwargs={width: 8, depth: 2}",
         "evaluate.arch_kwargs={width: 8, depth: 2}", "resources.use_gpu=false"]
@@ -47,8 +48,7 @@ def _save_untrained_teacher(data, path, seed: int) -> None:
 
 def _inputs(out, cfg, data, **options) -> TrialInputs:
     rows = validation_indices(data.labels("train"), 10, cfg.data.val_fraction, cfg.data.split_seed)
-    return TrialInputs(str(out), str(out / "teacher" / "teacher.pt"), "digits", data.norm,
-                       data.images_at("train", rows), data.labels("train")[rows], rows, cfg.data, **options)
+    return TrialInputs(str(out), str(out / "teacher" / "teacher.pt"), "digits", data.norm, rows, cfg.data, **options)
 
 
 def _run(cfg, inputs):
@@ -58,7 +58,7 @@ def _run(cfg, inputs):
 
 
 def test_trial_reports_every_epoch_and_writes_its_record(search):
-    cfg, inputs, _ = search
+    cfg, inputs, data = search
     record, reports = _run(cfg, inputs)
     assert [r["epoch"] for r in reports] == [0, 1, 2]
     assert all(set(r) == {"epoch", "epochs_trained", *TRIAL_METRICS} for r in reports)
@@ -66,7 +66,9 @@ def test_trial_reports_every_epoch_and_writes_its_record(search):
     folder = trial_dir(inputs.out, cfg)
     assert json.loads((folder / "trial.json").read_text())["history"] == reports == record["history"]
     assert record["final"] == {k: reports[-1][k] for k in TRIAL_METRICS}
-    assert record["val_images"] == len(inputs.val_labels) == 136  # 10 % of each digits training class
+    assert record["val_images"] == len(inputs.val_rows) == 136  # 10 % of each digits training class
+    images, labels = validation(inputs)  # decoded once, by the trial, into the search folder
+    assert torch.equal(images, data.images_at("train", inputs.val_rows)) and len(labels) == 136
     assert (folder / "student.pt").exists() and (folder / "condensed_grid.png").exists()
 
     set_dir = str(inputs.out) + f"/sets/{set_key(cfg)}"
@@ -173,7 +175,8 @@ def test_a_trial_runs_rded_starts_class_matching_and_two_teachers_as_the_core_do
 
     student = build_student(cfg.evaluate, seed=cfg.seed, num_classes=10, channels=1, image_size=16)
     student.load_state_dict(torch.load(trial_dir(tmp_path, cfg) / "student.pt", weights_only=True))
-    val = count_correct(student, [(data.norm.normalize(inputs.val_images.float() / 255), inputs.val_labels)])
+    images, labels = validation(inputs)
+    val = count_correct(student, [(data.norm.normalize(images.float() / 255), labels)])
     assert record["final"]["val_top1"] == val["top1"] / val["n"]  # the saved student is the one scored
 
 
