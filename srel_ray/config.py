@@ -66,15 +66,15 @@ class DataConfig:
 class ExtraTeacherConfig:
     """One more teacher (EDC's multi-teacher recovery and relabel): a teacher.pt or a torchvision model by name."""
 
-    source: str = "checkpoint"  # checkpoint | torchvision
+    source: str = "checkpoint"  # checkpoint | torchvision | timm (arch: its name with the weights' tag)
     checkpoint: str | None = None  # source=checkpoint: a teacher.pt written by squeeze (another run's teacher)
     arch: str = "resnet18"  # source=torchvision
     weights: str = "IMAGENET1K_V1"  # source=torchvision
     weights_path: str | None = None  # source=torchvision: a local state-dict file instead of the hub
 
     def validate(self, name: str) -> None:
-        _check(self.source in ("checkpoint", "torchvision"), f"{name}.source",
-               f"must be 'checkpoint' or 'torchvision', got {self.source!r}")
+        _check(self.source in ("checkpoint", "torchvision", "timm"), f"{name}.source",
+               f"must be 'checkpoint', 'torchvision' or 'timm', got {self.source!r}")
         if self.source == "checkpoint":
             _check(bool(self.checkpoint), f"{name}.checkpoint", "is required when its source is 'checkpoint'")
 
@@ -83,12 +83,14 @@ class ExtraTeacherConfig:
 class TeacherConfig:
     """Squeeze: where the frozen BN teacher comes from, and how it is trained when it is trained here."""
 
-    source: str = "squeeze"  # squeeze (train with Ray Train) | torchvision (pretrained by name) | checkpoint
+    # squeeze (train with Ray Train) | torchvision (pretrained by name) | timm (pretrained by name and weights tag,
+    # e.g. arch: resnet50.a1_in1k) | checkpoint
+    source: str = "squeeze"
     arch: str = "convnet"
     arch_kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None  # source=checkpoint: a teacher.pt written by squeeze
     weights: str = "IMAGENET1K_V1"  # source=torchvision: the weights enum name (the paper uses V1)
-    weights_path: str | None = None  # source=torchvision: a local state-dict file instead of the hub
+    weights_path: str | None = None  # source=torchvision or timm: a local state-dict file instead of the hub
     epochs: int = 20
     batch_size: int = 64  # global, split across workers
     lr: float = 0.05
@@ -353,6 +355,10 @@ class Config:
                 from srel_ray.models.pretrained import eval_resize  # torchvision's metadata; keep imports light
 
                 self.data.test_resize = eval_resize(self.teacher.arch, self.teacher.weights, self.data.image_size)
+            elif self.teacher.source == "timm":
+                from srel_ray.models.pretrained import timm_eval_resize
+
+                self.data.test_resize = timm_eval_resize(self.teacher.arch, self.data.image_size)
 
     def validate(self) -> "Config":
         method_spec(self.method)  # a ConfigError naming ``method`` and the registered ones
@@ -361,7 +367,7 @@ class Config:
             section.validate()
         from srel_ray.models import check_model_name  # models import torch; keep config import light
 
-        if self.teacher.source != "checkpoint":
+        if self.teacher.source in ("squeeze", "torchvision"):  # timm's names carry their weights' tag: checked then
             check_model_name(self.teacher.arch, "teacher.arch")
         check_model_name(self.evaluate.arch, "evaluate.arch")
         return self
@@ -387,7 +393,7 @@ DATASETS = {"digits", "parquet", "imagefolder", "cifar", "webdataset"}
 RDED_STITCH_FROM_PX = 128
 RECOVER_INITS = ("noise", "real", "rded")
 CROP_CURRICULA = ("none", "step", "linear", "cosine")
-TEACHER_SOURCES = {"squeeze", "torchvision", "checkpoint"}
+TEACHER_SOURCES = {"squeeze", "torchvision", "timm", "checkpoint"}
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -122,6 +122,43 @@ def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224, class_names: 
     return Teacher(arch, {}, wnids, 3, image_size, IMAGENET, state, metrics)
 
 
+def timm_teacher(cfg: TeacherConfig, image_size: int = 224, class_names: list[str] | None = None) -> Teacher:
+    """A timm ImageNet-1K classifier with pretrained weights: ``teacher.arch`` is its timm name with the weights'
+    tag (``resnet50.a1_in1k``). Classes, subsets by wnid and ``weights_path`` work as for torchvision teachers;
+    the input normalisation is the weights' own (timm's pretrained config)."""
+    import timm
+
+    name = pretrained.timm_name(cfg.arch)
+    info = pretrained.timm_pretrained_cfg(name)
+    wnids = list(imagenet_classes.synsets("imagenet1k"))
+    if info.get("num_classes") != len(wnids):
+        raise DataError(f"teacher.arch: timm's {name!r} has {info.get('num_classes')} outputs; a teacher known by "
+                        "wnid needs ImageNet-1K weights (a tag ending in in1k, or fine-tuned to in1k)")
+    if cfg.weights_path:
+        if not exists(cfg.weights_path):
+            raise DataError(f"teacher.weights_path {cfg.weights_path!r} does not exist")
+        model = timm.create_model(name, pretrained=False)
+        model.load_state_dict(read_torch(cfg.weights_path))
+    else:
+        model = timm.create_model(name, pretrained=True)  # timm's hub cache first, then a download
+    state = model.state_dict()
+    metrics = {"weights": f"timm {name}"}
+    if class_names is not None and class_names != wnids:
+        rows = torch.tensor(imagenet_indices(class_names, f"teacher timm:{name}"))
+        state = {**state, **{key: state[key][rows].clone() for key in _classifier_head(state, len(wnids))}}
+        wnids = list(class_names)
+        metrics["classes_kept"] = f"{len(wnids)} of ImageNet-1K's 1000, by wnid"
+    norm = Normalization(tuple(info["mean"]), tuple(info["std"]))
+    return Teacher(f"timm:{name}", {}, wnids, 3, image_size, norm, state, metrics)
+
+
+def pretrained_teacher(cfg: TeacherConfig, image_size: int, class_names: list[str] | None = None) -> Teacher:
+    """A published ImageNet-1K model as teacher: ``cfg.source`` torchvision or timm."""
+    if cfg.source == "timm":
+        return timm_teacher(cfg, image_size, class_names)
+    return torchvision_teacher(cfg, image_size, class_names)
+
+
 def _classifier_head(state: dict, classes: int) -> list[str]:
     """The state-dict keys of the last layer that maps features to the ``classes`` outputs (its weight and bias):
     ``fc`` for ResNets, ``classifier.1`` for MobileNets and EfficientNets, ``heads.head`` for ViTs, ..."""
@@ -148,11 +185,11 @@ def torchvision_weights(cfg: TeacherConfig):
 
 
 def extra_teacher(spec: ExtraTeacherConfig, image_size: int, class_names: list[str] | None = None) -> Teacher:
-    """One of ``teacher.extra``: a teacher.pt, or a torchvision model with its published weights."""
+    """One of ``teacher.extra``: a teacher.pt, or a torchvision or timm model with its published weights."""
     if spec.source == "checkpoint":
         return load_teacher(spec.checkpoint)
-    return torchvision_teacher(TeacherConfig(source="torchvision", arch=spec.arch, weights=spec.weights,
-                                             weights_path=spec.weights_path), image_size, class_names)
+    return pretrained_teacher(TeacherConfig(source=spec.source, arch=spec.arch, weights=spec.weights,
+                                            weights_path=spec.weights_path), image_size, class_names)
 
 
 # ------------------------------------------------------------------------------- per-class BN statistics

@@ -103,3 +103,41 @@ def test_held_out_images_follow_the_torchvision_weights_own_transform(arch, weig
     assert cfg.data.test_resize == expected
     assert load_config(None, [f"data.image_size={size}"]).data.test_resize == 0  # other teachers: whole image
     assert load_config(None, ["teacher.source=torchvision", "data.test_resize=0"]).data.test_resize == 0
+
+
+def test_timm_teacher_from_a_local_weights_file_keeps_a_subsets_outputs(tmp_path):
+    """teacher.source: timm, arch: a timm name with its weights' tag; weights from a local file (offline); the
+    normalisation and the held-out resize are the weights' own; a subset of wnids keeps those outputs."""
+    import timm
+
+    from srel_ray.config import load_config
+    from srel_ray.data import imagenet_classes
+    from srel_ray.teacher import timm_teacher
+
+    torch.manual_seed(0)
+    full = timm.create_model("resnet18.a1_in1k", pretrained=False).eval()
+    torch.save(full.state_dict(), tmp_path / "r18.pth")
+    wnids = list(imagenet_classes.synsets("imagenet1k"))
+    subset = [wnids[7], wnids[3], wnids[900]]
+    cfg = TeacherConfig(source="timm", arch="resnet18.a1_in1k", weights_path=str(tmp_path / "r18.pth"))
+    teacher = timm_teacher(cfg, 64, subset)
+    assert teacher.arch == "timm:resnet18.a1_in1k" and teacher.class_names == subset
+    assert teacher.norm.mean == (0.485, 0.456, 0.406)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.build().eval()(x), full(x)[:, [7, 3, 900]])
+    save_teacher(teacher, str(tmp_path / "teacher.pt"))  # a teacher.pt like any other
+    assert load_teacher(str(tmp_path / "teacher.pt")).arch == "timm:resnet18.a1_in1k"
+    resolved = load_config(None, ["teacher.source=timm", "teacher.arch=resnet18.a1_in1k", "data.image_size=224"])
+    assert resolved.data.test_resize == round(224 / 0.95)  # the weights' crop_pct
+
+
+@pytest.mark.parametrize("arch,message", [
+    ("resnet18.no_such_tag", "timm has no pretrained weights named 'resnet18.no_such_tag'"),
+    ("vit_tiny_patch16_224.augreg_in21k", "has 21843 outputs; a teacher known by wnid needs ImageNet-1K weights"),
+])
+def test_timm_teacher_refuses_weights_it_cannot_use(arch, message):
+    from srel_ray.teacher import timm_teacher
+
+    with pytest.raises(DataError, match=message):
+        timm_teacher(TeacherConfig(source="timm", arch=arch), 224)

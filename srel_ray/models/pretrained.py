@@ -1,5 +1,6 @@
-"""Published weights' metadata (torchvision's weights enums): which weights exist for a model, and how their
-evaluation transform resizes held-out images. Metadata only: nothing here downloads or loads weights."""
+"""Published weights' metadata (torchvision's weights enums, timm's pretrained configs): which weights exist for a
+model, and how their evaluation transform resizes held-out images. Metadata only: nothing here downloads or loads
+weights."""
 
 from __future__ import annotations
 
@@ -25,3 +26,26 @@ def eval_resize(arch: str, weights: str, image_size: int) -> int:
     of the weights' own evaluation transform (resize 256, crop 224 for the V1 weights)."""
     transform = torchvision_weights(arch, weights).transforms()
     return round(image_size * transform.resize_size[0] / transform.crop_size[0])
+
+
+def timm_name(arch: str) -> str:
+    """A timm model's name as timm knows it (``timm:resnet50.a1_in1k`` or ``resnet50.a1_in1k``)."""
+    return arch.removeprefix("timm:")
+
+
+def timm_pretrained_cfg(arch: str, field: str = "teacher") -> dict:
+    """The pretrained config (mean, std, crop_pct, num_classes, ...) of a timm model with its weights' tag."""
+    import timm
+
+    name = timm_name(arch)
+    known = timm.is_model(name) and ("." not in name or name in timm.list_pretrained(name))
+    cfg = timm.models.get_pretrained_cfg(name) if known else None
+    if cfg is None:
+        raise DataError(f"{field}.arch: timm has no pretrained weights named {name!r}; give a model with "
+                        "its weights' tag, e.g. resnet50.a1_in1k (timm.list_pretrained() lists them)")
+    return cfg.to_dict()
+
+
+def timm_eval_resize(arch: str, image_size: int) -> int:
+    """The short side held-out images are resized to before the centre crop, by the weights' ``crop_pct``."""
+    return round(image_size / timm_pretrained_cfg(arch)["crop_pct"])

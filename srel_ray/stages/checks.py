@@ -9,7 +9,7 @@ import torch
 from srel_ray.config import Config, TeacherConfig
 from srel_ray.data.real import RealData, check_images_per_class, load_dataset
 from srel_ray.errors import SrelError
-from srel_ray.models import create_model, has_batchnorm
+from srel_ray.models import create_model, has_batchnorm, list_models, pretrained
 from srel_ray.models.registry import check_model_fits
 from srel_ray.stages.base import CONDENSED, LABELS, RANDOM_REAL, SCORES, TEACHER, check_same_input, check_teacher
 from srel_ray.stages.registry import UNITS
@@ -40,10 +40,8 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
         check_images_per_class(data.train_index, cfg.recover.ipc)
     if TEACHER in made and cfg.teacher.source == "checkpoint":
         check_teacher(load_teacher(cfg.teacher.checkpoint), data)
-    elif TEACHER in made and cfg.teacher.source == "torchvision":
-        torchvision_weights(cfg.teacher)  # known weights?
-        imagenet_indices(data.class_names, f"torchvision {cfg.teacher.arch} ({cfg.teacher.weights})",
-                         _dataset(cfg, data))
+    elif TEACHER in made and cfg.teacher.source in ("torchvision", "timm"):
+        check_pretrained(cfg.teacher, "teacher", data, _dataset(cfg, data))
     elif TEACHER in read_from_folder(cfg, stages):
         if not files.exists(run.teacher):
             raise SrelError(f"no teacher at {run.teacher!r}: run the squeeze stage first (srel-ray squeeze)")
@@ -65,24 +63,27 @@ def check_models(cfg: Config, run: RunDir, data: RealData, made: set[str]) -> No
         check_model_fits(cfg.evaluate.arch, data.num_classes, data.channels, cfg.data.image_size,
                          cfg.evaluate.arch_kwargs, "evaluate.arch")
     if CONDENSED in made and cfg.recover.iterations:
-        if TEACHER in made and cfg.teacher.source == "squeeze":
-            with torch.device("meta"):
-                model = create_model(cfg.teacher.arch, data.num_classes, data.channels, cfg.data.image_size,
-                                     **cfg.teacher.arch_kwargs)
-            name = cfg.teacher.arch
-        else:
-            teacher = load_teacher(cfg.teacher.checkpoint if TEACHER in made and cfg.teacher.source == "checkpoint"
-                                   else run.teacher) if cfg.teacher.source != "torchvision" else None
-            if teacher is None:
-                return  # torchvision's ImageNet classifiers with weights: the CNNs have BN; checked when built
-            with torch.device("meta"):
-                model = create_model(teacher.arch, teacher.num_classes, teacher.in_channels, teacher.image_size,
-                                     **teacher.arch_kwargs)
-            name = teacher.arch
+        name, kwargs, classes, channels, size = _recovery_teacher(cfg, run, data, made)
+        with torch.device("meta"):
+            model = create_model(name, classes, channels, size, **kwargs)
         if not has_batchnorm(model):
             raise SrelError(f"the teacher {name!r} has no BatchNorm layers, and recovery matches BatchNorm "
                             "statistics: squeeze a model with BN (convnet, resnet18_small, ...); for a ViT use "
                             "bnvit_tiny, the SRe2L paper's BN-ViT (BatchNorm for LayerNorm)")
+
+
+def _recovery_teacher(cfg: Config, run: RunDir, data: RealData, made: set[str]) -> tuple[str, dict, int, int, int]:
+    """(model name, arch_kwargs, classes, channels, image size) of the teacher recovery will use."""
+    t = cfg.teacher
+    if TEACHER in made and t.source == "squeeze":
+        return t.arch, t.arch_kwargs, data.num_classes, data.channels, cfg.data.image_size
+    if TEACHER in made and t.source == "timm":
+        return f"timm:{pretrained.timm_name(t.arch)}", {}, data.num_classes, 3, cfg.data.image_size
+    if TEACHER in made and t.source == "torchvision":
+        name = t.arch if t.arch in list_models() else f"torchvision:{t.arch}"
+        return name, {}, data.num_classes, 3, cfg.data.image_size
+    teacher = load_teacher(t.checkpoint if TEACHER in made else run.teacher)
+    return teacher.arch, teacher.arch_kwargs, teacher.num_classes, teacher.in_channels, teacher.image_size
 
 
 def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[str, ...]) -> None:
@@ -105,9 +106,20 @@ def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[
         elif spec.source == "checkpoint":
             check_teacher(load_teacher(spec.checkpoint), data)
         else:
-            torchvision_weights(TeacherConfig(arch=spec.arch, weights=spec.weights))  # known weights?
-            imagenet_indices(data.class_names, f"teacher.extra[{i}]: torchvision {spec.arch} ({spec.weights})",
-                             _dataset(cfg, data))
+            check_pretrained(TeacherConfig(source=spec.source, arch=spec.arch, weights=spec.weights),
+                             f"teacher.extra[{i}]", data, _dataset(cfg, data))
+
+
+def check_pretrained(spec: TeacherConfig, field: str, data: RealData, dataset: str) -> None:
+    """A published ImageNet-1K model: its weights exist (metadata only, no download) and the dataset's classes are
+    among its wnids."""
+    if spec.source == "timm":
+        pretrained.timm_pretrained_cfg(spec.arch, field)
+        what = f"{field}: timm {pretrained.timm_name(spec.arch)}"
+    else:
+        torchvision_weights(spec)
+        what = f"{field}: torchvision {spec.arch} ({spec.weights})"
+    imagenet_indices(data.class_names, what, dataset)
 
 
 def _dataset(cfg: Config, data: RealData) -> str:

@@ -13,7 +13,7 @@ from srel_ray.data.real import RealData
 from srel_ray.stages.base import TEACHER, Plan, StageContext, check_same_input, check_teacher
 from srel_ray.storage import files
 from srel_ray.storage.layout import RunDir
-from srel_ray.teacher import Teacher, extra_teacher, load_teacher, save_teacher, torchvision_teacher
+from srel_ray.teacher import Teacher, extra_teacher, load_teacher, pretrained_teacher, save_teacher
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> SqueezeResult:
             teacher = load_teacher(cfg.teacher.checkpoint)
             check_teacher(teacher, data)
         else:
-            teacher = torchvision_teacher(cfg.teacher, cfg.data.image_size, data.class_names)
+            teacher = pretrained_teacher(cfg.teacher, cfg.data.image_size, data.class_names)
         teacher.metrics = {**teacher.metrics, **test_accuracy(teacher, data)}
     save_teacher(teacher, run_dir.teacher)
     save_extra_teachers(cfg, run_dir, data, teacher)
