@@ -209,6 +209,24 @@ class RelabelConfig:
 
 
 @dataclass
+class StudentArchConfig:
+    """One more student architecture for the evaluate stage (any model name, srel_ray.models)."""
+
+    arch: str = "convnet"
+    arch_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Its folder name under DIR/evaluate/: the name, and a hash of arch_kwargs when there are any."""
+        import hashlib
+
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.arch)
+        if not self.arch_kwargs:
+            return name
+        return f"{name}-{hashlib.sha256(repr(sorted(self.arch_kwargs.items())).encode()).hexdigest()[:8]}"
+
+
+@dataclass
 class EvaluateConfig:
     """Evaluate: train a student from scratch on a set's stored views and labels; test on real held-out data."""
 
@@ -223,8 +241,18 @@ class EvaluateConfig:
     eval_interval: int = 10  # test every this many epochs (and after the last); 0: after the last only
     lr_stretch: float = 1.0  # cosine over this many times the steps: 2 ends at half the peak (EDC's smoothing)
     ema_decay: float = 0.0  # > 0: test an exponential moving average of the weights (EDC: 0.99)
+    # More student architectures (cross-architecture generalisation, the SRe2L paper's Table 5): each is trained on
+    # the condensed set and, with baselines, on both random-real sets, by this section's protocol. Not part of a
+    # run's identity: adding one to a finished run trains only the new students (srel-ray evaluate).
+    students: list[StudentArchConfig] = field(default_factory=list)
 
     def validate(self) -> None:
+        seen = {(self.arch, repr(sorted(self.arch_kwargs.items())))}
+        for i, student in enumerate(self.students):
+            key = (student.arch, repr(sorted(student.arch_kwargs.items())))
+            _check(key not in seen, f"evaluate.students[{i}]",
+                   f"repeats {student.arch!r} with the same arch_kwargs (evaluate.arch or an earlier entry)")
+            seen.add(key)
         _check(self.lr_stretch >= 1.0, "evaluate.lr_stretch", f"must be >= 1, got {self.lr_stretch}")
         _check(0.0 <= self.ema_decay < 1.0, "evaluate.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.epochs >= 1, "evaluate.epochs", f"must be >= 1, got {self.epochs}")
@@ -370,6 +398,8 @@ class Config:
         if self.teacher.source in ("squeeze", "torchvision"):  # timm's names carry their weights' tag: checked then
             check_model_name(self.teacher.arch, "teacher.arch")
         check_model_name(self.evaluate.arch, "evaluate.arch")
+        for i, student in enumerate(self.evaluate.students):
+            check_model_name(student.arch, f"evaluate.students[{i}].arch")
         return self
 
     def identity(self) -> dict:
@@ -383,6 +413,7 @@ class Config:
             d["precision"] = self.resources.precision
         d.pop("tracking")
         d.pop("tune")  # how a search explores configs; never what one run computes
+        d["evaluate"].pop("students")  # more students add outputs and change none (see EvaluateConfig.students)
         return d
 
 

@@ -71,6 +71,8 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
         summary = write_summary(cfg, run, data) if _finished(run) else None
         if summary:
             tracker.log_metrics({k: v for k, v in summary.items() if k.endswith("top1") or k.endswith("top5")})
+            tracker.log_metrics({f"cross_arch.{key}.{k}": v for key, row in summary.get("cross_arch", {}).items()
+                                 for k, v in row.items() if k.endswith("top1") and v is not None})
             tracker.log_artifact(draw_curves(run))
             tracker.log_artifact(run.summary)
     return summary

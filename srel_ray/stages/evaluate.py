@@ -1,11 +1,12 @@
 """Evaluate: the condensed set's student and, with evaluate.baselines, both random-real students, each trained
 from scratch by the executor on one protocol and tested on the real test split; one DIR/evaluate/<student>.json
-each, so a rerun trains only the students without one."""
+each, so a rerun trains only the students without one. Each architecture of evaluate.students trains the same
+students by the same protocol, into DIR/evaluate/<arch key>/<student>.json."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from srel_ray.config import Config
 from srel_ray.errors import SrelError
@@ -37,31 +38,47 @@ def plan(cfg: Config) -> Plan:
     return Plan(NAME, needs=(TEACHER, LABELS), makes=(SCORES,))
 
 
+def architectures(cfg: Config) -> list[tuple[str | None, Config]]:
+    """(folder key, config) of every student architecture: evaluate.arch first (key None: DIR/evaluate/), then each
+    of evaluate.students, as the same protocol with that architecture."""
+    e = cfg.evaluate
+    return [(None, cfg)] + [(s.key, replace(cfg, evaluate=replace(e, arch=s.arch, arch_kwargs=s.arch_kwargs)))
+                            for s in e.students]
+
+
 def is_done(cfg: Config, run: RunDir) -> bool:
-    return all(files.exists(run.student_record(s.name)) for s in students_of(cfg.evaluate.baselines))
+    return all(files.exists(run.student_record(s.name, key))
+               for key, _ in architectures(cfg) for s in students_of(cfg.evaluate.baselines))
 
 
 def run(ctx: StageContext) -> EvaluateResult:
     cfg, run_dir = ctx.cfg, ctx.run
     students = students_of(cfg.evaluate.baselines)
-    done = [s.name for s in students if files.exists(run_dir.student_record(s.name))]
+    work = [(key, arch_cfg, s) for key, arch_cfg in architectures(cfg) for s in students]
+    done = [_label(key, s.name) for key, _, s in work if files.exists(run_dir.student_record(s.name, key))]
     if done:
-        log.info("evaluate: %d of %d students already trained, skipping them: %s", len(done), len(students),
+        log.info("evaluate: %d of %d students already trained, skipping them: %s", len(done), len(work),
                  ", ".join(done))
     scores, resumed = {}, {}
-    for student in students:
-        path = run_dir.student_record(student.name)
-        if student.name in done:
+    for key, arch_cfg, student in work:
+        label = _label(key, student.name)
+        path = run_dir.student_record(student.name, key)
+        if label in done:
             result = files.read_json(path)
         else:
             info = sets.read_set(run_dir.set_dir(student.set_name))
             if info.label_epochs != cfg.relabel.epochs:
                 raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
-            log.info("evaluate: training the %s student", student.name)
-            result, resumed[student.name] = ctx.executor.train_student(ctx, student, info)
+            log.info("evaluate: training the %s student", label)
+            named = student if key is None else replace(student, name=f"{student.name}-{key}")  # its Train run
+            result, resumed[label] = ctx.executor.train_student(replace(ctx, cfg=arch_cfg), named, info)
             files.write_json_atomic(path, result)
-        scores[student.name] = StudentScore(result["top1"], result["top5"])
-    return EvaluateResult(scores, done, resumed, skipped=len(done) == len(students))
+        scores[label] = StudentScore(result["top1"], result["top5"])
+    return EvaluateResult(scores, done, resumed, skipped=len(done) == len(work))
+
+
+def _label(key: str | None, student: str) -> str:
+    return student if key is None else f"{key}/{student}"
 
 
 def record(result: EvaluateResult) -> dict:

@@ -89,8 +89,9 @@ class RunDir:
     def stage_record(self, stage: str) -> str:
         return join(self.out, "stages", f"{stage}.json")
 
-    def student_record(self, name: str) -> str:
-        return join(self.out, "evaluate", f"{name}.json")
+    def student_record(self, name: str, arch_key: str | None = None) -> str:
+        """evaluate/<student>.json for evaluate.arch; evaluate/<arch key>/<student>.json for evaluate.students."""
+        return join(self.out, "evaluate", *([arch_key] if arch_key else []), f"{name}.json")
 
     @property
     def grid(self) -> str:

@@ -102,3 +102,41 @@ def test_relabel_teacher_labels_both_sets_instead_of_the_recovery_teacher(tmp_pa
     files.remove(files.join(run.set_dir("condensed"), "labels"))
     with pytest.raises(SrelError, match="normalises inputs"):
         relabel.run(ctx)
+
+
+def test_more_student_architectures_train_every_student_by_the_same_protocol(tmp_path):
+    """evaluate.students: each architecture trains the condensed-set student and both baselines into its own
+    folder; adding one to a finished run is the same run (identity) and trains only the new students."""
+    from srel_ray.summary import cross_architecture, format_cross_architecture
+
+    cfg = load_config(quickstart_config(), TINY)
+    data = load_dataset(cfg.data)
+    run = prepare_out(cfg, tmp_path / "run")
+    torch.manual_seed(0)
+    model = create_model("convnet", num_classes=10, in_channels=1, image_size=16, width=8, depth=2)
+    save_teacher(Teacher("convnet", {"width": 8, "depth": 2}, data.class_names, 1, 16, data.norm, model.state_dict()),
+                 run.teacher)
+    ctx = StageContext(cfg, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False))
+    recover.run(ctx)
+    relabel.run(ctx)
+    evaluate.run(ctx)
+
+    more = load_config(quickstart_config(), TINY + ["evaluate.students=[{arch: convnet, arch_kwargs: {width: 4, "
+                                                    "depth: 1}}, {arch: 'srel_ray.models.convnet:convnet', "
+                                                    "arch_kwargs: {width: 4, depth: 2}}]"])
+    assert more.identity() == cfg.identity()  # the same run: its folder takes the new students
+    prepare_out(more, run.out)
+    result = evaluate.run(StageContext(more, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False)))
+    keys = [s.key for s in more.evaluate.students]
+    assert result.skipped_students == ["condensed", "random_real_hard", "random_real_soft"]
+    students = ("condensed", "random_real_hard", "random_real_soft")
+    assert set(result.scores) == {*students, *(f"{k}/{s}" for k in keys for s in students)}
+    for key in keys:
+        assert files.exists(run.student_record("random_real_soft", key))
+    cross = cross_architecture(more, run)
+    assert list(cross) == ["convnet", *keys] and keys[1].startswith("srel_ray_models_convnet_convnet-")
+    assert cross[keys[1]]["arch"] == "srel_ray.models.convnet:convnet"
+    assert cross["convnet"]["student_top1"] == files.read_json(run.student_record("condensed"))["top1"]
+    assert len(format_cross_architecture(cross)) == 4
+    with pytest.raises(Exception, match=r"evaluate.students\[1\] repeats 'resnet18_small'"):
+        load_config(quickstart_config(), TINY + ["evaluate.students=[{arch: resnet18_small}, {arch: resnet18_small}]"])
