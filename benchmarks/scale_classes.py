@@ -13,8 +13,8 @@ driver, recover actor, relabel actor (Ray Data's map workers), Train worker, Ray
 daemons. A run whose processes together pass ``--memory-limit-gb`` is stopped and recorded as such (a 24 GB
 machine cannot hold it), so a point that would not fit does not take the machine down.
 
-Results: benchmarks/results/scale_classes.json (one row per point and ``--label``, older rows of other labels
-kept), and the table between the scale markers of docs/scaling.md. Targets (issue 18): the driver's peak at
+Results: benchmarks/results/scale_classes.json (one row per point and ``--label``; a run replaces only the rows
+of the points it measures), and the table between the scale markers of docs/scaling.md. Targets (issue 18): the driver's peak at
 21,841 classes within 1.25x of its peak at 1,000; each worker's peak growing no faster than its share of the work;
 seconds per class within 2x from 1,000 to 21,841 classes.
 """
@@ -209,7 +209,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     revision = harness.git_revision()
     old = json.loads(args.results.read_text())["rows"] if args.results.exists() else []
-    rows = [r for r in old if r["label"] != args.label]
+    points = {(args.label, c, m, i) for c in args.classes for m in args.methods for i in args.ipc}
+    rows = [r for r in old if (r["label"], r["classes"], r["method"], r["ipc"]) not in points]  # rerun points only
     for num_classes in args.classes:
         data = make_dataset(args.out / f"data-{num_classes}", num_classes, args.per_class)
         for method in args.methods:
