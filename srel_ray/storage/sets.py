@@ -28,7 +28,7 @@ from srel_ray.core.relabel import row_views
 from srel_ray.core.soft_labels import compress_topk
 from srel_ray.core.student import EpochLabels
 from srel_ray.errors import DataError
-from srel_ray.storage.files import (TMP_SUFFIX, exists, fs_path, join, read_json, write_bytes_atomic,
+from srel_ray.storage.files import (exists, fs_path, join, read_json, write_bytes_atomic,
                                     write_json_atomic)
 
 FORMAT_VERSION = 2  # 2: label epochs in parts with a record (1: one Parquet file per epoch)
