@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from srel_ray.core.soft_labels import compress_topk, expand_topk
-from srel_ray.storage import files, sets
+from srel_ray.storage import sets
 
 
 def _softmax(z):
