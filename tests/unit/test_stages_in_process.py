@@ -22,7 +22,8 @@ TINY = ["recover.iterations=2", "relabel.epochs=2", "evaluate.epochs=2", "teache
         "evaluate.arch_kwargs={width: 8, depth: 2}", "resources.use_gpu=false", "recover.ipc=1"]
 
 
-def test_stage_units_run_and_resume_in_process(tmp_path):
+def _run_with_teacher(tmp_path):
+    """The tiny config, the digits data and a claimed run folder holding an untrained teacher (seed 0)."""
     cfg = load_config(quickstart_config(), TINY)
     data = load_dataset(cfg.data)
     run = prepare_out(cfg, tmp_path / "run")
@@ -30,6 +31,11 @@ def test_stage_units_run_and_resume_in_process(tmp_path):
     model = create_model("convnet", num_classes=10, in_channels=1, image_size=16, width=8, depth=2)
     save_teacher(Teacher("convnet", {"width": 8, "depth": 2}, data.class_names, 1, 16, data.norm, model.state_dict()),
                  run.teacher)
+    return cfg, data, run
+
+
+def test_stage_units_run_and_resume_in_process(tmp_path):
+    cfg, data, run = _run_with_teacher(tmp_path)
     check_inputs(cfg, run, ("recover", "relabel", "evaluate"))  # the teacher is in the folder: nothing to make
     ctx = StageContext(cfg, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False))
     assert not any(unit.is_done(cfg, run) for unit in (recover, relabel, evaluate))
@@ -109,13 +115,7 @@ def test_more_student_architectures_train_every_student_by_the_same_protocol(tmp
     folder; adding one to a finished run is the same run (identity) and trains only the new students."""
     from srel_ray.summary import cross_architecture, format_cross_architecture
 
-    cfg = load_config(quickstart_config(), TINY)
-    data = load_dataset(cfg.data)
-    run = prepare_out(cfg, tmp_path / "run")
-    torch.manual_seed(0)
-    model = create_model("convnet", num_classes=10, in_channels=1, image_size=16, width=8, depth=2)
-    save_teacher(Teacher("convnet", {"width": 8, "depth": 2}, data.class_names, 1, 16, data.norm, model.state_dict()),
-                 run.teacher)
+    cfg, data, run = _run_with_teacher(tmp_path)
     ctx = StageContext(cfg, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False))
     recover.run(ctx)
     relabel.run(ctx)
