@@ -28,8 +28,9 @@ def _labels(folder):
 @pytest.fixture(scope="module")
 def runs_by_actor_count(quickstart_run, mlflow_uri, tmp_path_factory):
     """The same run with 1 and 2 recovery actors. The 1-actor run is written through a file:// URL (--out as an
-    fsspec URL: the code path of s3:// and gs://), from a working directory of its own; equal outputs then show
-    that neither the actor count nor the URL changes a byte."""
+    fsspec URL: the code path of s3:// and gs://), from a working directory of its own, through all four stages;
+    the 2-actor run stops after relabel (its student would only repeat the 1-actor one's on the same files).
+    Equal outputs then show that neither the actor count nor the URL changes a byte."""
     base = tmp_path_factory.mktemp("actors")
     (base / "cwd").mkdir()
     outs = {1: base / "cwd" / "url-run", 2: base / "actors2"}
@@ -39,7 +40,8 @@ def runs_by_actor_count(quickstart_run, mlflow_uri, tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(base / "cwd")
             target = f"file://{out}" if actors == 1 else str(out)
-            assert main(["run", "--config", str(quickstart_run / "config.yaml"), "--out", target, *args]) == 0
+            for command in ["run"] if actors == 1 else ["squeeze", "recover", "relabel"]:
+                assert main([command, "--config", str(quickstart_run / "config.yaml"), "--out", target, *args]) == 0
     return outs
 
 
@@ -48,9 +50,8 @@ def test_same_outputs_whatever_the_actor_count(runs_by_actor_count):
     recover_two = json.loads((two / "stages" / "recover.json").read_text())["result"]
     assert recover_two["units"] == 4 and len({a["pid"] for a in recover_two["actors"]}) == 2
     assert _files(one / "condensed") == _files(two / "condensed") != {}
-    assert _labels(one / "condensed") == _labels(two / "condensed")
-    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
-    assert (s1["student_top1"], s1["student_top5"]) == (s2["student_top1"], s2["student_top5"])
+    assert _labels(one / "condensed") == _labels(two / "condensed") != []
+    assert json.loads((one / "summary.json").read_text())["student_top1"] is not None  # the URL run's student
 
 
 def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, quickstart_run, mlflow_uri):
