@@ -136,6 +136,9 @@ class RecoverConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range ("multi-crop optimisation")
     classes_per_unit: int = 100  # classes mixed in one optimisation batch (capped at the class count)
     ipc_per_unit: int = 1  # images of each class in one batch
+    # Adam's (L2) weight decay on the images, as the SRe2L supplementary's recovery tables give it (1e-4); its
+    # reference code uses none, hence the default 0 (docs/methods.md, "The seed's recipes").
+    weight_decay: float = 0.0
     # Methods beyond SRe2L (docs/methods.md). Defaults are SRe2L's: each option is off.
     init: str = "noise"  # noise | real (the random-real baseline's images) | rded (RDED-selected crops)
     class_bn_weight: float = 0.0  # w: match (1 - w) * global + w * per-class BN statistics (EDC: 0.5)
@@ -180,6 +183,7 @@ class RecoverConfig:
         _check_scale(self.crop_scale, "recover.crop_scale")
         _check(self.classes_per_unit >= 1, "recover.classes_per_unit", f"must be >= 1, got {self.classes_per_unit}")
         _check(self.ipc_per_unit >= 1, "recover.ipc_per_unit", f"must be >= 1, got {self.ipc_per_unit}")
+        _check(self.weight_decay >= 0, "recover.weight_decay", f"must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -234,8 +238,14 @@ class EvaluateConfig:
     arch_kwargs: dict = field(default_factory=dict)
     epochs: int = 100
     batch_size: int = 32  # global, split across workers
+    optimizer: str = "adamw"  # adamw (the seed's ImageNet-1K student) | sgd (its Tiny-ImageNet student)
     lr: float = 1e-3
     weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd only
+    # CutMix per batch (srel_ray.core.cutmix): with this probability a batch pastes a box of its views, shuffled,
+    # into its views; the mixed image's target is the area-weighted mix of the two views' stored labels. 0: off.
+    cutmix_prob: float = 0.0
+    cutmix_beta: float = 1.0  # the box's area share is drawn from Beta(cutmix_beta, cutmix_beta)
     temperature: float = 4.0  # T of the KL loss on soft labels
     baselines: bool = True  # also train on IPC random real images, hard and teacher-relabelled
     eval_interval: int = 10  # test every this many epochs (and after the last); 0: after the last only
@@ -258,6 +268,12 @@ class EvaluateConfig:
         _check(self.epochs >= 1, "evaluate.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, "evaluate.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, "evaluate.lr", f"must be > 0, got {self.lr}")
+        _check(self.optimizer in STUDENT_OPTIMIZERS, "evaluate.optimizer",
+               f"must be one of {list(STUDENT_OPTIMIZERS)}, got {self.optimizer!r}")
+        _check(self.weight_decay >= 0, "evaluate.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0.0 <= self.momentum < 1.0, "evaluate.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(0.0 <= self.cutmix_prob <= 1.0, "evaluate.cutmix_prob", f"must be in [0, 1], got {self.cutmix_prob}")
+        _check(self.cutmix_beta > 0, "evaluate.cutmix_beta", f"must be > 0, got {self.cutmix_beta}")
         _check(self.temperature > 0, "evaluate.temperature", f"must be > 0, got {self.temperature}")
         _check(self.eval_interval >= 0, "evaluate.eval_interval", f"must be >= 0, got {self.eval_interval}")
 
@@ -424,6 +440,7 @@ DATASETS = {"digits", "parquet", "imagefolder", "cifar", "webdataset"}
 RDED_STITCH_FROM_PX = 128
 RECOVER_INITS = ("noise", "real", "rded")
 CROP_CURRICULA = ("none", "step", "linear", "cosine")
+STUDENT_OPTIMIZERS = ("adamw", "sgd")
 TEACHER_SOURCES = {"squeeze", "torchvision", "timm", "checkpoint"}
 
 

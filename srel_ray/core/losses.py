@@ -8,9 +8,13 @@ import torch.nn.functional as F
 
 def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over the batch (Hinton's scaling keeps gradients O(1))."""
+    return soft_target_kl(student_logits, F.softmax(teacher_logits.float() / temperature, dim=1), temperature)
+
+
+def soft_target_kl(student_logits: torch.Tensor, p_teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p || softmax(s/T)) * T^2 for a target distribution p (``soft_label_kl``'s, or a CutMix mix of two)."""
     t = temperature
     log_p_student = F.log_softmax(student_logits / t, dim=1)
-    p_teacher = F.softmax(teacher_logits.float() / t, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * t * t
 
 

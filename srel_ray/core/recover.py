@@ -90,6 +90,7 @@ class Recovery:
     # srel_ray.core.precision, already checked against ``device``: the teachers' forward passes run in it; the
     # images, BN statistics and losses stay fp32.
     precision: str = "fp32"
+    weight_decay: float = 0.0  # Adam's L2 term on the images (recover.weight_decay)
 
     @classmethod
     def of(cls, cfg: Config, teachers: Sequence[nn.Module], norm: Normalization, *,
@@ -97,7 +98,7 @@ class Recovery:
         """The recovery ``cfg`` describes, with ``teachers`` (the frozen teacher, then teacher.extra's)."""
         r = cfg.recover
         return cls(tuple(teachers), norm, cfg.data.image_size, cfg.seed, r.iterations, r.lr, r.jitter,
-                   crop_schedule(r), cfg.data.hflip, device, precision)
+                   crop_schedule(r), cfg.data.hflip, device, precision, r.weight_decay)
 
 
 def recover_unit(recovery: Recovery, unit: Unit, terms: Sequence[Term], *, init: torch.Tensor | None = None,
@@ -126,7 +127,7 @@ def recover_unit(recovery: Recovery, unit: Unit, terms: Sequence[Term], *, init:
         return init.cpu(), _final_stats(teachers[0], x.detach(), targets, terms)
     for term in terms:
         term.start(x, targets)
-    optimizer = torch.optim.Adam([x], lr=r.lr, betas=(0.5, 0.9), eps=1e-8)
+    optimizer = torch.optim.Adam([x], lr=r.lr, betas=(0.5, 0.9), eps=1e-8, weight_decay=r.weight_decay)
     scaler = grad_scaler(precision, device)  # fp16 only; otherwise it passes everything through
     low, high = norm.bounds(x)
     pin = device.type == "cuda"  # page-locked boxes copy to the GPU without stalling this thread

@@ -37,3 +37,4 @@ STREAM_NORMALIZATION = 8
 STREAM_VALIDATION = 9
 STREAM_RDED = 10  # RDED's candidate images and crop boxes, keyed by class
 STREAM_RECOVER_VIEWS = 11  # recovery's crops, flips and rolls, keyed by (unit, step)
+STREAM_STUDENT_CUTMIX = 12  # the student's CutMix draws, keyed by (epoch, rank)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from srel_ray.config import EvaluateConfig
-from srel_ray.core.losses import soft_label_kl, topk_correct
+from srel_ray.core.cutmix import cutmix_images, cutmix_rng, draw_cutmix, student_loss
+from srel_ray.core.losses import topk_correct
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import autocast, grad_scaler, to_input
 from srel_ray.core.relabel import view_pixels
@@ -55,11 +56,15 @@ def build_student(e: EvaluateConfig, *, seed: int, num_classes: int, channels: i
 
 
 def student_optimizer(model: nn.Module, e: EvaluateConfig, rows_per_epoch: int, world: int = 1):
-    """AdamW with a cosine schedule stepped per batch over ``evaluate.lr_stretch`` times all epochs (1: plain
-    cosine; EDC's smoothing schedule: 2); returns them and this rank's batch size."""
+    """``evaluate.optimizer`` (AdamW, or SGD with ``evaluate.momentum``) with a cosine schedule stepped per batch
+    over ``evaluate.lr_stretch`` times all epochs (1: plain cosine; EDC's smoothing schedule: 2); returns them and
+    this rank's batch size."""
     local_batch = max(1, e.batch_size // world)
     steps_per_epoch = -(-(-(-rows_per_epoch // world)) // local_batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=e.lr, weight_decay=e.weight_decay)
+    if e.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=e.lr, momentum=e.momentum, weight_decay=e.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=e.lr, weight_decay=e.weight_decay)
     scheduler = stretched_cosine(optimizer, e.epochs * steps_per_epoch, e.lr_stretch)
     return optimizer, scheduler, local_batch
 
@@ -160,6 +165,8 @@ def train_student_epoch(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     rows_per_rank: int | None = None,
+    cutmix_prob: float = 0.0,
+    cutmix_beta: float = 1.0,
 ) -> float:
     """One epoch over this rank's share of the stored views; returns the mean loss. Scheduler (and ``ema``, when
     given) step per batch. ``rows_per_rank``: ``images`` and ``labels`` hold only this rank's share of the set
@@ -171,25 +178,29 @@ def train_student_epoch(
     rendered into views on ``device``. The loss is summed on the device and read once, at the end of the epoch, so
     the host queues batch i + 1 while the device runs batch i. ``precision``: the forward pass's
     (srel_ray.core.precision); the loss is computed in fp32. ``scaler``: fp16's GradScaler, kept by the caller
-    across epochs (None: a fresh one, enabled for fp16 only)."""
+    across epochs (None: a fresh one, enabled for fp16 only). ``cutmix_prob``, ``cutmix_beta``: CutMix of the
+    rendered views (srel_ray.core.cutmix), drawn per batch from (seed, epoch, rank); 0: none."""
     device = torch.device(device)
     model.train()
     scaler = scaler if scaler is not None else grad_scaler(precision, device)
     rows = (shard_order(len(labels.image_index), seed, epoch, rank, world) if rows_per_rank is None else
             share_order(len(labels.image_index), rows_per_rank, seed, epoch, rank, world))
     boxes, flips = labels.views.boxes.to(device), labels.views.flips.to(device)  # one copy per epoch, not per batch
+    mixes = cutmix_rng(seed, epoch, rank) if cutmix_prob > 0 else None
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     gpu = device.type == "cuda"
     for batch, batch_images, target in prefetch(_host_batches(images, class_labels, labels, rows, batch_size, gpu),
                                                 gpu):
         on_device = batch.to(device, non_blocking=True)
-        x = to_input(view_pixels(batch_images.to(device, non_blocking=True), Views(boxes[on_device], flips[on_device]),
-                                 image_size, norm), device)
+        x = view_pixels(batch_images.to(device, non_blocking=True), Views(boxes[on_device], flips[on_device]),
+                        image_size, norm)
+        mix = draw_cutmix(mixes, len(batch), image_size, cutmix_prob, cutmix_beta) if mixes is not None else None
+        x = to_input(x if mix is None else cutmix_images(x, mix), device)
         target = target.to(device, non_blocking=True)
         with autocast(precision, device):
             out = model(x).float()
-        loss = F.cross_entropy(out, target) if labels.hard else soft_label_kl(out, target, temperature)
+        loss = student_loss(out, target, hard=labels.hard, temperature=temperature, mix=mix)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

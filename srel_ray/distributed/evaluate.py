@@ -53,7 +53,8 @@ def student_loop(config: dict) -> None:
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=local_batch, temperature=e.temperature,
                                    image_size=cfg.data.image_size, norm=norm, rank=rank, world=world, device=device,
-                                   ema=ema, precision=precision, scaler=scaler, rows_per_rank=rows_per_rank)
+                                   ema=ema, precision=precision, scaler=scaler, rows_per_rank=rows_per_rank,
+                                   cutmix_prob=e.cutmix_prob, cutmix_beta=e.cutmix_beta)
         metrics = {"epoch": epoch, "train_loss": trainer.all_reduce_sum({"l": loss}, device)["l"] / world}
         last = epoch == e.epochs - 1
         if last or (e.eval_interval and (epoch + 1) % e.eval_interval == 0):

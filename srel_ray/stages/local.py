@@ -120,7 +120,8 @@ class InProcessExecutor:
             loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                        seed=cfg.seed, batch_size=batch_size, temperature=e.temperature,
                                        image_size=cfg.data.image_size, norm=norm, device=self.device, ema=ema,
-                                       precision=self.precision, scaler=scaler)
+                                       precision=self.precision, scaler=scaler, cutmix_prob=e.cutmix_prob,
+                                       cutmix_beta=e.cutmix_beta)
             yield epoch, loss, tested
 
     def train_student(self, ctx: StageContext, student: Student, info: sets.SetInfo) -> tuple[dict, dict]:

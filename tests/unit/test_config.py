@@ -1,6 +1,7 @@
 """Typed config: defaults, --set overrides, errors that name the field, YAML round trip, identity."""
 
 import dataclasses
+import re
 from importlib import resources
 
 import pytest
@@ -89,10 +90,27 @@ def test_override_without_equals():
     ("data.name=mnistt", "data.name"),
     ("evaluate.temperature=0", "evaluate.temperature"),
     ("resources.train_workers=0", "resources.train_workers"),
+    ("evaluate.cutmix_prob=1.5", "evaluate.cutmix_prob"),
+    ("evaluate.cutmix_prob=-0.1", "evaluate.cutmix_prob"),
+    ("evaluate.cutmix_beta=0", "evaluate.cutmix_beta"),
+    ("evaluate.momentum=1.0", "evaluate.momentum"),
+    ("evaluate.weight_decay=-0.01", "evaluate.weight_decay"),
+    ("recover.weight_decay=-1e-4", "recover.weight_decay"),
 ])
 def test_invalid_values(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(overrides=[override])
+
+
+def test_unknown_student_optimizer_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=re.escape("evaluate.optimizer must be one of ['adamw', 'sgd'], got 'adam'")):
+        load_config(overrides=["evaluate.optimizer=adam"])
+
+
+def test_student_and_recovery_recipe_options_default_to_the_former_behaviour():
+    """AdamW, no CutMix, no recovery weight decay: runs configured before these options compute what they did."""
+    cfg = load_config()
+    assert (cfg.evaluate.optimizer, cfg.evaluate.cutmix_prob, cfg.recover.weight_decay) == ("adamw", 0.0, 0.0)
 
 
 def test_unknown_arch_lists_valid_models():

@@ -132,3 +132,22 @@ def test_recovery_lowers_teacher_cross_entropy():
     ce_recovered = _teacher_ce(teacher, images, targets)
     # Measured here: about 3.1 -> 0.45; the bound leaves a wide margin.
     assert ce_recovered < 0.5 * ce_noise, (ce_noise, ce_recovered)
+
+
+def test_recovery_weight_decay_pulls_the_images_toward_the_mean():
+    """recover.weight_decay is Adam's L2 term: the gradient gains weight_decay * x. Adam's first step moves each
+    pixel by lr * g / |g|; with a decay that dominates the loss's gradient every pixel therefore moves by lr toward
+    0 in normalised space (the data's mean), a step computed here by hand."""
+    teacher = _teacher()
+    unit = Unit(0, (0, 1, 2), 0, 2)
+    start = torch.randint(40, 216, (6, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = NORM.normalize(from_uint8(start))
+    by_hand = to_uint8(NORM.denormalize(x - 0.1 * torch.sign(x)))
+    cfg = RecoverConfig(iterations=1, lr=0.1, jitter=1, crop_scale=(0.5, 1.0), weight_decay=1e6)
+    decayed, _ = recover_unit(_recovery(teacher, cfg, 0), unit, recover_terms(cfg), init=start)
+    assert torch.equal(decayed, by_hand)
+    plain = RecoverConfig(iterations=1, lr=0.1, jitter=1, crop_scale=(0.5, 1.0))
+    undecayed, _ = recover_unit(_recovery(teacher, plain, 0), unit, recover_terms(plain), init=start)
+    assert not torch.equal(undecayed, by_hand)  # without it the step follows the loss's gradient instead
+    moved = undecayed.int() - start.int()
+    assert set(moved.abs().unique().tolist()) <= {0, 12, 13} and (moved != 0).any()  # lr 0.1: 12.75 grey levels

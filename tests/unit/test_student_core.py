@@ -1,4 +1,6 @@
-"""Student epoch order across ranks, and that a student epoch learns from hard and soft labels."""
+"""Student epoch order across ranks, that a student epoch learns from hard and soft labels, and its optimizers."""
+
+import math
 
 import pytest
 import torch
@@ -125,3 +127,43 @@ def test_image_shares_tile_the_set_and_one_rank_keeps_the_shared_order():
     orders = [share_order(len(s) * 4, 16, seed=1, epoch=2, rank=r, world=3) for r, s in enumerate(shares)]
     assert [len(o) for o in orders] == [16, 16, 16]
     assert sorted(orders[2].tolist()) == list(range(16)) and sorted(set(orders[0].tolist())) == list(range(12))
+
+
+def test_student_optimizer_by_name():
+    """evaluate.optimizer: AdamW (the default, as before) or SGD with evaluate.momentum; both with
+    evaluate.weight_decay and the same per-batch cosine schedule."""
+    from srel_ray.config import EvaluateConfig
+    from srel_ray.core.student import student_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    adamw, _, batch = student_optimizer(model, EvaluateConfig(epochs=2, batch_size=4), rows_per_epoch=10)
+    assert type(adamw) is torch.optim.AdamW and batch == 4
+    assert adamw.defaults["lr"] == 1e-3 and adamw.defaults["weight_decay"] == 0.01
+    e = EvaluateConfig(optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=1e-4, epochs=2, batch_size=4)
+    sgd, scheduler, _ = student_optimizer(model, e, rows_per_epoch=10)
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.2, 0.9, 1e-4)
+    assert not sgd.defaults["nesterov"] and scheduler.T_max == 2 * 3  # 3 batches of 4 in 10 rows, 2 epochs
+
+
+def test_sgd_student_steps_by_hand():
+    """Two steps of the SGD student on the gradient of sum(w): buffer b1 = 1 + wd w0, w1 = w0 - lr b1; then
+    b2 = m b1 + 1 + wd w1, w2 = w1 - lr' b2 with lr' the cosine schedule's after one of its steps."""
+    from srel_ray.config import EvaluateConfig
+    from srel_ray.core.student import student_optimizer
+
+    w = torch.nn.Parameter(torch.tensor([0.5, -2.0]))
+    e = EvaluateConfig(optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=0.1, epochs=1, batch_size=1)
+    optimizer, scheduler, _ = student_optimizer(torch.nn.ParameterList([w]), e, rows_per_epoch=4)
+    w0 = w.detach().clone()
+    expected = []
+    b1 = 1 + 0.1 * w0
+    expected.append(w0 - 0.2 * b1)
+    lr1 = 0.2 * 0.5 * (1 + math.cos(math.pi / 4))  # cosine over 4 steps, after step 1
+    expected.append(expected[0] - lr1 * (0.9 * b1 + 1 + 0.1 * expected[0]))
+    for want in expected:
+        optimizer.zero_grad()
+        w.sum().backward()
+        optimizer.step()
+        scheduler.step()
+        assert torch.allclose(w.detach(), want, atol=1e-6)
