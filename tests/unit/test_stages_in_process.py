@@ -15,6 +15,7 @@ from srel_ray.stages.checks import check_inputs, made_by, read_from_folder
 from srel_ray.stages.local import InProcessExecutor
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import prepare_out
+from srel_ray.storage.verify import verify_set
 from srel_ray.teacher import Teacher, save_teacher
 from srel_ray.tracking import Tracker
 
@@ -45,7 +46,7 @@ def test_stage_units_run_and_resume_in_process(tmp_path):
     labelled = relabel.record(relabel.run(ctx))
     assert labelled["condensed"] == labelled["random_real"] == {"epochs": 2, "skipped_epochs": 0}
     assert baselines.is_done(cfg, run) and relabel.is_done(cfg, run)
-    sets.verify_set(run.set_dir("condensed"))
+    verify_set(run.set_dir("condensed"))
     scores = evaluate.record(evaluate.run(ctx))
     assert set(scores) == {"condensed", "random_real_hard", "random_real_soft", "skipped_students", "resumed",
                            "skipped"}

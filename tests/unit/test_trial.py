@@ -17,6 +17,7 @@ from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
 from srel_ray.core.student import build_student, count_correct
 from srel_ray.storage import sets
+from srel_ray.storage.verify import verify_set
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import WithoutRows, load_dataset, random_real_indices, validation_indices
 from srel_ray.models import create_model
@@ -72,7 +73,7 @@ def test_trial_reports_every_epoch_and_writes_its_record(search):
     assert (folder / "student.pt").exists() and (folder / "condensed_grid.png").exists()
 
     set_dir = str(inputs.out) + f"/sets/{set_key(cfg)}"
-    sets.verify_set(set_dir)  # a complete set in the published format, checksums included
+    verify_set(set_dir)  # a complete set in the published format, checksums included
     info = sets.read_set(set_dir)
     assert (info.ipc, info.label_epochs, len(sets.label_epochs_done(set_dir, 2))) == (2, 2, 2)
 
