@@ -8,6 +8,7 @@
     <set>/manifest.json                                 written last; its presence means the images are complete;
                                                         it holds the sha256 of every marker and epoch record
     <set>/.progress/                                    markers of finished work units (recovery resumes from them)
+    <set>/start/                                        recover.init rded: the start images, in this format
 
 Every file is written atomically (srel_ray.storage.files), so a crash never leaves a file that looks complete.
 Paths go through fsspec, so a set can live on any filesystem fsspec reaches.
@@ -143,13 +144,24 @@ def write_image_unit(set_dir: str, marker: str, labels_and_indices: list[tuple[i
                      record: dict | None = None) -> None:
     """One unit of work's images, then its marker (``record`` plus the images' checksums) at path ``marker``: the
     unit is done, and its images are known to the manifest, exactly when the marker exists."""
-    checksums = write_images(set_dir, labels_and_indices, images)
+    write_unit_marker(marker, write_images(set_dir, labels_and_indices, images), record)
+
+
+def write_unit_marker(marker: str, checksums: dict[str, str], record: dict | None = None) -> None:
+    """The marker of a unit of work whose images (``checksums``: by path within the set, from ``write_images``)
+    are all written."""
     write_json_atomic(marker, {**(record or {}), "checksums": checksums})
 
 
 def slice_marker(set_dir: str, first_class: int) -> str:
     """The marker of a finished class slice of an image set that is selected, not recovered (the baseline)."""
     return join(set_dir, ".progress", f"slice-{first_class:06d}.json")
+
+
+def start_dir(set_dir: str) -> str:
+    """The images recovery starts from under recover.init rded (RDED's selection, one set-format folder with a
+    marker per class slice), kept beside the set's own images: ``<set>/start/``."""
+    return join(set_dir, "start")
 
 
 def image_id(label: int, index: int, ipc: int) -> int:
