@@ -6,7 +6,8 @@
     <set>/labels/epoch-<e:05d>.json                     the epoch's record (its parts and their checksums),
                                                         written last: the epoch is complete when it exists
     <set>/manifest.json                                 written last; its presence means the images are complete;
-                                                        it holds the sha256 of every marker and epoch record
+                                                        it holds a digest of every marker's and epoch record's
+                                                        file list (``listing_digest``)
     <set>/.progress/                                    markers of finished work units (recovery resumes from them)
     <set>/start/                                        recover.init rded: the start images, in this format
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +31,11 @@ from srel_ray.core.relabel import row_views
 from srel_ray.core.soft_labels import compress_topk
 from srel_ray.core.student import EpochLabels
 from srel_ray.errors import DataError
-from srel_ray.storage.files import (exists, fs_path, join, read_bytes, read_json, write_bytes_atomic,
+from srel_ray.storage.files import (exists, fs_path, join, read_json, write_bytes_atomic,
                                     write_json_atomic)
 
-# 3: the manifest vouches for the markers and epoch records by sha256, they for their files (2: a sha256 per file
-# in the manifest; 1: also one Parquet file per label epoch). Sets of every format read and verify.
+# 3: the manifest vouches for the markers and epoch records (a digest of each one's file list), they for their
+# files (2: a sha256 per file in the manifest; 1: also one Parquet file per label epoch). All read and verify.
 FORMAT_VERSION = 3
 
 
@@ -400,15 +400,22 @@ def recorded_files(record: dict) -> dict[str, str]:
     return record["checksums"]
 
 
+def listing_digest(files: dict[str, str]) -> str:
+    """What a manifest holds for a marker or epoch record: the sha256 of the file list it vouches for (each file's
+    path and sha256, in path order). Not of the whole marker: its seconds, worker and attempt differ between two
+    runs of one config, and the manifest must not."""
+    return hashlib.sha256("".join(f"{p}={h}\n" for p, h in sorted(files.items())).encode()).hexdigest()
+
+
 def manifest_records(set_dir: str) -> tuple[dict[str, str], int]:
-    """The sha256 of every marker and epoch record of the set, by path within it, and how many images the markers
-    vouch for. Read one at a time: no image or label part is read back, and the driver holds one entry a unit or
-    an epoch, never one an image (``srel_ray.storage.verify`` checks the files against them on demand)."""
+    """``listing_digest`` of every marker and epoch record of the set, by path within it, and how many images the
+    markers vouch for. Read one at a time: no image or label part is read back, and the driver holds one entry a
+    unit or an epoch, never one an image (``srel_ray.storage.verify`` checks the files against them on demand)."""
     out, images = {}, 0
     for path in record_paths(set_dir):
-        data = read_bytes(join(set_dir, path))
-        out[path] = hashlib.sha256(data).hexdigest()
-        images += sum(name.startswith("images/") for name in recorded_files(json.loads(data)))
+        files = recorded_files(read_json(join(set_dir, path)))
+        out[path] = listing_digest(files)
+        images += sum(name.startswith("images/") for name in files)
     return out, images
 
 

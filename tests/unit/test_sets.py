@@ -156,8 +156,8 @@ def _two_unit_set(set_dir, ipc=2, labelled=True):
 
 
 def test_verify_catches_a_changed_image_marker_or_label_part(tmp_path):
-    """The manifest vouches for the markers and the epoch record, they for the images and parts: verify checks
-    both links, and names what changed."""
+    """The manifest vouches for the markers and the epoch record (their file lists), they for the images and
+    parts: verify checks both links, and names what changed."""
     from srel_ray.storage.verify import verify_set
 
     set_dir = tmp_path / "set"
@@ -179,6 +179,9 @@ def test_verify_catches_a_changed_image_marker_or_label_part(tmp_path):
             verify_set(str(set_dir))
         (set_dir / path).write_bytes(kept)
     verify_set(str(set_dir))
+    marker = files.read_json(sets.unit_marker(str(set_dir), "unit-000000"))
+    files.write_json_atomic(sets.unit_marker(str(set_dir), "unit-000000"), {**marker, "seconds": 9.5, "attempt": 2})
+    assert verify_set(str(set_dir)) == 9  # a marker's stats and worker differ between runs: not vouched for
 
 
 def test_a_manifest_needs_a_marker_for_every_image(tmp_path):
