@@ -49,7 +49,8 @@ class RecoveryWorker:
         teacher, models = load_frozen([teacher_path, *extra_teachers], self.device, res.compile)
         self.norm, self.model, self.extra = teacher.norm, models[0], models[1:]
         self.class_stats_dirs = list(class_stats)  # one folder per teacher, or none
-        # The real dataset's index (labels and file lists; no image is read until a unit asks for its classes').
+        # recover.init real: the dataset's labels (no image is read until a unit asks for its classes'); RDED's
+        # starts are read from the set's start/ folder, where run_starts stored them.
         data = load_dataset(self.cfg.data) if self.cfg.recover.init == "real" else None
         self.start_images = StartImages(self.cfg.recover, self.cfg.seed, set_dir, teacher.in_channels, data)
 
