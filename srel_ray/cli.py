@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config(c, required=False)
     _add_overrides(c)
     verify = sub.add_parser("verify", help="re-read every image and label file of a run's sets (or of one set) and "
-                            "check it against the manifest's checksums")
+                            "check it against its marker's checksum, and each marker against the manifest")
     verify.add_argument("out", metavar="DIR", help="a run's output folder, or a set's folder")
     show = sub.add_parser("show", help="a run's summary table, what each stage did, where its pictures are")
     show.add_argument("out", metavar="DIR", help="a run's output folder (the --out of srel-ray run)")

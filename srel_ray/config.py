@@ -50,6 +50,9 @@ class DataConfig:
     # 0: resize the whole image to image_size x image_size. None: a torchvision teacher's own (its weights'
     # resize/crop ratio, 256/224 for the V1 weights), else 0.
     test_resize: int | None = None
+    # imagefolder: the folder (local or URL, reachable by every worker) of the file index, listed on first open
+    # and read by every later one (srel_ray/data/folder_index.py). None: data.path/.srel_ray_index, beside the data.
+    index: str | None = None
 
     def validate(self) -> None:
         _check(self.name in DATASETS, "data.name", f"must be one of {sorted(DATASETS)}, got {self.name!r}")
@@ -429,6 +432,7 @@ class Config:
             d["precision"] = self.resources.precision
         d.pop("tracking")
         d.pop("tune")  # how a search explores configs; never what one run computes
+        d["data"].pop("index")  # where the file index is kept; the index lists the same files wherever it is
         d["evaluate"].pop("students")  # more students add outputs and change none (see EvaluateConfig.students)
         return d
 

@@ -113,9 +113,10 @@ def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], pa
 
 def verify_run(out: str) -> str:
     """What ``srel-ray verify DIR`` prints: every set of a run (or DIR itself when it is a set) re-read and checked
-    against its manifest's checksums; a DataError names the first file that is missing or changed."""
+    against the checksums its manifest vouches for; a DataError names the first file that is missing or changed."""
     from srel_ray.storage import sets
     from srel_ray.storage.layout import RunDir
+    from srel_ray.storage.verify import verify_set
     from srel_ray.students import STUDENTS
 
     run = RunDir.at(out)
@@ -127,7 +128,7 @@ def verify_run(out: str) -> str:
     if not folders:
         raise SrelError(f"{run.out!r} holds no complete set (no manifest.json in it, condensed/ or baselines/): "
                         "give a run's output folder or a set's folder")
-    return "\n".join(f"{folder}: {sets.verify_set(folder)} files match their manifest checksums"
+    return "\n".join(f"{folder}: {verify_set(folder)} files match their manifest checksums"
                      for folder in folders)
 
 

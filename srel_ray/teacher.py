@@ -15,6 +15,8 @@ from torch import nn
 from srel_ray.config import ExtraTeacherConfig, TeacherConfig
 from srel_ray.core.class_stats import ClassStats
 from srel_ray.core.normalization import IMAGENET, Normalization
+from srel_ray.core.precision import prepare_model
+from srel_ray.core.recover import freeze
 from srel_ray.data import imagenet_classes
 from srel_ray.errors import DataError
 from srel_ray.models import create_model, list_models, pretrained
@@ -86,6 +88,14 @@ def load_teacher(path: str) -> Teacher:
     return Teacher(payload["arch"], payload["arch_kwargs"], list(payload["class_names"]), payload["in_channels"],
                    payload["image_size"], Normalization(tuple(payload["norm"]["mean"]), tuple(payload["norm"]["std"])),
                    payload["state_dict"], payload.get("metrics", {}))
+
+
+def load_frozen(paths: list[str], device: torch.device | str, compile_model: bool = False
+                ) -> tuple[Teacher, list[nn.Module]]:
+    """The first teacher of ``paths``, and the frozen models of all of them on ``device`` (the first, then the extra
+    teachers), as recovery and relabel use them."""
+    loaded = [load_teacher(p) for p in paths]
+    return loaded[0], [prepare_model(freeze(t.build()).to(device), device, compile_model) for t in loaded]
 
 
 def torchvision_teacher(cfg: TeacherConfig, image_size: int = 224, class_names: list[str] | None = None) -> Teacher:

@@ -106,10 +106,11 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
 
 
 def _absolute(data: DataConfig) -> DataConfig:
-    """The data config with a local path made absolute: Tune may run a trial in its own directory."""
-    if data.path is None or "://" in data.path:
-        return data
-    return dataclasses.replace(data, path=str(Path(data.path).resolve()))
+    """The data config with local paths (data, index) made absolute: Tune may run a trial in its own directory."""
+    def absolute(path: str | None) -> str | None:
+        return path if path is None or "://" in path else str(Path(path).resolve())
+
+    return dataclasses.replace(data, path=absolute(data.path), index=absolute(data.index))
 
 
 def _check_folder(cfg: Config, search: SearchDir, resume: bool) -> None:

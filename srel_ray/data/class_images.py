@@ -4,6 +4,8 @@
   seeded draw, srel_ray.data.real.random_real_indices), so the condensed set and the "random real" students start
   from the same pictures and the comparison isolates what recovery changes.
 - ``rded_candidates``: up to ``pool`` real images of one class for RDED's selection (srel_ray.core.rded).
+- ``rded_start``: one class's RDED selection (its ``ipc`` start images), made once per class before recovery by
+  tasks over class slices (srel_ray.stages.starts) and stored with the set.
 - ``StartImages``: what a recovery unit starts from under ``recover.init`` (real, rded, or None for noise); the
   recovery actors and the in-process tuning trials both use it, so the two paths start from the same images.
 """
@@ -22,6 +24,7 @@ from srel_ray.core.recover import Unit
 from srel_ray.core.seeding import STREAM_RDED, generator
 from srel_ray.data.real import RealData, random_real_rows
 from srel_ray.errors import DataError
+from srel_ray.storage import sets
 
 
 def real_init_images(data: RealData, targets: list[tuple[int, int]], ipc: int, seed: int) -> torch.Tensor:
@@ -47,33 +50,30 @@ def rded_generator(seed: int, label: int) -> torch.Generator:
     return generator(seed, STREAM_RDED, label, 1)
 
 
-class StartImages:
-    """The starting images of each recovery unit under ``cfg.init``, read from the unit's own classes only.
-    RDED's selection of the last unit's classes is kept: the next unit of the same slice (ipc_per_unit < ipc)
-    shares it."""
+def rded_start(data: RealData, cfg: RecoverConfig, seed: int, teachers: Sequence[nn.Module], norm: Normalization,
+               label: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (ipc, C, S, S): RDED's selection for class ``label`` from its candidates, keyed by (seed, class), so
+    it is the same whoever selects it and however the classes are sliced."""
+    candidates = rded_candidates(data, label, cfg.rded_pool, seed)
+    images, _ = rded_images(list(teachers), candidates, label, cfg.ipc, crops=cfg.rded_crops,
+                            factor=cfg.rded_factor, scale=cfg.rded_crop_scale, norm=norm,
+                            gen=rded_generator(seed, label), device=device)
+    return images
 
-    def __init__(self, data: RealData | None, cfg: RecoverConfig, seed: int, teachers: Sequence[nn.Module],
-                 norm: Normalization, device: torch.device | str = "cpu"):
-        assert (data is None) == (cfg.init == "noise"), "real starting images need the dataset, noise needs none"
-        self.data, self.cfg, self.seed = data, cfg, seed
-        self.teachers, self.norm, self.device = list(teachers), norm, device
-        self._rded: dict[int, torch.Tensor] = {}  # class -> its ipc RDED images
+
+class StartImages:
+    """The starting images of each recovery unit under ``cfg.init``, read for the unit's own images only: the
+    random-real baseline's images of its classes (``real``: from ``data``), or RDED's selection stored in the set's
+    start/ folder (``rded``: selected once per class before recovery, srel_ray.stages.starts)."""
+
+    def __init__(self, cfg: RecoverConfig, seed: int, set_dir: str, channels: int, data: RealData | None = None):
+        assert (data is None) == (cfg.init != "real"), "real starting images need the dataset, the others none"
+        self.cfg, self.seed, self.set_dir, self.channels, self.data = cfg, seed, set_dir, channels, data
 
     def __call__(self, unit: Unit) -> torch.Tensor | None:
         """uint8 (N, C, S, S) in ``unit.targets()`` order, or None (recovery starts from noise)."""
-        r = self.cfg
-        if r.init == "real":
-            return real_init_images(self.data, unit.targets(), r.ipc, self.seed)
-        if r.init == "rded":
-            # Keep only this unit's classes: the next unit of the same class slice reuses them, and an actor's
-            # memory stays one slice's selection however many classes it works through (redrawn if needed:
-            # the selection is keyed by (seed, class), so it is the same).
-            self._rded = {c: self._rded[c] for c in unit.classes if c in self._rded}
-            for c in unit.classes:
-                if c not in self._rded:
-                    candidates = rded_candidates(self.data, c, r.rded_pool, self.seed)
-                    self._rded[c], _ = rded_images(self.teachers, candidates, c, r.ipc, crops=r.rded_crops,
-                                                   factor=r.rded_factor, scale=r.rded_crop_scale, norm=self.norm,
-                                                   gen=rded_generator(self.seed, c), device=self.device)
-            return torch.stack([self._rded[c][i] for c, i in unit.targets()])
+        if self.cfg.init == "real":
+            return real_init_images(self.data, unit.targets(), self.cfg.ipc, self.seed)
+        if self.cfg.init == "rded":
+            return sets.read_images_at(sets.start_dir(self.set_dir), unit.targets(), self.channels)
         return None

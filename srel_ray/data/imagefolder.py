@@ -3,21 +3,25 @@
 The held-out split is ``val/`` or ``test/`` in the same layout, Tiny-ImageNet's ``val/images/`` with
 ``val/val_annotations.txt`` (file name, class id, box), or ImageNet's official flat ``val/`` with its labels:
 ``LOC_val_solution.csv`` (the Kaggle release) or the ILSVRC2012 devkit's ground truth (``data.val_labels``). The class order is the sorted train class folders, and it
-is stored with every teacher and set. Only file names are listed up front; images are read when needed.
+is stored with every teacher and set. The tree is listed once, class folders in parallel, into an index file that
+every later open reads (srel_ray.data.folder_index); a reader holds the labels, and reads the paths of the rows it
+needs from the index. Images are read when needed.
 """
 
 from __future__ import annotations
 
 import fsspec
-import numpy as np
 import torch
 
 from srel_ray.config import DataConfig
-from srel_ray.data.imagenet_val import flat_val_labels
 from srel_ray.data.base import RealData, decode_images, decode_rows
+from srel_ray.data.folder_index import (ROW_GROUP, SPLITS, FolderIndex, Listing, list_class_folders, open_index,
+                                        sorted_by_path)
+from srel_ray.data.imagenet_val import flat_val_labels
 from srel_ray.errors import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
+INDEX_FOLDER = ".srel_ray_index"  # the index's default folder, beside the data (data.index overrides it)
 
 
 class ImageFolderData(RealData):
@@ -30,35 +34,43 @@ class ImageFolderData(RealData):
         self.root = root.rstrip("/")
         if not self.fs.isdir(f"{self.root}/train"):
             raise DataError(f"data.path {cfg.path!r} has no train/ folder (expected train/<class>/<image>)")
-        self.class_names = sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(f"{self.root}/train", detail=False)
-                                  if self.fs.isdir(p))
+        self.class_names = sorted(name for name, _ in self._folders(f"{self.root}/train"))
         if not self.class_names:
             raise DataError(f"data.path {cfg.path!r}: train/ holds no class folders")
-        index = {name: i for i, name in enumerate(self.class_names)}
-        self.files = {"train": self._class_tree(f"{self.root}/train", index), "test": self._held_out(index)}
+        folder = cfg.index or self.fs.unstrip_protocol(f"{self.root}/{INDEX_FOLDER}")
+        self.index: FolderIndex = open_index(folder, {"classes": self.class_names, "val_labels": self.val_labels},
+                                             self._list_splits)
+        self._labels = {split: self.index.labels(split) for split in SPLITS}
+
+    def _folders(self, split_dir: str) -> list[tuple[str, str]]:
+        """(name, path) of every folder in ``split_dir`` (one listing, no call per entry)."""
+        return [(e["name"].rstrip("/").rsplit("/", 1)[-1], e["name"])
+                for e in self.fs.ls(split_dir, detail=True) if e["type"] == "directory"]
+
+    def _relative(self, path: str) -> str:
+        return path[len(self.root) + 1:]
 
     def _images_under(self, folder: str) -> list[str]:
-        return sorted(p for p in self.fs.find(folder) if p.lower().endswith(EXTENSIONS))
+        return sorted(p for p in self.fs.find(folder) if _is_image(p))
 
-    def _class_tree(self, split_dir: str, index: dict[str, int]) -> tuple[list[str], np.ndarray]:
-        paths, labels = [], []
-        for name in self.fs.ls(split_dir, detail=False):
-            cls = name.rsplit("/", 1)[-1]
-            if not self.fs.isdir(name):
-                continue
+    def _list_splits(self) -> dict[str, Listing]:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return {"train": self._class_tree(f"{self.root}/train", index), "test": self._held_out(index)}
+
+    def _class_tree(self, split_dir: str, index: dict[str, int]) -> Listing:
+        folders = []
+        for cls, path in self._folders(split_dir):
             if cls not in index:
                 raise DataError(f"{split_dir!r} has class folder {cls!r} that train/ does not have")
-            found = self._images_under(name)
-            paths += found
-            labels += [index[cls]] * len(found)
+            folders.append((path, index[cls]))
+        paths, labels = list_class_folders(self.fs, folders, self.root, _is_image)
         if not paths:
             raise DataError(f"{split_dir!r} holds no images ({', '.join(EXTENSIONS)})")
-        order = np.argsort(paths, kind="stable")
-        return [paths[i] for i in order], np.asarray(labels, dtype=np.int64)[order]
+        return sorted_by_path(paths, labels)
 
-    def _held_out(self, index: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    def _held_out(self, index: dict[str, int]) -> Listing:
         annotations = f"{self.root}/val/val_annotations.txt"
-        if self.fs.isfile(annotations):  # Tiny-ImageNet
+        if self.fs.isfile(annotations):  # Tiny-ImageNet, in the annotations' order
             paths, labels = [], []
             with self.fs.open(annotations, "r") as f:
                 for line in f:
@@ -66,9 +78,9 @@ class ImageFolderData(RealData):
                         file, cls = line.split("\t")[:2]
                         if cls not in index:
                             raise DataError(f"{annotations!r} names class {cls!r} that train/ does not have")
-                        paths.append(f"{self.root}/val/images/{file}")
+                        paths.append(f"val/images/{file}")
                         labels.append(index[cls])
-            return paths, np.asarray(labels, dtype=np.int64)
+            return paths, labels
         val = f"{self.root}/val"
         if self.val_labels or (self.fs.isdir(val) and any(p.lower().endswith(EXTENSIONS)
                                                            for p in self.fs.ls(val, detail=False))):
@@ -78,7 +90,7 @@ class ImageFolderData(RealData):
                 return self._class_tree(f"{self.root}/{split}", index)
         raise DataError(f"data.path {self.path!r} has no val/ or test/ folder for the held-out split")
 
-    def _flat_val(self, val: str, index: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    def _flat_val(self, val: str, index: dict[str, int]) -> Listing:
         """ImageNet's flat val/ read in place: each image's class from the labels file, by file name."""
         labels_file = self.val_labels or "LOC_val_solution.csv"
         if "://" not in labels_file and not labels_file.startswith("/"):
@@ -94,10 +106,9 @@ class ImageFolderData(RealData):
                 raise DataError(f"{labels_file!r}: image {image_id!r} has class {wnid!r} that train/ does not have")
             if image_id not in files:
                 raise DataError(f"{labels_file!r} names image {image_id!r}, which is not in {val!r}")
-            paths.append(files[image_id])
+            paths.append(self._relative(files[image_id]))
             labels.append(index[wnid])
-        order = np.argsort(paths, kind="stable")
-        return [paths[i] for i in order], np.asarray(labels, dtype=np.int64)[order]
+        return sorted_by_path(paths, labels)
 
     def url(self, path: str) -> str:
         """A path Ray workers can open: absolute local path, or the full URL on a remote filesystem."""
@@ -105,19 +116,33 @@ class ImageFolderData(RealData):
         return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
     def labels(self, split: str) -> torch.Tensor:
-        return torch.from_numpy(self.files[split][1])
+        return torch.from_numpy(self._labels[split])
+
+    def paths_at(self, split: str, indices) -> list[str]:
+        """The files of the given rows, from the index (only the row groups that hold them are read)."""
+        return [f"{self.root}/{p}" for p in self.index.paths_at(split, torch.as_tensor(indices).numpy())]
+
+    def urls(self, split: str) -> list[str]:
+        """Every file of a split as a URL Ray workers open, in row order: what a Ray Dataset of the split is built
+        from (squeeze, the class statistics, evaluate's test split); no other reader holds every path."""
+        return [self.url(f"{self.root}/{p}") for batch in self.index.path_batches(split, ROW_GROUP) for p in batch]
 
     def _read(self, paths: list[str]) -> list[bytes]:
         return [self.fs.cat_file(p) for p in paths]
 
     def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
-        paths = [self.files[split][0][int(i)] for i in indices]
+        paths = self.paths_at(split, indices)
         return torch.from_numpy(decode_rows(self._read(paths), self.channels, self.image_size, paths, strict,
                                             self.resize_for(split)))
 
     def batches(self, split: str, batch_size: int):
-        paths, labels = self.files[split]
-        for start in range(0, len(paths), batch_size):
-            images, ok = decode_images(self._read(paths[start:start + batch_size]), self.channels, self.image_size,
-                                       self.resize_for(split))
-            yield torch.from_numpy(images[ok]), torch.from_numpy(labels[start:start + batch_size][ok])
+        labels, start = self._labels[split], 0
+        for batch in self.index.path_batches(split, batch_size):
+            images, ok = decode_images(self._read([f"{self.root}/{p}" for p in batch]), self.channels,
+                                       self.image_size, self.resize_for(split))
+            yield torch.from_numpy(images[ok]), torch.from_numpy(labels[start:start + len(batch)][ok])
+            start += len(batch)
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(EXTENSIONS)

@@ -68,9 +68,9 @@ def ray_dataset(data: RealData, split: str, shuffle: str | None = None, seed: in
         ds = ds.random_shuffle(seed=seed) if shuffle == "global" else ds
         return ds.map_batches(_decode, **decode)
     if isinstance(data, ImageFolderData):
-        paths, labels = data.files[split]
-        order = np.random.default_rng(seed).permutation(len(paths)) if shuffle else np.arange(len(paths))
-        ds = ray.data.from_items([{"url": data.url(paths[i]), "label": int(labels[i])} for i in order])
+        urls, labels = data.urls(split), data.labels(split).numpy()
+        order = np.random.default_rng(seed).permutation(len(urls)) if shuffle else np.arange(len(urls))
+        ds = ray.data.from_items([{"url": urls[i], "label": int(labels[i])} for i in order])
         return ds.map_batches(_read_files, batch_size=DECODE_BATCH).map_batches(_decode, **decode)
     assert isinstance(data, InMemoryData), f"no Ray reader for {type(data).__name__}"
     # In-memory splits are small and already in a seeded random order (a stratified random split): a Ray shuffle

@@ -14,13 +14,14 @@ from srel_ray.config import Config
 from srel_ray.data.real import RealData
 from srel_ray.distributed.class_stats import run_class_stats
 from srel_ray.distributed.evaluate import run_student
-from srel_ray.distributed.recover import run_recover
+from srel_ray.distributed.recover import run_recover, run_starts
 from srel_ray.distributed.relabel import run_relabel
 from srel_ray.distributed.squeeze import run_squeeze
 from srel_ray.distributed.trainer import checkpoint_progress
 from srel_ray.stages.base import StageContext
 from srel_ray.stages.baselines import select_slice
-from srel_ray.stages.recover import RecoverResult
+from srel_ray.stages.recover import RecoverResult, pending_units
+from srel_ray.stages.starts import pending_slices
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
 from srel_ray.students import Student
@@ -49,6 +50,8 @@ class RayExecutor:
 
     def recover(self, cfg: Config, teachers: list[str], set_dir: str, num_classes: int, class_stats: list[str],
                 progress=None) -> RecoverResult:
+        _, pending = pending_units(cfg, set_dir, num_classes)
+        run_starts(cfg, teachers, set_dir, pending_slices(cfg, set_dir, num_classes, pending), self.use_gpu)
         r = run_recover(cfg, teachers[0], set_dir, num_classes, self.use_gpu, extra_teachers=teachers[1:],
                         class_stats=class_stats, progress=progress)
         return RecoverResult(units=r["units"], skipped_units=r["skipped"], interrupted_units=r["interrupted"],

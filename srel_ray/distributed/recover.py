@@ -9,7 +9,8 @@ run skips done units and a retried unit only rewrites identical files. A started
 unit in flight, or one whose worker (or driver) died: it is redone, and its next attempt is counted.
 
 With real-image initialisation or per-class matching an actor reads, per unit, only what the unit's classes need:
-their real images (srel_ray.data.class_images) and their per-class statistics files."""
+their real images (srel_ray.data.class_images) and their per-class statistics files. With RDED's starts, Ray tasks
+over class slices select and store them first (``run_starts``), and a unit reads only its own."""
 
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ import ray
 import torch
 
 from srel_ray.config import Config, from_dict, to_dict
-from srel_ray.core.precision import prepare_model, resolve_precision
-from srel_ray.core.recover import Recovery, Unit, freeze, plan_units, recover_unit
+from srel_ray.core.precision import resolve_precision
+from srel_ray.core.recover import Recovery, Unit, plan_units, recover_unit
 from srel_ray.core.recover_terms import recover_terms
 from srel_ray.storage import files, sets
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import load_dataset
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.distributed.progress import close_bar, open_bar, send
-from srel_ray.teacher import load_class_stats, load_teacher
+from srel_ray.stages import starts
+from srel_ray.teacher import load_class_stats, load_frozen
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,13 @@ class RecoveryWorker:
         self.device = local_device()
         res = self.cfg.resources
         self.precision = resolve_precision(res.precision, self.device)
-        teacher = load_teacher(teacher_path)
-        self.norm = teacher.norm
-        self.model = prepare_model(freeze(teacher.build()).to(self.device), self.device, res.compile)
-        self.extra = [prepare_model(freeze(load_teacher(p).build()).to(self.device), self.device, res.compile)
-                      for p in extra_teachers]
+        teacher, models = load_frozen([teacher_path, *extra_teachers], self.device, res.compile)
+        self.norm, self.model, self.extra = teacher.norm, models[0], models[1:]
         self.class_stats_dirs = list(class_stats)  # one folder per teacher, or none
-        # The real dataset's index (labels and file lists; no image is read until a unit asks for its classes').
-        data = load_dataset(self.cfg.data) if self.cfg.recover.init != "noise" else None
-        self.start_images = StartImages(data, self.cfg.recover, self.cfg.seed, [self.model, *self.extra], self.norm,
-                                        self.device)
+        # recover.init real: the dataset's labels (no image is read until a unit asks for its classes'); RDED's
+        # starts are read from the set's start/ folder, where run_starts stored them.
+        data = load_dataset(self.cfg.data) if self.cfg.recover.init == "real" else None
+        self.start_images = StartImages(self.cfg.recover, self.cfg.seed, set_dir, teacher.in_channels, data)
 
     def identity(self) -> dict:
         # A restarted actor keeps its actor id and gets a new process: both say who did a unit, and after what.
@@ -82,6 +81,26 @@ class RecoveryWorker:
         # The marker keeps the images' checksums too (the manifest is assembled from markers); the driver gets stats.
         sets.write_image_unit(self.set_dir, sets.unit_marker(self.set_dir, unit.name), unit.targets(), images, stats)
         return stats
+
+
+def select_starts(cfg: dict, teachers: tuple[str, ...], set_dir: str, classes: range) -> int:
+    """A Ray task: RDED's start images of one class slice (srel_ray.stages.starts), with the teachers on this
+    worker's device and its threads, as a recovery actor holds them."""
+    cfg = from_dict(cfg)
+    torch.set_num_threads(cfg.resources.threads_per_worker)
+    device = local_device()
+    teacher, models = load_frozen(list(teachers), device, cfg.resources.compile)
+    return starts.select_slice(load_dataset(cfg.data), cfg, models, teacher.norm, set_dir, classes, device)
+
+
+def run_starts(cfg: Config, teachers: list[str], set_dir: str, slices: list[range], use_gpu: bool) -> None:
+    """RDED's start images of ``slices``, one Ray task a slice with a recovery actor's resources (a dead task is
+    retried: it rewrites the same files)."""
+    if not slices:
+        return
+    log.info("recover: selecting RDED's start images of %d class slices", len(slices))
+    task = ray.remote(max_retries=3, **actor_resources(cfg.resources, use_gpu))(select_starts)
+    ray.get([task.remote(to_dict(cfg), tuple(teachers), set_dir, s) for s in slices])
 
 
 def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, use_gpu: bool,

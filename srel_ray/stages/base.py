@@ -37,6 +37,15 @@ class StageContext:
     progress: Any = None
 
 
+CLASS_SLICES = 64  # at most this many tasks; the cut depends on the class count alone (resume finds its markers)
+
+
+def class_slices(num_classes: int) -> list[range]:
+    """The classes cut into at most CLASS_SLICES runs, one task each (the baseline's selection, RDED's starts)."""
+    per = -(-num_classes // CLASS_SLICES)
+    return [range(s, min(s + per, num_classes)) for s in range(0, num_classes, per)]
+
+
 def labels_record(cfg: Config) -> dict:
     """How a set's labels were made, as its manifest records them."""
     r = cfg.relabel

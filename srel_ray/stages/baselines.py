@@ -10,7 +10,7 @@ import torch
 
 from srel_ray.config import Config, DataConfig, to_dict
 from srel_ray.data.real import RealData, load_dataset, random_real_rows
-from srel_ray.stages.base import RANDOM_REAL, TEACHER, Plan, write_set_manifest
+from srel_ray.stages.base import RANDOM_REAL, TEACHER, Plan, class_slices, write_set_manifest
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
 from srel_ray.teacher import Teacher
@@ -26,14 +26,6 @@ def plan(cfg: Config) -> Plan:
 
 def is_done(cfg: Config, run: RunDir) -> bool:
     return files.exists(sets.manifest_path(run.set_dir(NAME)))
-
-
-CLASS_SLICES = 64  # at most this many tasks; the cut depends on the class count alone (resume finds its markers)
-
-
-def class_slices(num_classes: int) -> list[range]:
-    per = -(-num_classes // CLASS_SLICES)
-    return [range(s, min(s + per, num_classes)) for s in range(0, num_classes, per)]
 
 
 def select_slice(data_cfg: DataConfig, set_dir: str, classes: range, ipc: int, seed: int) -> int:

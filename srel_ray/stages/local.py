@@ -2,10 +2,10 @@
 and no Ray. Tuning trials use it (nesting actor pools or Ray Train inside a Ray Tune trial would oversubscribe a
 small machine and can deadlock waiting for CPUs the trials hold), and so do tests.
 
-It takes the same calls as the Ray executor (srel_ray.distributed.executor) for recovery, labels and students,
-and writes the same files; a unit's marker holds its stats, unit and precision (no worker or attempt: there is
-one worker). Teachers are loaded once per executor. Teachers and class statistics come made: the tune driver
-makes them once, on Ray, for every trial.
+It takes the same calls as the Ray executor (srel_ray.distributed.executor) for recovery (RDED's start images
+first, srel_ray.stages.starts), labels and students, and writes the same files; a unit's marker holds its stats,
+unit and precision (no worker or attempt: there is one worker). Teachers are loaded once per executor. Teachers
+and class statistics come made: the tune driver makes them once, on Ray, for every trial.
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ from tqdm import tqdm
 from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model
-from srel_ray.core.recover import Recovery, freeze, recover_unit
+from srel_ray.core.recover import Recovery, recover_unit
 from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.relabel import epoch_blocks, images_per_block, label_block, pad_rows, view_rows
 from srel_ray.core.student import WeightEMA, build_student, count_correct, student_optimizer, train_student_epoch
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import RealData
-from srel_ray.stages.baselines import select_slice
+from srel_ray.stages import baselines, starts
 from srel_ray.stages.base import StageContext
 from srel_ray.stages.recover import RecoverResult, needs_class_stats, pending_units
-from srel_ray.storage import files, sets
+from srel_ray.storage import sets
 from srel_ray.students import Student
-from srel_ray.teacher import Teacher, load_class_stats, load_teacher
+from srel_ray.teacher import Teacher, load_class_stats, load_frozen
 
 
 class InProcessExecutor:
-    """``start_data`` gives the real images recovery may start from (recover.init real or rded; a trial's excludes
-    its validation images); it is called only when there are units to recover."""
+    """``start_data`` gives the real images recovery may start from (recover.init real, or RDED's candidates; a
+    trial's excludes its validation images); it is called only when units or RDED start images are to be made."""
 
     def __init__(self, device: torch.device | str = "cpu", precision: str = "fp32", compile_model: bool = False,
                  start_data: Callable[[], RealData] | None = None):
@@ -47,10 +47,7 @@ class InProcessExecutor:
         """The first teacher, and the frozen models of all (the first, then the extra teachers), loaded once."""
         key = tuple(paths)
         if key not in self._teachers:
-            loaded = [load_teacher(p) for p in paths]
-            models = [prepare_model(freeze(t.build()).to(self.device), self.device, self.compile_model)
-                      for t in loaded]
-            self._teachers[key] = loaded[0], models
+            self._teachers[key] = load_frozen(paths, self.device, self.compile_model)
         return self._teachers[key]
 
     def recover(self, cfg: Config, teachers: list[str], set_dir: str, num_classes: int, class_stats: list[str],
@@ -61,8 +58,11 @@ class InProcessExecutor:
         if not pending:
             return RecoverResult(units=len(units), skipped_units=len(units))
         teacher, models = self.teachers(teachers)
-        data = self.start_data() if r.init != "noise" else None
-        start_images = StartImages(data, r, cfg.seed, models, teacher.norm, self.device)
+        slices = starts.pending_slices(cfg, set_dir, num_classes, pending)
+        data = self.start_data() if r.init == "real" or slices else None
+        for classes in tqdm(slices, desc="RDED start images", unit="slice"):
+            starts.select_slice(data, cfg, models, teacher.norm, set_dir, classes, self.device)
+        start_images = StartImages(r, cfg.seed, set_dir, teacher.in_channels, data if r.init == "real" else None)
         recovery = Recovery.of(cfg, models, teacher.norm, device=self.device, precision=self.precision)
         stats = []
         for unit in tqdm(pending, desc="recover units", unit="unit"):
@@ -77,7 +77,7 @@ class InProcessExecutor:
 
     def select_random_real(self, cfg: Config, set_dir: str, slices: list[range]) -> None:
         for classes in slices:
-            select_slice(cfg.data, set_dir, classes, cfg.recover.ipc, cfg.seed)
+            baselines.select_slice(cfg.data, set_dir, classes, cfg.recover.ipc, cfg.seed)
 
     def relabel(self, cfg: Config, teachers: list[str], info: sets.SetInfo, progress=None) -> dict:
         """Write every missing label epoch: the teacher's logits on each image's views of that epoch (with extra

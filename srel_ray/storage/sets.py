@@ -5,8 +5,11 @@
                                                         written by the labelling workers (schema: ``label_schema``)
     <set>/labels/epoch-<e:05d>.json                     the epoch's record (its parts and their checksums),
                                                         written last: the epoch is complete when it exists
-    <set>/manifest.json                                 written last; its presence means the images are complete
+    <set>/manifest.json                                 written last; its presence means the images are complete;
+                                                        it holds a digest of every marker's and epoch record's
+                                                        file list (``listing_digest``)
     <set>/.progress/                                    markers of finished work units (recovery resumes from them)
+    <set>/start/                                        recover.init rded: the start images, in this format
 
 Every file is written atomically (srel_ray.storage.files), so a crash never leaves a file that looks complete.
 Paths go through fsspec, so a set can live on any filesystem fsspec reaches.
@@ -31,7 +34,9 @@ from srel_ray.errors import DataError
 from srel_ray.storage.files import (exists, fs_path, join, read_json, write_bytes_atomic,
                                     write_json_atomic)
 
-FORMAT_VERSION = 2  # 2: label epochs in parts with a record (1: one Parquet file per epoch)
+# 3: the manifest vouches for the markers and epoch records (a digest of each one's file list), they for their
+# files (2: a sha256 per file in the manifest; 1: also one Parquet file per label epoch). All read and verify.
+FORMAT_VERSION = 3
 
 
 def label_schema(num_classes: int, logits_dtype: str = "float16", top_k: int = 0) -> pa.Schema:
@@ -132,22 +137,31 @@ def unit_started(set_dir: str, unit_name: str) -> str:
 def unit_markers(set_dir: str) -> list[dict]:
     """The records of every finished unit of work that wrote a set's images (recovery units, the baseline's class
     slices), in name order."""
-    fs, root = fs_path(join(set_dir, ".progress"))
-    done = [p for p in sorted(fs.glob(f"{root}/*.json")) if not p.endswith(".started.json")]
-    return [read_json(fs.unstrip_protocol(p)) for p in done]
+    return [read_json(join(set_dir, p)) for p in record_paths(set_dir) if p.startswith(".progress/")]
 
 
 def write_image_unit(set_dir: str, marker: str, labels_and_indices: list[tuple[int, int]], images: torch.Tensor,
                      record: dict | None = None) -> None:
     """One unit of work's images, then its marker (``record`` plus the images' checksums) at path ``marker``: the
     unit is done, and its images are known to the manifest, exactly when the marker exists."""
-    checksums = write_images(set_dir, labels_and_indices, images)
+    write_unit_marker(marker, write_images(set_dir, labels_and_indices, images), record)
+
+
+def write_unit_marker(marker: str, checksums: dict[str, str], record: dict | None = None) -> None:
+    """The marker of a unit of work whose images (``checksums``: by path within the set, from ``write_images``)
+    are all written."""
     write_json_atomic(marker, {**(record or {}), "checksums": checksums})
 
 
 def slice_marker(set_dir: str, first_class: int) -> str:
     """The marker of a finished class slice of an image set that is selected, not recovered (the baseline)."""
     return join(set_dir, ".progress", f"slice-{first_class:06d}.json")
+
+
+def start_dir(set_dir: str) -> str:
+    """The images recovery starts from under recover.init rded (RDED's selection, one set-format folder with a
+    marker per class slice), kept beside the set's own images: ``<set>/start/``."""
+    return join(set_dir, "start")
 
 
 def image_id(label: int, index: int, ipc: int) -> int:
@@ -346,8 +360,7 @@ def manifest_path(set_dir: str) -> str:
 def write_manifest(set_dir: str, *, kind: str, dataset: str, class_names: list[str], ipc: int, channels: int,
                    image_size: int, normalization: dict, teacher: dict, config: dict,
                    labels: dict | None = None, source: dict | None = None) -> None:
-    recorded = checksums(set_dir)
-    images = sum(path.startswith("images/") for path in recorded)
+    recorded, images = manifest_records(set_dir)
     assert images == len(class_names) * ipc, \
         f"{set_dir}: the units' markers record {images} of its {len(class_names) * ipc} images"
     manifest = {
@@ -364,45 +377,46 @@ def write_manifest(set_dir: str, *, kind: str, dataset: str, class_names: list[s
                    "label_files": labels["epochs"] if labels else 0},
         "labels": labels or {},
         "source": source or {},
-        "checksums": recorded,
+        "records": recorded,
         "config": config,
     }
     write_json_atomic(manifest_path(set_dir), manifest)
 
 
-def checksums(set_dir: str) -> dict[str, str]:
-    """sha256 of every image and label file, by path relative to the set (``verify_set`` re-reads and checks
-    them). Assembled from what the writers recorded as they wrote (the images' in the markers of the units that
-    wrote them, the label parts' in their epoch records): nothing of the set is read back."""
-    out = {}
-    for marker in unit_markers(set_dir):
-        out.update(marker["checksums"])
-    out.update({part["file"]: part["sha256"] for record in label_records(set_dir) for part in record["parts"]})
-    return dict(sorted(out.items()))
-
-
-VERIFY_THREADS = 16  # reading files is I/O (object stores: latency), not CPU
-
-
-def verify_set(set_dir: str, threads: int = VERIFY_THREADS) -> int:
-    """Re-read every file the manifest lists, ``threads`` at a time, and check its sha256; returns the number of
-    files checked. A DataError names the first file (in path order) that is missing or changed."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    recorded = read_set(set_dir).manifest.get("checksums", {})
+def record_paths(set_dir: str) -> list[str]:
+    """Paths, within the set, of the markers of the units of work that wrote its images, then of its label epochs'
+    records: what a manifest vouches for, each of them for its own files."""
     fs, root = fs_path(set_dir)
+    markers = [p for p in sorted(fs.glob(f"{root}/.progress/*.json")) if not p.endswith(".started.json")]
+    epochs = sorted(fs.glob(f"{root}/labels/epoch-*.json"))
+    return [p[len(root) + 1:] for p in markers + epochs]
 
-    def state(item: tuple[str, str]) -> str | None:
-        path, digest = item
-        if not fs.exists(f"{root}/{path}"):
-            return "missing"
-        return None if hashlib.sha256(fs.cat_file(f"{root}/{path}")).hexdigest() == digest else "changed"
 
-    with ThreadPoolExecutor(threads) as pool:
-        for (path, _), problem in zip(recorded.items(), pool.map(state, recorded.items())):
-            if problem:
-                raise DataError(f"set {set_dir!r}: {path} is {problem} since the manifest was written")
-    return len(recorded)
+def recorded_files(record: dict) -> dict[str, str]:
+    """sha256 by path within the set of the files one marker (its images) or one epoch record (its parts) vouches
+    for, as their writers computed them from the bytes they wrote."""
+    if "parts" in record:
+        return {part["file"]: part["sha256"] for part in record["parts"]}
+    return record["checksums"]
+
+
+def listing_digest(files: dict[str, str]) -> str:
+    """What a manifest holds for a marker or epoch record: the sha256 of the file list it vouches for (each file's
+    path and sha256, in path order). Not of the whole marker: its seconds, worker and attempt differ between two
+    runs of one config, and the manifest must not."""
+    return hashlib.sha256("".join(f"{p}={h}\n" for p, h in sorted(files.items())).encode()).hexdigest()
+
+
+def manifest_records(set_dir: str) -> tuple[dict[str, str], int]:
+    """``listing_digest`` of every marker and epoch record of the set, by path within it, and how many images the
+    markers vouch for. Read one at a time: no image or label part is read back, and the driver holds one entry a
+    unit or an epoch, never one an image (``srel_ray.storage.verify`` checks the files against them on demand)."""
+    out, images = {}, 0
+    for path in record_paths(set_dir):
+        files = recorded_files(read_json(join(set_dir, path)))
+        out[path] = listing_digest(files)
+        images += sum(name.startswith("images/") for name in files)
+    return out, images
 
 
 def read_set(set_dir: str) -> SetInfo:

@@ -85,6 +85,19 @@ def files_digest(folder: Path, subfolders: tuple[str, ...]) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+def recorded_checksums(set_folder: Path) -> dict[str, str]:
+    """sha256 by path of every image and label part of a set, as the markers and epoch records its manifest lists
+    hold them (one map for a tiny set; the manifest itself holds one entry a marker or record)."""
+    import json
+
+    from srel_ray.storage.sets import recorded_files
+
+    out = {}
+    for path in json.loads((set_folder / "manifest.json").read_text())["records"]:
+        out.update(recorded_files(json.loads((set_folder / path).read_text())))
+    return out
+
+
 @contextlib.contextmanager
 def console_to(path: Path):
     """Everything a command prints, into ``path``: Python's sys.stdout/sys.stderr and the file descriptors 1 and 2

@@ -14,7 +14,7 @@ import pytest
 
 from srel_ray.cli import main, quickstart_config
 
-from .conftest import TINY, as_args
+from .conftest import TINY, as_args, recorded_checksums
 from .kill import KillInTheMiddle, gone, kill_driver_when, ray_workers, read_json, title
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,9 +107,8 @@ def test_recovery_actor_killed_in_the_middle_of_a_unit(reference, config, fault_
     assert record(out, "recover")["retried_units"] == [redone["unit"]]
     assert outputs(out, "condensed/images") == outputs(reference, "condensed/images") != {}
     assert (out / "condensed_grid.png").read_bytes() == (reference / "condensed_grid.png").read_bytes()
-    images = {k: v for k, v in json.loads((reference / "condensed" / "manifest.json").read_text())["checksums"].items()
-              if k.startswith("images/")}
-    assert json.loads((out / "condensed" / "manifest.json").read_text())["checksums"] == images
+    images = {k: v for k, v in recorded_checksums(reference / "condensed").items() if k.startswith("images/")}
+    assert recorded_checksums(out / "condensed") == images
     assert temporaries(out) == []
 
 

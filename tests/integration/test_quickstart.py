@@ -9,6 +9,8 @@ from mlflow.tracking import MlflowClient
 from srel_ray.config import load_config
 from srel_ray.storage import sets
 
+from .conftest import recorded_checksums
+
 SUMMARY_KEYS = {"dataset", "num_classes", "ipc", "teacher_top1", "student_top1", "baseline_random_hard_top1",
                 "baseline_random_soft_top1", "seconds"}
 
@@ -112,7 +114,7 @@ def _pinned_values(out) -> dict:
     import hashlib
 
     summary = json.loads((out / "summary.json").read_text())
-    checksums = json.loads((out / "condensed" / "manifest.json").read_text())["checksums"]
+    checksums = recorded_checksums(out / "condensed")
 
     def digest(prefix):
         return hashlib.sha256("".join(f"{p}={h}\n" for p, h in sorted(checksums.items())
@@ -251,15 +253,26 @@ def test_verify_rereads_every_set_and_names_a_changed_file(quickstart_run, tmp_p
     shutil.copytree(quickstart_run, out, ignore=shutil.ignore_patterns("ray", "logs"))
     assert main(["verify", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    counts = {name: len(json.loads((out / name / "manifest.json").read_text())["checksums"])
-              for name in ("condensed", "baselines/random_real")}
+    records = {name: json.loads((out / name / "manifest.json").read_text())["records"]
+               for name in ("condensed", "baselines/random_real")}
+    counts = {name: len(records[name]) + len(recorded_checksums(out / name)) for name in records}
     images = 10 * load_config(out / "config.yaml").recover.ipc
-    assert all(n > images for n in counts.values())  # every image and at least one label part per epoch
+    # every image and at least one label part per epoch, and the markers and epoch records that vouch for them
+    assert all(len(recorded_checksums(out / name)) > images for name in records)
     assert printed == [f"{out}/{name}: {n} files match their manifest checksums" for name, n in counts.items()]
     (out / "baselines" / "random_real" / "images" / "3" / "00001.png").write_bytes(
         (out / "baselines" / "random_real" / "images" / "3" / "00000.png").read_bytes())
     assert main(["verify", str(out)]) == 3
     assert "images/3/00001.png is changed since the manifest was written" in capsys.readouterr().err
+    shutil.copy(quickstart_run / "baselines" / "random_real" / "images" / "3" / "00001.png",
+                out / "baselines" / "random_real" / "images" / "3" / "00001.png")
+    marker = out / "condensed" / ".progress" / "unit-000000.json"
+    vouched = json.loads(marker.read_text())
+    first, second = sorted(vouched["checksums"])[:2]
+    vouched["checksums"][first] = vouched["checksums"][second]  # the marker no longer vouches for what was written
+    marker.write_text(json.dumps(vouched))
+    assert main(["verify", str(out)]) == 3
+    assert ".progress/unit-000000.json is changed since the manifest was written" in capsys.readouterr().err
 
 
 def test_evaluate_adds_a_student_architecture_to_a_finished_run(quickstart_run, tmp_path, capsys, mlflow_uri):

@@ -62,7 +62,8 @@ def test_class_order_labels_and_images(root, tiny):
     written = _tree(fs, path, tiny=tiny)
     data = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=10))
     assert data.class_names == ["n01", "n02", "n03"]
-    train_paths, train_labels = data.files["train"]
+    train_labels = data.labels("train")
+    train_paths = data.paths_at("train", range(len(train_labels)))
     assert len(train_paths) == 9 and sorted(train_labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for p, label in zip(train_paths, train_labels):
         assert data.class_names[label] == written[p][1]
@@ -70,7 +71,7 @@ def test_class_order_labels_and_images(root, tiny):
     assert len(test_labels) == 9
     x = data.images_at("test", torch.tensor([4, 0]))
     for row, i in enumerate([4, 0]):
-        expected, cls = written[data.files["test"][0][i]]
+        expected, cls = written[data.paths_at("test", [i])[0]]
         assert np.array_equal(x[row].numpy(), expected) and data.class_names[test_labels[i]] == cls
     streamed = torch.cat([y for _, y in data.batches("test", 4)])
     assert torch.equal(streamed, test_labels)
@@ -81,7 +82,7 @@ def test_corrupt_images_are_counted_in_streams_and_named_when_needed(tmp_path):
     data = ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path), image_size=10))
     assert len(data.labels("train")) == 10
     assert sum(len(y) for _, y in data.batches("train", 4)) == 9  # the broken file is dropped from the stream
-    broken = data.files["train"][0].index(f"{tmp_path}/train/n01/images/broken.png")
+    broken = data.paths_at("train", range(10)).index(f"{tmp_path}/train/n01/images/broken.png")
     with pytest.raises(DataError, match="unreadable image: .*broken.png"):
         data.images_at("train", torch.tensor([broken]))
 
@@ -119,7 +120,8 @@ def test_flat_val_with_kaggle_csv(root):
     rows = [f"{i},{wnid} 1 2 5 5 {wnid} 0 0 3 3" for i, wnid in VAL_LABELS.items()]
     fs.pipe_file(f"{path}/LOC_val_solution.csv", ("ImageId,PredictionString\n" + "\n".join(rows) + "\n").encode())
     data = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=6))
-    paths, labels = data.files["test"]
+    labels = data.labels("test")
+    paths = data.paths_at("test", range(len(labels)))
     assert [p.rsplit("/", 1)[-1] for p in paths] == [f"{i}.JPEG" for i in VAL_LABELS]
     assert [data.class_names[i] for i in labels] == list(VAL_LABELS.values())
     assert data.images_at("test", torch.tensor([1])).shape == (1, 3, 6, 6)
@@ -179,3 +181,56 @@ def test_test_transform_resizes_the_short_side_then_crops_the_centre(tmp_path):
     assert x.shape == (3, 8, 8) and bool((x[:, 1:-1, 1:-1] == 255).all())  # the centre 8 of the 10 x 20 image
     assert int(squashed.images_at("test", torch.tensor([0]))[0, 0, 4, 0]) == 0  # squashed: the dark border stays
     assert torch.equal(cropped.images_at("train", torch.tensor([0])), squashed.images_at("train", torch.tensor([0])))
+
+
+def _many_classes(fs, root: str, classes: list[str], per_class: int = 2) -> None:
+    image = _png(np.zeros((2, 2, 3), np.uint8))
+    for cls in classes:
+        for split in ("train", "val"):
+            fs.makedirs(f"{root}/{split}/{cls}", exist_ok=True)
+            for i in range(per_class):
+                fs.pipe_file(f"{root}/{split}/{cls}/{i}.png", image)
+
+
+def _sequential_listing(fs, root: str, folder: str) -> tuple[list[str], list[int]]:
+    """What listing the tree one file after another gives: every image path, sorted, with its folder's class."""
+    classes = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/train", detail=False))
+    paths = sorted(p for p in fs.find(f"{root}/{folder}") if p.endswith(".png"))
+    return paths, [classes.index(p[len(root) + len(folder) + 2:].split("/", 1)[0]) for p in paths]
+
+
+def test_the_index_is_the_sequential_listing_made_in_parallel_and_kept(root):
+    """The tree is listed class folders at a time into an index beside the data; it equals a sequential listing
+    (path order across classes, as 'a-b' sorts before 'a/'), and the next open reads it instead of listing."""
+    fs, path = fsspec.core.url_to_fs(root)
+    classes = [f"n{c:03d}" for c in range(40)] + ["a", "a-b"]
+    _many_classes(fs, path, classes)
+    data = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=2))
+    for split, folder in (("test", "val"), ("train", "train")):
+        paths, labels = _sequential_listing(fs, path, folder)
+        assert data.paths_at(split, range(len(paths))) == paths and data.labels(split).tolist() == labels
+    assert data.paths_at("train", [83, 0, 41]) == [paths[i] for i in (83, 0, 41)]
+    assert paths[0].endswith("train/a-b/0.png") and data.labels("train")[:2].tolist() == [1, 1]
+    index = f"{path}/.srel_ray_index"
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(index, detail=False)) == ["index.json", "test.parquet",
+                                                                                 "train.parquet"]
+    listed = fs.cat_file(f"{index}/train.parquet")
+
+    fs.pipe_file(f"{path}/train/n000/9.png", _png(np.zeros((2, 2, 3), np.uint8)))  # the class list is the same
+    again = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=2))
+    assert len(again.labels("train")) == 84  # read from the index: the new file is not listed
+    assert fs.cat_file(f"{index}/train.parquet") == listed
+
+    _many_classes(fs, path, ["n999"])  # a new class folder: the index is listed again
+    grown = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=2))
+    assert grown.num_classes == 43 and len(grown.labels("train")) == 87
+    assert grown.paths_at("train", range(87)) == _sequential_listing(fs, path, "train")[0]
+
+
+def test_the_index_can_live_in_a_folder_of_its_own(tmp_path):
+    fs = fsspec.filesystem("file")
+    _tree(fs, str(tmp_path / "data"))
+    cfg = DataConfig(name="imagefolder", path=str(tmp_path / "data"), image_size=10, index=str(tmp_path / "idx"))
+    data = ImageFolderData(cfg)
+    assert (tmp_path / "idx" / "index.json").exists() and not (tmp_path / "data" / ".srel_ray_index").exists()
+    assert torch.equal(ImageFolderData(cfg).images_at("train", [8, 1]), data.images_at("train", [8, 1]))

@@ -136,25 +136,96 @@ def test_remove(root):
     files.remove(files.join(root, "a"))  # removing what is gone is fine
 
 
-def test_manifest_checksums_catch_changed_and_missing_files(tmp_path):
+def _two_unit_set(set_dir, ipc=2, labelled=True):
+    """Two classes, one recovery unit each, and (``labelled``) one label epoch in two parts; with its manifest."""
+    images = _images(2 * ipc, 1)
+    for c in (0, 1):
+        sets.write_image_unit(set_dir, sets.unit_marker(set_dir, f"unit-{c:06d}"), [(c, i) for i in range(ipc)],
+                              images[c * ipc:(c + 1) * ipc], {"unit": c})
+    labels = None
+    if labelled:
+        cols, _ = _label_columns(num_classes=2, n_images=2 * ipc)
+        parts = [sets.write_label_part(set_dir, 0, first, stop, _rows(cols, range(first, stop)), 2, "float16")
+                 for first, stop in ((0, ipc), (ipc, 2 * ipc))]
+        sets.commit_label_epoch(set_dir, 0, parts, 2 * ipc)
+        labels = {"epochs": 1}
+    sets.write_manifest(set_dir, kind="condensed", dataset="toy", class_names=["a", "b"], ipc=ipc, channels=1,
+                        image_size=6, normalization={"mean": [0.5], "std": [0.5]}, teacher={}, config={},
+                        labels=labels)
+    return images
+
+
+def test_verify_catches_a_changed_image_marker_or_label_part(tmp_path):
+    """The manifest vouches for the markers and the epoch record (their file lists), they for the images and
+    parts: verify checks both links, and names what changed."""
+    from srel_ray.storage.verify import verify_set
+
+    set_dir = tmp_path / "set"
+    images = _two_unit_set(str(set_dir))
+    manifest = sets.read_set(str(set_dir)).manifest
+    assert list(manifest["records"]) == [".progress/unit-000000.json", ".progress/unit-000001.json",
+                                         "labels/epoch-00000.json"]
+    assert verify_set(str(set_dir)) == 3 + 4 + 2  # the records, the images, the parts
+    for path, other in (("images/1/00000.png", sets.encode_png(images[0])),
+                        (".progress/unit-000001.json", b'{"unit": 1, "checksums": {}}'),
+                        ("labels/epoch-00000/part-00000002.parquet",
+                         (set_dir / "labels/epoch-00000/part-00000000.parquet").read_bytes())):
+        kept = (set_dir / path).read_bytes()
+        (set_dir / path).write_bytes(other)
+        with pytest.raises(DataError, match=f"{path} is changed"):
+            verify_set(str(set_dir))
+        (set_dir / path).unlink()
+        with pytest.raises(DataError, match=f"{path} is missing"):
+            verify_set(str(set_dir))
+        (set_dir / path).write_bytes(kept)
+    verify_set(str(set_dir))
+    marker = files.read_json(sets.unit_marker(str(set_dir), "unit-000000"))
+    files.write_json_atomic(sets.unit_marker(str(set_dir), "unit-000000"), {**marker, "seconds": 9.5, "attempt": 2})
+    assert verify_set(str(set_dir)) == 9  # a marker's stats and worker differ between runs: not vouched for
+
+
+def test_a_manifest_needs_a_marker_for_every_image(tmp_path):
     set_dir = str(tmp_path / "set")
-    images = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8)
-    sets.write_images(set_dir, [(0, 0), (0, 1), (1, 0), (1, 1)], images)
-    with pytest.raises(AssertionError, match="0 of its 4 images"):  # no unit recorded them: not complete
-        sets.write_manifest(set_dir, kind="condensed", dataset="toy", class_names=["a", "b"], ipc=2, channels=1,
-                            image_size=6, normalization={"mean": [0.5], "std": [0.5]}, teacher={}, config={})
-    sets.write_image_unit(set_dir, sets.unit_marker(set_dir, "unit-000000"), [(0, 0), (0, 1), (1, 0), (1, 1)], images)
-    sets.write_manifest(set_dir, kind="condensed", dataset="toy", class_names=["a", "b"], ipc=2, channels=1,
-                        image_size=6, normalization={"mean": [0.5], "std": [0.5]}, teacher={}, config={})
-    manifest = sets.read_set(set_dir).manifest
-    assert sorted(manifest["checksums"]) == [f"images/{c}/{i:05d}.png" for c in (0, 1) for i in (0, 1)]
-    sets.verify_set(set_dir)  # unchanged: passes
-    (tmp_path / "set" / "images" / "1" / "00000.png").write_bytes(sets.encode_png(images[0]))
-    with pytest.raises(DataError, match="images/1/00000.png is changed"):
-        sets.verify_set(set_dir)
-    (tmp_path / "set" / "images" / "1" / "00000.png").unlink()
-    with pytest.raises(DataError, match="images/1/00000.png is missing"):
-        sets.verify_set(set_dir)
+    sets.write_image_unit(set_dir, sets.unit_marker(set_dir, "unit-000000"), [(0, 0)], _images(1, 1))
+    sets.write_images(set_dir, [(1, 0)], _images(1, 1))  # written, but no marker vouches for it
+    with pytest.raises(AssertionError, match="record 1 of its 2 images"):
+        sets.write_manifest(set_dir, kind="condensed", dataset="toy", class_names=["a", "b"], ipc=1, channels=1,
+                            image_size=6, normalization={}, teacher={}, config={})
+
+
+def test_manifest_holds_an_entry_per_unit_and_epoch_not_per_image(tmp_path):
+    """The driver assembles the manifest from the markers one at a time: 100x the images in the same units and
+    epoch leave it the same size but for the counts' digits, and it names no image."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    _two_unit_set(str(small), ipc=2)
+    _two_unit_set(str(large), ipc=200)
+    sizes = [len((folder / "manifest.json").read_bytes()) for folder in (small, large)]
+    assert 0 < sizes[1] - sizes[0] <= 6  # ipc 2 -> 200, images 4 -> 400
+    assert "images/" not in (large / "manifest.json").read_text()
+    assert sets.read_set(str(large)).manifest["counts"]["images"] == 400
+
+
+def test_older_manifests_with_a_checksum_per_file_still_read_and_verify(tmp_path):
+    """Sets of format 2 list every file's sha256 in the manifest: they read as before and verify file by file."""
+    import hashlib
+    import json
+
+    from srel_ray.storage.verify import verify_set
+
+    set_dir = tmp_path / "set"
+    _two_unit_set(str(set_dir))
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    files_ = sorted(p for p in set_dir.rglob("*") if p.suffix in (".png", ".parquet"))
+    del manifest["records"]
+    manifest.update(format_version=2, checksums={str(p.relative_to(set_dir)): hashlib.sha256(p.read_bytes())
+                                                 .hexdigest() for p in files_})
+    (set_dir / "manifest.json").write_text(json.dumps(manifest))
+    info = sets.read_set(str(set_dir))
+    assert (info.num_classes, info.ipc, info.label_epochs) == (2, 2, 1)
+    assert verify_set(str(set_dir)) == 6
+    (set_dir / "images/0/00001.png").write_bytes((set_dir / "images/0/00000.png").read_bytes())
+    with pytest.raises(DataError, match="images/0/00001.png is changed"):
+        verify_set(str(set_dir))
 
 
 def _rows(cols, images):
@@ -178,7 +249,8 @@ def test_label_epoch_in_parts_is_committed_by_its_record_and_read_by_share(root)
     whole = sets.read_label_epoch(root, 3)
     assert torch.equal(whole.image_index, torch.from_numpy(cols["image_id"][order]))
     assert torch.equal(whole.logits, torch.from_numpy(cols["logits"][order]))
-    assert sets.checksums(root)["labels/epoch-00003/part-00000003.parquet"] == parts[0]["sha256"]
+    record = files.read_json(sets.label_record(root, 3))
+    assert sets.recorded_files(record)["labels/epoch-00003/part-00000003.parquet"] == parts[0]["sha256"]
     assert sets.label_bytes(root) == parts[0]["bytes"] + parts[1]["bytes"]
     fs, path = files.fs_path(sets.label_part(root, 3, 0))
     fs.rm(path)  # a share of images 3-4 never opens the part of images 0-2

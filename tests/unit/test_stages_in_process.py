@@ -15,6 +15,7 @@ from srel_ray.stages.checks import check_inputs, made_by, read_from_folder
 from srel_ray.stages.local import InProcessExecutor
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import prepare_out
+from srel_ray.storage.verify import verify_set
 from srel_ray.teacher import Teacher, save_teacher
 from srel_ray.tracking import Tracker
 
@@ -45,7 +46,7 @@ def test_stage_units_run_and_resume_in_process(tmp_path):
     labelled = relabel.record(relabel.run(ctx))
     assert labelled["condensed"] == labelled["random_real"] == {"epochs": 2, "skipped_epochs": 0}
     assert baselines.is_done(cfg, run) and relabel.is_done(cfg, run)
-    sets.verify_set(run.set_dir("condensed"))
+    verify_set(run.set_dir("condensed"))
     scores = evaluate.record(evaluate.run(ctx))
     assert set(scores) == {"condensed", "random_real_hard", "random_real_soft", "skipped_students", "resumed",
                            "skipped"}
@@ -140,3 +141,52 @@ def test_more_student_architectures_train_every_student_by_the_same_protocol(tmp
     assert len(format_cross_architecture(cross)) == 4
     with pytest.raises(Exception, match=r"evaluate.students\[1\] repeats 'resnet18_small'"):
         load_config(quickstart_config(), TINY + ["evaluate.students=[{arch: resnet18_small}, {arch: resnet18_small}]"])
+
+
+def test_rded_start_images_are_selected_once_per_class_stored_and_resumed(tmp_path, caplog):
+    """recover.init rded: each class's selection is made once by its class slice's task (here in process) and
+    stored in the set's start/ folder with a marker per slice; a unit reads only its own start images; a rerun
+    selects only the slices without a marker that a unit still to recover needs."""
+    from srel_ray.core.recover import plan_units
+    from srel_ray.data.class_images import StartImages, rded_start
+    from srel_ray.stages.starts import pending_slices
+    from srel_ray.teacher import load_frozen
+
+    cfg, data, run = _run_with_teacher(tmp_path)
+    cfg = load_config(quickstart_config(), [*TINY, "method=rded", "recover.iterations=0", "recover.ipc=2",
+                                            "recover.rded_pool=10", "recover.rded_factor=2",
+                                            "recover.classes_per_unit=5"])
+    set_dir, executor = run.set_dir("condensed"), InProcessExecutor(start_data=lambda: data)
+    teacher, models = load_frozen([run.teacher], "cpu")
+    executor.recover(cfg, [run.teacher], set_dir, 10, [])
+    start = sets.start_dir(set_dir)
+    expected = torch.cat([rded_start(data, cfg.recover, cfg.seed, models, teacher.norm, c) for c in range(10)])
+    assert torch.equal(sets.read_images(start, 10, 2, 1), expected)
+    assert torch.equal(sets.read_images(set_dir, 10, 2, 1), expected)  # 0 iterations: the starts are the images
+    assert [m["classes"] for m in sets.unit_markers(start)] == [[c, c + 1] for c in range(10)]  # 10 slices
+    assert sum(len(m["checksums"]) for m in sets.unit_markers(start)) == 20
+
+    units = plan_units(10, 2, 5, cfg.recover.ipc_per_unit)
+    late = [u for u in units if u.classes[0] == 5]  # the units of classes 5-9
+    assert pending_slices(cfg, set_dir, 10, units) == []  # all stored
+    marker = sets.slice_marker(start, 7)
+    files.remove(marker)
+    assert pending_slices(cfg, set_dir, 10, [u for u in units if u not in late]) == []  # classes 0-4: not 7
+    assert pending_slices(cfg, set_dir, 10, units) == [range(7, 8)]
+    for c in range(10):  # what a unit of classes 5-9 reads: its own images only
+        if c not in range(5, 10):
+            files.remove(files.join(start, "images", str(c)))
+    for unit in late:
+        assert torch.equal(StartImages(cfg.recover, cfg.seed, set_dir, 1)(unit), torch.stack(
+            [expected[c * 2 + i] for c, i in unit.targets()]))
+
+    for unit in late:  # classes 5-9 to recover again: slice 7 is selected again, the others are read
+        files.remove(sets.unit_marker(set_dir, unit.name))
+    untouched = tmp_path / "run" / "condensed" / "start" / ".progress" / "slice-000005.json"
+    written = untouched.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="srel_ray"):
+        result = executor.recover(cfg, [run.teacher], set_dir, 10, [])
+    assert (result.units, result.skipped_units) == (len(units), len(units) - len(late))
+    assert "RDED start images of 4 of 5 class slices already stored" in caplog.text
+    assert untouched.stat().st_mtime_ns == written
+    assert files.exists(marker) and torch.equal(sets.read_images(set_dir, 10, 2, 1), expected)

@@ -17,7 +17,8 @@ from srel_ray.core.recover_terms import recover_terms
 from srel_ray.core.relabel import teacher_logits, view_pixels, views_for
 from srel_ray.core.student import build_student, count_correct
 from srel_ray.storage import sets
-from srel_ray.data.class_images import StartImages
+from srel_ray.storage.verify import verify_set
+from srel_ray.data.class_images import rded_start
 from srel_ray.data.real import WithoutRows, load_dataset, random_real_indices, validation_indices
 from srel_ray.models import create_model
 from srel_ray.search_space import apply_params
@@ -72,7 +73,7 @@ def test_trial_reports_every_epoch_and_writes_its_record(search):
     assert (folder / "student.pt").exists() and (folder / "condensed_grid.png").exists()
 
     set_dir = str(inputs.out) + f"/sets/{set_key(cfg)}"
-    sets.verify_set(set_dir)  # a complete set in the published format, checksums included
+    verify_set(set_dir)  # a complete set in the published format, checksums included
     info = sets.read_set(set_dir)
     assert (info.ipc, info.label_epochs, len(sets.label_epochs_done(set_dir, 2))) == (2, 2, 2)
 
@@ -158,12 +159,14 @@ def test_a_trial_runs_rded_starts_class_matching_and_two_teachers_as_the_core_do
 
     set_dir = str(tmp_path / "sets" / set_key(cfg))
     models = [freeze(load_teacher(str(p)).build()) for p in teachers]
-    start = StartImages(WithoutRows(data, inputs.val_rows), cfg.recover, cfg.seed, models, data.norm)
+    # RDED's selection of each class, from training images that are not validation images (stored by the trial)
+    kept = WithoutRows(data, inputs.val_rows)
+    starts = {c: rded_start(kept, cfg.recover, cfg.seed, models, data.norm, c) for c in range(10)}
     expected = {}
     for unit in plan_units(10, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit):
         class_stats = [load_class_stats(str(folder), list(unit.classes)) for folder in stats]
         images, _ = recover_unit(Recovery.of(cfg, models, data.norm), unit, recover_terms(cfg.recover, class_stats),
-                                 init=start(unit))
+                                 init=torch.stack([starts[c][i] for c, i in unit.targets()]))
         expected.update(zip(unit.targets(), images))
     got = sets.read_images(set_dir, 10, cfg.recover.ipc, 1)
     assert torch.equal(got, torch.stack([expected[(c, i)] for c in range(10) for i in range(cfg.recover.ipc)]))
