@@ -1,5 +1,6 @@
 """``srel-ray``: one subcommand per stage, ``run`` for all of them, ``quickstart`` for the embedded demo, ``tune``,
-and two that only look: ``config`` (the resolved config, with where each value came from) and ``show DIR``.
+two studies of a finished run (``continual DIR``, ``tsne DIR``), and two that only look: ``config`` (the resolved
+config, with where each value came from) and ``show DIR``.
 
 Exit codes: 0 success; 2 a usage error (argparse: unknown option, missing argument); 3 bad config, data or output
 folder (one line naming the problem, no traceback); 1 a crash (a bug or an environment failure: a traceback).
@@ -85,6 +86,17 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("out", metavar="DIR", help="a run's output folder, or a set's folder")
     show = sub.add_parser("show", help="a run's summary table, what each stage did, where its pictures are")
     show.add_argument("out", metavar="DIR", help="a run's output folder (the --out of srel-ray run)")
+    continual = sub.add_parser("continual", help="class-incremental learning on a finished run (GDumb-style): the "
+                               "condensed set as the memory against random real images of the same size, in "
+                               "continual.steps steps (default 5 and 10), students on Ray; into DIR/continual/")
+    tsne = sub.add_parser("tsne", help="t-SNE of the teacher's features of condensed and real images of a few "
+                          "classes of a finished run, in this process; into DIR/tsne/")
+    for study, sections in ((continual, "continual.*, evaluate.*, resources.*, tracking.*"),
+                            (tsne, "tsne.*, tracking.*")):
+        study.add_argument("out", metavar="DIR", help="a finished run's output folder (the --out of srel-ray run)")
+        study.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                           help=f"override one setting of {sections}; repeatable")
+        _add_verbosity(study)
     return p
 
 
@@ -117,6 +129,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if args.command == "tune":
         return _tune(args)
+    if args.command in ("continual", "tsne"):
+        return _study(args, console)
     from srel_ray.pipeline import run_stages
     from srel_ray.storage.layout import RunDir
     from srel_ray.summary import format_summary
@@ -129,6 +143,23 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         print(f"\noutputs: {out} (summary.json, condensed/, accuracy_curves.png, logs/; srel-ray show {out})")
     else:
         print(f"\n{args.command} finished; outputs in {out}")
+    return EXIT_OK
+
+
+def _study(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "continual":
+        from srel_ray.pipeline import run_continual_study
+        from srel_ray.studies.continual import format_continual
+
+        results, written = run_continual_study(args.out, args.overrides, console)
+        print("\n" + format_continual(results))
+    else:
+        from srel_ray.studies.feature_space import run_feature_space_study
+
+        points, written = run_feature_space_study(args.out, args.overrides)
+        print(f"t-SNE of the teacher's features: {len(points['points'])} points, classes "
+              f"{', '.join(points['class_names'])}")
+    print(f"\noutputs: {', '.join(written)}")
     return EXIT_OK
 
 

@@ -437,6 +437,59 @@ class Config:
         return d
 
 
+# ---------------------------------------------------------------------------------------------- studies
+# The seed's studies of a finished run (srel_ray/studies/): sections of their own commands, given as --set
+# continual.key=value or tsne.key=value, never part of a run's config.yaml.
+
+
+@dataclass
+class ContinualConfig:
+    """``srel-ray continual DIR``: class-incremental learning with the condensed set, and random real images of
+    the same size, as the memory (GDumb-style, the SRe2L paper's section 3.7; srel_ray/studies/continual.py)."""
+
+    steps: list[int] = field(default_factory=lambda: [5, 10])  # each: the classes arrive in this many groups
+    seed: int | None = None  # the order in which the classes arrive; None: the run's seed
+    epochs: int | None = None  # each step's student; None: the run's evaluate.epochs
+    # Train the step students one after another in this process (its GPU when resources.use_gpu allows and there is
+    # one) instead of on Ray Train: for small sets, where a Train fit's start-up outweighs a student's training.
+    in_process: bool = False
+
+    def validate(self) -> None:
+        _check(bool(self.steps), "continual.steps", "must list at least one step count, e.g. [5, 10]")
+        for i, steps in enumerate(self.steps):
+            _check(steps >= 2, f"continual.steps[{i}]",
+                   f"must be >= 2 (one step is plain training on the whole set), got {steps}")
+        _check(len(set(self.steps)) == len(self.steps), "continual.steps", f"repeats a step count: {self.steps}")
+        _check(self.epochs is None or self.epochs >= 1, "continual.epochs", f"must be >= 1, got {self.epochs}")
+
+
+@dataclass
+class FeatureSpaceConfig:
+    """``srel-ray tsne DIR``: t-SNE of the teacher's penultimate features of condensed and real images of a few
+    classes (the SRe2L paper's appendix C; srel_ray/studies/feature_space.py)."""
+
+    classes: int = 5  # how many classes are shown, drawn from the seed
+    real_per_class: int = 50  # real training images of each shown class (capped at the class size)
+    seed: int | None = None  # the classes shown, their real images and t-SNE's start; None: the run's seed
+    perplexity: float = 30.0  # t-SNE's; must stay below the number of points
+
+    def validate(self) -> None:
+        _check(self.classes >= 1, "tsne.classes", f"must be >= 1, got {self.classes}")
+        _check(self.real_per_class >= 1, "tsne.real_per_class", f"must be >= 1, got {self.real_per_class}")
+        _check(self.perplexity > 0, "tsne.perplexity", f"must be > 0, got {self.perplexity}")
+
+
+STUDY_SECTIONS = {"continual": ContinualConfig, "tsne": FeatureSpaceConfig}
+
+
+def load_study_section(name: str, overrides: list[str]) -> Any:
+    """A study's section (``STUDY_SECTIONS``) from the ``name.key=value`` items of ``overrides``, validated."""
+    raw = apply_overrides({}, [o for o in overrides if o.strip().startswith(f"{name}.")]).get(name, {})
+    section = _build(STUDY_SECTIONS[name], raw, prefix=f"{name}.")
+    section.validate()
+    return section
+
+
 PRECISIONS = ("fp32", "bf16", "fp16")  # srel_ray.core.precision (kept here so config imports no torch)
 DATASETS = {"digits", "parquet", "imagefolder", "cifar", "webdataset"}
 # RDED's scripts stitch 2 x 2 crops per image from this input size up, none below; below it the methods' small-image
@@ -552,11 +605,12 @@ def config_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def config_from_yaml(text: str, where: str) -> Config:
+def config_from_yaml(text: str, where: str, overrides: list[str] | None = None) -> Config:
+    """A saved config (``config_yaml``), with ``section.key=value`` overrides applied."""
     raw = yaml.safe_load(text) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {where!r} must hold a mapping of sections, got {type(raw).__name__}")
-    return from_dict(raw).validate()
+    return from_dict(apply_overrides(raw, overrides or [])).validate()
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

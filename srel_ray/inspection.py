@@ -7,6 +7,7 @@ import copy
 import io
 import logging
 from pathlib import Path
+from typing import Any, Callable
 
 from srel_ray.config import Config, apply_overrides, from_dict, method_presets, read_config_file, to_dict
 from srel_ray.storage import files
@@ -94,13 +95,19 @@ def plot_curves(teacher_history: list[dict], students: dict[str, list[dict]]):
 
 
 def save_curves(teacher_history: list[dict], students: dict[str, list[dict]], path: str) -> str:
-    """The curves as a PNG at ``path`` (local or URL), written atomically; returns ``path``. Without matplotlib
-    nothing is written and one log line says so (a tracker logs the path only if the file exists)."""
+    """The curves as a PNG at ``path`` (``save_figure``); returns ``path``."""
+    return save_figure(lambda: plot_curves(teacher_history, students), path)
+
+
+def save_figure(draw: Callable[[], Any], path: str) -> str:
+    """The figure ``draw()`` returns as a PNG at ``path`` (local or URL), written atomically; returns ``path``.
+    Without matplotlib nothing is drawn or written and one log line says so (a tracker logs the path only if the
+    file exists)."""
     plt = pyplot()
     if plt is None:
         log.warning("%s not drawn: %s", path, PLOTS_MISSING)
         return path
-    fig = plot_curves(teacher_history, students)
+    fig = draw()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -137,16 +144,10 @@ def show_run(out: str) -> str:
     A folder that is no run, or a run still in progress, gets a SrelError saying what is there and what is not."""
     from srel_ray.stages.registry import STAGES
     from srel_ray.summary import format_summary
-    from srel_ray.storage.layout import RunDir
+    from srel_ray.storage.layout import existing_run
     from srel_ray.progress import stage_did
 
-    run = RunDir.at(out)
-    if not files.exists(run.out):
-        raise SrelError(f"{run.out!r} does not exist")
-    if files.is_file(run.out):
-        raise SrelError(f"{run.out!r} is a file; srel-ray show takes a run's output folder (--out of srel-ray run)")
-    if not files.exists(run.config):
-        raise SrelError(f"{run.out!r} is not a srel_ray run: it has no config.yaml (written when a run starts)")
+    run = existing_run(out, "show")
     lines = []
     done = [s for s in STAGES if files.exists(run.stage_record(s))]
     for stage in STAGES:

@@ -6,11 +6,14 @@ whose outputs are complete, so re-running a command resumes it. The folder's lay
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Iterator
 
 from srel_ray.config import Config
+from srel_ray.data.real import RealData
 from srel_ray.distributed.cluster import (check_precision, check_resources, ray_logs_dir, resolve_use_gpu,
                                           start_ray)
 from srel_ray.distributed.executor import RayExecutor
@@ -24,7 +27,7 @@ from srel_ray.storage.layout import RunDir, prepare_out
 from srel_ray.students import STUDENTS
 from srel_ray.summary import write_summary
 from srel_ray.teacher import load_teacher
-from srel_ray.tracking import tracked_run, tracking_uri
+from srel_ray.tracking import previous_run_id, tracked_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -40,34 +43,23 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
     units = [UNITS[stage] for stage in stages]
     data = check_inputs(cfg, RunDir.at(out), stages)  # before anything is written
     run = prepare_out(cfg, out)
-    _keep_logs(run)
-    start_ray(cfg.resources, verbose=console.verbosity == "verbose")
-    _link_ray_logs(run)
-    use_gpu = resolve_use_gpu(cfg.resources)
-    check_resources(cfg.resources, use_gpu)  # requests no node can meet fail now, not after hours of squeeze
-    check_precision(cfg.resources, use_gpu)  # fp16 on a CPU, bf16 on a GPU without it: now, not in a worker
-    with tracked_run(cfg, command, run.out, run_id=_previous_run_id(cfg, run)) as tracker:
+    with on_ray(cfg, run, data, command, console) as ctx:
+        tracker = ctx.tracker
         if tracker.enabled:
             files.write_json_atomic(run.tracking, {"run_id": tracker.run_id, "tracking_uri": tracking_uri(cfg)})
-
-        def live(prefix: str, step: int, metrics: dict) -> None:
-            tracker.log_metrics(metrics, step=step, prefix=prefix)
-
-        with Progress(console, live, cfg.recover.iterations) as progress:
-            ctx = StageContext(cfg, run, data, RayExecutor(use_gpu), tracker, progress)
-            for i, unit in enumerate(units, 1):
-                log.info("[%d/%d] %s", i, len(units), unit.NAME)
-                console.stage_started(i, len(units), unit.NAME)
-                began = time.perf_counter()
-                result = unit.run(ctx)
-                seconds = time.perf_counter() - began
-                record = unit.record(result)
-                console.stage_finished(i, len(units), unit.NAME, seconds, stage_did(unit.NAME, record))
-                path = run.stage_record(unit.NAME)
-                if files.exists(path) and result.skipped:
-                    seconds = files.read_json(path)["seconds"]  # keep the time of the run that did the work
-                files.write_json_atomic(path, {"stage": unit.NAME, "seconds": seconds, "result": record})
-                tracker.log_metrics({f"seconds.{unit.NAME}": seconds})
+        for i, unit in enumerate(units, 1):
+            log.info("[%d/%d] %s", i, len(units), unit.NAME)
+            console.stage_started(i, len(units), unit.NAME)
+            began = time.perf_counter()
+            result = unit.run(ctx)
+            seconds = time.perf_counter() - began
+            record = unit.record(result)
+            console.stage_finished(i, len(units), unit.NAME, seconds, stage_did(unit.NAME, record))
+            path = run.stage_record(unit.NAME)
+            if files.exists(path) and result.skipped:
+                seconds = files.read_json(path)["seconds"]  # keep the time of the run that did the work
+            files.write_json_atomic(path, {"stage": unit.NAME, "seconds": seconds, "result": record})
+            tracker.log_metrics({f"seconds.{unit.NAME}": seconds})
         summary = write_summary(cfg, run, data) if _finished(run) else None
         if summary:
             tracker.log_metrics({k: v for k, v in summary.items() if k.endswith("top1") or k.endswith("top5")})
@@ -78,12 +70,24 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
     return summary
 
 
-def _previous_run_id(cfg: Config, run: RunDir) -> str | None:
-    """The MLflow run of an earlier command on this folder, continued when it is in the same store."""
-    if not cfg.tracking.enabled or not files.exists(run.tracking):
-        return None
-    previous = files.read_json(run.tracking)
-    return previous["run_id"] if previous["tracking_uri"] == tracking_uri(cfg) else None
+@contextlib.contextmanager
+def on_ray(cfg: Config, run: RunDir, data: RealData, command: str, console: Console) -> Iterator[StageContext]:
+    """The context a command's heavy work runs in on Ray: the driver's log in the run folder, Ray started or joined
+    and checked against the resources asked for, the run's MLflow run (continued when an earlier command on the
+    folder made one in the same store), progress bars, and the Ray executor."""
+    _keep_logs(run)
+    start_ray(cfg.resources, verbose=console.verbosity == "verbose")
+    _link_ray_logs(run)
+    use_gpu = resolve_use_gpu(cfg.resources)
+    check_resources(cfg.resources, use_gpu)  # requests no node can meet fail now, not after hours of squeeze
+    check_precision(cfg.resources, use_gpu)  # fp16 on a CPU, bf16 on a GPU without it: now, not in a worker
+    with tracked_run(cfg, command, run.out, run_id=previous_run_id(cfg, run)) as tracker:
+
+        def live(prefix: str, step: int, metrics: dict) -> None:
+            tracker.log_metrics(metrics, step=step, prefix=prefix)
+
+        with Progress(console, live, cfg.recover.iterations) as progress:
+            yield StageContext(cfg, run, data, RayExecutor(use_gpu), tracker, progress)
 
 
 def _keep_logs(run: RunDir) -> None:
@@ -116,3 +120,20 @@ def draw_curves(run: RunDir) -> str:
     students = {name: files.read_json(run.student_record(name))["history"]
                 for name in STUDENTS if files.exists(run.student_record(name))}
     return save_curves(load_teacher(run.teacher).metrics.get("history", []), students, run.curves)
+
+
+def run_continual_study(out: str | Path, overrides: list[str], console: Console | None = None) -> tuple[dict, list]:
+    """``srel-ray continual DIR``: every step student on Ray, or in this process with continual.in_process
+    (srel_ray.studies.continual); returns the results and the paths of continual.json and the figure."""
+    from srel_ray.data.real import load_dataset
+    from srel_ray.studies import continual
+    from srel_ray.studies.base import finished_run
+
+    study = finished_run(out, overrides, "continual", continual.MAY_SET)
+    infos = continual.check_study(study)  # before Ray starts
+    cfg = continual.study_config(study)
+    data = load_dataset(cfg.data)
+    with (continual.in_process(cfg, study.run, data) if study.section.in_process else
+          on_ray(cfg, study.run, data, "continual", console or Console())) as ctx:
+        results = continual.run_continual(ctx, study.section, study.seed(), infos)
+        return results, continual.report(results, study.run, ctx.tracker)

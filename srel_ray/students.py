@@ -15,6 +15,9 @@ class Student:
     hard: bool  # trained on the class index instead of the teacher's soft labels
     label: str  # how tables and figures name it
     summary_key: str  # its test top-1 in summary.json
+    # The set's classes it trains and is tested on, one output each in this order (srel-ray continual's memory of
+    # the classes seen so far); None: every class of the set.
+    classes: tuple[int, ...] | None = None
 
     @property
     def baseline(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Iterator
 from srel_ray.config import Config, to_dict
 from srel_ray.errors import SrelError
 from srel_ray.storage import files
+from srel_ray.storage.layout import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,14 @@ def tracking_uri(cfg: Config) -> str:
     if cfg.tracking.tracking_uri:
         return cfg.tracking.tracking_uri
     return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def previous_run_id(cfg: Config, run: RunDir) -> str | None:
+    """The MLflow run of an earlier command on this run folder, continued when it is in the same store."""
+    if not cfg.tracking.enabled or not files.exists(run.tracking):
+        return None
+    previous = files.read_json(run.tracking)
+    return previous["run_id"] if previous["tracking_uri"] == tracking_uri(cfg) else None
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> None:

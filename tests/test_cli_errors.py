@@ -244,3 +244,15 @@ def test_models_that_cannot_work_are_refused_before_work(tmp_path, capsys, overr
     assert main(["run", "--config", str(quickstart_config()), "--out", str(out), *args]) == 3
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_a_study_of_a_folder_that_is_not_a_finished_run(capsys, tmp_path):
+    """srel-ray continual / tsne: one line naming what the folder lacks, exit code 3, nothing written."""
+    code, err = run(capsys, "continual", str(tmp_path / "missing"))
+    assert code == 3 and "does not exist" in err
+    code, err = run(capsys, "tsne", str(tmp_path))
+    assert code == 3 and "is not a srel_ray run: it has no config.yaml" in err
+    (tmp_path / "config.yaml").write_text((quickstart_config()).read_text())
+    code, err = run(capsys, "continual", str(tmp_path), "--set", "continual.steps=[5]")
+    assert code == 3 and "is not a finished run (no summary.json)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

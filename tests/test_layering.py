@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "srel_ray"
 RAY_FREE = ["core", "models", "data", "storage", "stages", "config.py", "errors.py", "teacher.py", "search_space.py",
-            "trial.py", "methods.py", "students.py", "summary.py"]
+            "trial.py", "methods.py", "students.py", "summary.py", "studies"]
 
 # The layer of every srel_ray module, from the bottom up: the first prefix that matches a module's name names its
 # layer (docs/design.md, "Layers").
@@ -37,6 +37,7 @@ LAYERS = {
     "srel_ray.summary": "driver",
     "srel_ray.tuning": "driver",
     "srel_ray.inspection": "driver",
+    "srel_ray.studies": "driver",
     "srel_ray.cli": "driver",
     "srel_ray": "package",  # srel_ray/__init__.py: the version
 }

@@ -38,3 +38,5 @@ STREAM_VALIDATION = 9
 STREAM_RDED = 10  # RDED's candidate images and crop boxes, keyed by class
 STREAM_RECOVER_VIEWS = 11  # recovery's crops, flips and rolls, keyed by (unit, step)
 STREAM_STUDENT_CUTMIX = 12  # the student's CutMix draws, keyed by (epoch, rank)
+STREAM_CLASS_ORDER = 13  # srel-ray continual: the order in which the classes arrive
+STREAM_FEATURE_SPACE = 14  # srel-ray tsne: the classes shown and their real images

@@ -12,6 +12,7 @@ import ray.train.torch
 import torch
 
 from srel_ray.config import Config, from_dict, to_dict
+from srel_ray.core.continual import restrict_batches, restrict_labels
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model, resolve_precision
 from srel_ray.core.student import (WeightEMA, build_student, count_correct, image_share, student_optimizer,
@@ -29,12 +30,14 @@ def student_loop(config: dict) -> None:
     norm = Normalization(**config["norm"])
     rank, world, device = trainer.worker_setup(config["threads"])
     info = sets.read_set(config["set_dir"])
-    num_images = info.num_classes * info.ipc
+    classes = config["classes"]  # a memory of some classes (srel_ray.core.continual), or None: every class
+    memory = range(info.num_classes) if classes is None else classes
+    num_images = len(memory) * info.ipc
     share = image_share(num_images, rank, world)  # this worker reads only these images and their label rows
-    images = sets.read_images_at(info.path, [(i // info.ipc, i % info.ipc) for i in share], info.channels)
+    images = sets.read_images_at(info.path, [(memory[i // info.ipc], i % info.ipc) for i in share], info.channels)
     class_labels = torch.tensor([i // info.ipc for i in share])
     rows_per_rank = -(-num_images // world) * cfg.relabel.views_per_epoch
-    model = build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
+    model = build_student(e, seed=cfg.seed, num_classes=len(memory), channels=info.channels,
                           image_size=cfg.data.image_size)
     if device.type == "cuda" and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -48,7 +51,11 @@ def student_loop(config: dict) -> None:
     test_shard = ray.train.get_dataset_shard("test")
 
     for epoch in range(start, e.epochs):
-        labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"], images=share)
+        if classes is None:
+            labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"], images=share)
+        else:
+            labels = restrict_labels(sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"]),
+                                     classes, info.ipc, images=share)
         labels.image_index -= share.start
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=local_batch, temperature=e.temperature,
@@ -59,8 +66,10 @@ def student_loop(config: dict) -> None:
         last = epoch == e.epochs - 1
         if last or (e.eval_interval and (epoch + 1) % e.eval_interval == 0):
             tested = ema.model if ema is not None else model
-            test = trainer.all_reduce_sum(count_correct(tested, trainer.test_batches(test_shard, 256, norm), device),
-                                          device)
+            batches = trainer.test_batches(test_shard, 256, norm)
+            if classes is not None:
+                batches = restrict_batches(batches, classes, info.num_classes)
+            test = trainer.all_reduce_sum(count_correct(tested, batches, device), device)
             metrics.update(test_top1=test["top1"] / test["n"], test_top5=test["top5"] / test["n"])
         history.append(metrics)
         if rank == 0:
@@ -74,13 +83,15 @@ def student_loop(config: dict) -> None:
 
 
 def run_student(cfg: Config, data: RealData, set_dir: str, *, hard: bool, name: str, storage: str,
-                use_gpu: bool, progress_board=None, progress_source: str = "student") -> dict:
+                use_gpu: bool, progress_board=None, progress_source: str = "student",
+                classes: tuple[int, ...] | None = None) -> dict:
     """Train and test one student; returns final top-1/top-5 and the per-epoch history. ``progress_board``: a
-    srel_ray.distributed.progress.ProgressBoard that gets each epoch's metrics as ``progress_source`` (or None)."""
+    srel_ray.distributed.progress.ProgressBoard that gets each epoch's metrics as ``progress_source`` (or None).
+    ``classes``: trained and tested on these classes of the set only (srel_ray.core.continual)."""
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
                    "set_dir": set_dir, "hard": hard, "threads": res.threads_per_worker, "progress": progress_board,
-                   "progress_source": progress_source}
+                   "progress_source": progress_source, "classes": None if classes is None else list(classes)}
     datasets = {"test": ray_dataset(data, "test")}
     result = trainer.fit(student_loop, loop_config, name=name, storage=storage, res=res, use_gpu=use_gpu,
                          datasets=datasets)

@@ -74,7 +74,8 @@ class RayExecutor:
                 _epochs(progress, source, f"student {student.name}", cfg.evaluate.epochs, resumed):
             result = run_student(cfg, ctx.data, info.path, hard=student.hard, name=f"student-{student.name}",
                                  storage=ctx.run.ray_storage, use_gpu=self.use_gpu,
-                                 progress_board=progress.board if progress else None, progress_source=source)
+                                 progress_board=progress.board if progress else None, progress_source=source,
+                                 classes=student.classes)
         ctx.tracker.log_history(result["history"], prefix=f"{source}.", skip=_logged(progress, source, resumed))
         return result, resumed
 

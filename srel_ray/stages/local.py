@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from srel_ray.config import Config
+from srel_ray.core.continual import memory_images, restrict_batches, restrict_labels
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model
 from srel_ray.core.recover import Recovery, recover_unit
@@ -102,14 +103,16 @@ class InProcessExecutor:
             sets.commit_label_epoch(info.path, epoch, parts, n_images)
         return {"epochs": r.epochs, "skipped_epochs": len(done)}
 
-    def student_epochs(self, cfg: Config, info: sets.SetInfo, norm: Normalization,
-                       hard: bool = False) -> Iterator[tuple[int, float, nn.Module]]:
-        """Train a student on the set's stored views and labels; after each epoch, yield the epoch, its training
-        loss and the model to test (the EMA of the weights when evaluate.ema_decay is set)."""
+    def student_epochs(self, cfg: Config, info: sets.SetInfo, norm: Normalization, hard: bool = False,
+                       classes: tuple[int, ...] | None = None) -> Iterator[tuple[int, float, nn.Module]]:
+        """Train a student on the set's stored views and labels (``classes``: of those classes only, one output
+        each, srel_ray.core.continual); after each epoch, yield the epoch, its training loss and the model to test
+        (the EMA of the weights when evaluate.ema_decay is set)."""
         e = cfg.evaluate
-        images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
-        class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
-        model = prepare_model(build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
+        memory = range(info.num_classes) if classes is None else classes
+        images = sets.read_images_at(info.path, memory_images(memory, info.ipc), info.channels)
+        class_labels = torch.arange(len(memory)).repeat_interleave(info.ipc)
+        model = prepare_model(build_student(e, seed=cfg.seed, num_classes=len(memory), channels=info.channels,
                                             image_size=cfg.data.image_size).to(self.device), self.device)
         scaler = grad_scaler(self.precision, self.device)
         optimizer, scheduler, batch_size = student_optimizer(model, e, len(images) * cfg.relabel.views_per_epoch)
@@ -117,6 +120,8 @@ class InProcessExecutor:
         tested = ema.model if ema is not None else model
         for epoch in range(e.epochs):
             labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=hard)
+            if classes is not None:
+                labels = restrict_labels(labels, classes, info.ipc)
             loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                        seed=cfg.seed, batch_size=batch_size, temperature=e.temperature,
                                        image_size=cfg.data.image_size, norm=norm, device=self.device, ema=ema,
@@ -129,10 +134,14 @@ class InProcessExecutor:
         evaluate.eval_interval epochs and after the last; returns its record and how it resumed (never)."""
         e, norm = ctx.cfg.evaluate, ctx.data.norm
         history = []
-        for epoch, loss, tested in self.student_epochs(ctx.cfg, info, norm, hard=student.hard):
+        for epoch, loss, tested in self.student_epochs(ctx.cfg, info, norm, hard=student.hard,
+                                                       classes=student.classes):
             metrics = {"epoch": epoch, "train_loss": loss}
             if epoch == e.epochs - 1 or (e.eval_interval and (epoch + 1) % e.eval_interval == 0):
-                test = count_correct(tested, test_batches(ctx.data, norm), self.device)
+                batches = test_batches(ctx.data, norm)
+                if student.classes is not None:
+                    batches = restrict_batches(batches, student.classes, info.num_classes)
+                test = count_correct(tested, batches, self.device)
                 metrics.update(test_top1=test["top1"] / test["n"], test_top5=test["top5"] / test["n"])
             history.append(metrics)
         record = {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"], "history": history}

@@ -17,6 +17,13 @@ A run's folder (``srel-ray run``, one stage command; the orchestrator srel_ray.p
     DIR/logs/                           driver.log (every log line) and ray/ (Ray's session logs, a link)
     DIR/ray/                            Ray Train storage (checkpoints that resume squeeze and evaluate)
 
+and, once a study of the finished run has run (srel_ray/studies/)::
+
+    DIR/continual/continual.json        srel-ray continual: every step's test top-1, per memory and step count
+    DIR/continual/continual.png         the same as curves
+    DIR/continual/students/<name>.json  one record per trained step student (a rerun trains only the missing)
+    DIR/tsne/tsne.json, DIR/tsne/tsne.png  srel-ray tsne: the 2-D points of the teacher's features, and the figure
+
 A search's folder (``srel-ray tune``; srel_ray.tuning and srel_ray.trial write it) holds a run's config.yaml and
 teacher/, and::
 
@@ -117,6 +124,17 @@ class RunDir:
     def summary(self) -> str:
         return join(self.out, "summary.json")
 
+    def continual(self, name: str) -> str:
+        """DIR/continual/<name>: the continual-learning study's results and figure."""
+        return join(self.out, "continual", name)
+
+    def continual_student(self, name: str) -> str:
+        return join(self.out, "continual", "students", f"{name}.json")
+
+    def feature_space(self, name: str) -> str:
+        """DIR/tsne/<name>: the feature-space study's points and figure."""
+        return join(self.out, "tsne", name)
+
 
 @dataclass(frozen=True)
 class TrialDir:
@@ -187,6 +205,20 @@ def prepare_out(cfg: Config, out: str | Path) -> RunDir:
         raise SrelError(f"output folder {run.out!r} is not empty and holds no srel_ray run (no config.yaml); "
                         "choose an empty or new folder")
     write_bytes_atomic(run.config, config_yaml(cfg).encode())
+    return run
+
+
+def existing_run(out: str | Path, command: str) -> RunDir:
+    """The run a command that reads one (``srel-ray <command> DIR``) finds at ``out``: a SrelError unless it is a
+    folder holding a run's config.yaml."""
+    run = RunDir.at(out)
+    if not exists(run.out):
+        raise SrelError(f"{run.out!r} does not exist")
+    if is_file(run.out):
+        raise SrelError(f"{run.out!r} is a file; srel-ray {command} takes a run's output folder (--out of srel-ray "
+                        "run)")
+    if not exists(run.config):
+        raise SrelError(f"{run.out!r} is not a srel_ray run: it has no config.yaml (written when a run starts)")
     return run
 
 
