@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -116,6 +117,11 @@ def read_images(set_dir: str, num_classes: int, ipc: int, channels: int) -> torc
     """All images of a set as (num_classes * ipc, C, H, W) uint8, ordered by image id."""
     return read_images_at(set_dir, [(label, index) for label in range(num_classes) for index in range(ipc)],
                           channels)
+
+
+def read_images_by_id(set_dir: str, image_ids: Iterable[int], ipc: int, channels: int) -> torch.Tensor:
+    """Images of a set by image id (class * ipc + index within class), as (N, C, H, W) uint8."""
+    return read_images_at(set_dir, [divmod(int(i), ipc) for i in image_ids], channels)
 
 
 def unit_marker(set_dir: str, unit_name: str) -> str:
