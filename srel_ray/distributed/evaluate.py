@@ -31,7 +31,7 @@ def student_loop(config: dict) -> None:
     info = sets.read_set(config["set_dir"])
     num_images = info.num_classes * info.ipc
     share = image_share(num_images, rank, world)  # this worker reads only these images and their label rows
-    images = sets.read_images_at(info.path, [(i // info.ipc, i % info.ipc) for i in share], info.channels)
+    images = sets.SetImages(info, share, cfg.resources.student_cache_bytes)  # decoded on demand beyond the cache
     class_labels = torch.tensor([i // info.ipc for i in share])
     rows_per_rank = -(-num_images // world) * cfg.relabel.views_per_epoch
     model = build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,

@@ -111,7 +111,7 @@ class InProcessExecutor:
         """Train a student on the set's stored views and labels; after each epoch, yield the epoch, its training
         loss and the model to test (the EMA of the weights when evaluate.ema_decay is set)."""
         e = cfg.evaluate
-        images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
+        images = sets.SetImages(info, range(info.num_classes * info.ipc), cfg.resources.student_cache_bytes)
         class_labels = torch.arange(info.num_classes).repeat_interleave(info.ipc)
         model = prepare_model(build_student(e, seed=cfg.seed, num_classes=info.num_classes, channels=info.channels,
                                             image_size=cfg.data.image_size).to(self.device), self.device)

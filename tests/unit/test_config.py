@@ -89,6 +89,7 @@ def test_override_without_equals():
     ("data.name=mnistt", "data.name"),
     ("evaluate.temperature=0", "evaluate.temperature"),
     ("resources.train_workers=0", "resources.train_workers"),
+    ("resources.student_cache_mb=-1", "resources.student_cache_mb"),
 ])
 def test_invalid_values(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
