@@ -300,6 +300,13 @@ class ResourcesConfig:
     # have it, else fp32). bf16/fp16 change outputs, so an explicit value is part of a run's identity (below).
     precision: str | None = None
     compile: bool = False  # torch.compile the models (opt-in: minutes of compilation before the first step)
+    # Each student (evaluate worker, tune trial) holds up to this many MB of its share of the set's decoded images
+    # and reads and decodes the rest a batch at a time (srel_ray.storage.sets.SetImages); results do not depend on it.
+    student_cache_mb: int = 2048
+
+    @property
+    def student_cache_bytes(self) -> int:
+        return self.student_cache_mb * 2**20
 
     def validate(self) -> None:
         _check(self.train_workers >= 1, "resources.train_workers", f"must be >= 1, got {self.train_workers}")
@@ -311,6 +318,8 @@ class ResourcesConfig:
                f"must be >= 1, got {self.threads_per_worker}")
         _check(0 < self.cpus_per_trial, "resources.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         _check(0 < self.gpus_per_trial, "resources.gpus_per_trial", f"must be > 0, got {self.gpus_per_trial}")
+        _check(self.student_cache_mb >= 0, "resources.student_cache_mb",
+               f"must be >= 0 (0: decode every batch's images when it needs them), got {self.student_cache_mb}")
         _check(self.precision in (None, *PRECISIONS), "resources.precision",
                f"must be one of {list(PRECISIONS)} or null (auto), got {self.precision!r}")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,15 @@ from srel_ray.core.soft_labels import expand_topk
 from srel_ray.core.seeding import STREAM_STUDENT_INIT, STREAM_STUDENT_ORDER, STREAM_TEACHER_DATA, generator, seeded_init
 from srel_ray.core.views import Views, render_views, sample_views_batched
 from srel_ray.models import create_model
+
+
+class RowIndexed(Protocol):
+    """Images served by row: ``images[rows]`` is the (len(rows), C, H, W) uint8 of a tensor of rows (a uint8
+    tensor is one; so is a source that reads and decodes them on demand)."""
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass
@@ -148,7 +157,7 @@ def train_student_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    images: torch.Tensor,
+    images: RowIndexed,
     class_labels: torch.Tensor,
     labels: EpochLabels,
     *,
@@ -173,9 +182,11 @@ def train_student_epoch(
     (``image_share``, ``labels.image_index`` counted from its first image), and every rank takes this many rows;
     None: they hold the whole set and each rank takes its rows of one shared permutation (``shard_order``).
 
-    ``images``: the set's uint8 images, kept on the host (a set can outgrow a GPU): each batch's images are gathered
-    there, a batch ahead in a helper thread on a GPU (pinned, so the copy does not stall), copied as uint8 and
-    rendered into views on ``device``. The loss is summed on the device and read once, at the end of the epoch, so
+    ``images``: the set's uint8 images on the host (a set can outgrow a GPU), as a tensor or anything that serves
+    ``images[rows]`` for a tensor of rows as that tensor would (srel_ray.storage.sets.SetImages reads and decodes
+    them on demand): each batch's images are gathered there, a batch ahead in a helper thread on a GPU or from a
+    source that is not a tensor (pinned on a GPU, so the copy does not stall), copied as uint8 and rendered into
+    views on ``device``. The loss is summed on the device and read once, at the end of the epoch, so
     the host queues batch i + 1 while the device runs batch i. ``precision``: the forward pass's
     (srel_ray.core.precision); the loss is computed in fp32. ``scaler``: fp16's GradScaler, kept by the caller
     across epochs (None: a fresh one, enabled for fp16 only). ``cutmix_prob``, ``cutmix_beta``: CutMix of the
@@ -190,8 +201,9 @@ def train_student_epoch(
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     gpu = device.type == "cuda"
+    ahead = gpu or not isinstance(images, torch.Tensor)  # a source that decodes: the next batch while this one runs
     for batch, batch_images, target in prefetch(_host_batches(images, class_labels, labels, rows, batch_size, gpu),
-                                                gpu):
+                                                ahead):
         on_device = batch.to(device, non_blocking=True)
         x = view_pixels(batch_images.to(device, non_blocking=True), Views(boxes[on_device], flips[on_device]),
                         image_size, norm)
@@ -213,7 +225,7 @@ def train_student_epoch(
     return float(total) / max(count, 1)
 
 
-def _host_batches(images: torch.Tensor, class_labels: torch.Tensor, labels: EpochLabels, rows: torch.Tensor,
+def _host_batches(images: RowIndexed, class_labels: torch.Tensor, labels: EpochLabels, rows: torch.Tensor,
                   batch_size: int, pin: bool):
     """Per batch of ``rows``: the rows, their uint8 images and their targets (logits, or class indices), gathered
     on the host; page-locked when ``pin`` (they are bound for a GPU)."""
@@ -225,8 +237,8 @@ def _host_batches(images: torch.Tensor, class_labels: torch.Tensor, labels: Epoc
 
 def prefetch(items: Iterator, enabled: bool) -> Iterator:
     """``items``, each produced one step ahead in a helper thread while the caller works on the one before (host
-    work such as gathering and pinning overlaps the caller queueing GPU work); plain iteration when not ``enabled``
-    (on a CPU the thread would only compete for the cores)."""
+    work such as decoding, gathering and pinning overlaps the caller queueing GPU work); plain iteration when not
+    ``enabled`` (gathering from a tensor on a CPU: the thread would only compete for the cores)."""
     if not enabled:
         yield from items
         return

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from srel_ray.config import ResourcesConfig
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.relabel import view_pixels
 from srel_ray.core.views import Views
@@ -27,17 +28,20 @@ class CondensedDataset(Dataset):
     """The rows of one label epoch of a set at ``path`` (local path or fsspec URL): ``(view, target)``.
 
     ``view`` is the normalised float32 (C, S, S) view; ``target`` the float32 teacher logits (num_classes,), or the
-    int class index when ``hard``. The images are read once; ``set_epoch`` switches the label epoch.
+    int class index when ``hard``. Up to ``cache_mb`` MB of the decoded images are held (all of a set that fits),
+    the others read and decoded as items ask for them (srel_ray.storage.sets.SetImages); ``set_epoch`` switches the
+    label epoch.
     """
 
-    def __init__(self, path: str, epoch: int = 0, hard: bool = False) -> None:
+    def __init__(self, path: str, epoch: int = 0, hard: bool = False,
+                 cache_mb: int = ResourcesConfig.student_cache_mb) -> None:
         self.info = sets.read_set(str(path))
         if self.info.label_epochs == 0:
             raise DataError(f"set {self.info.path!r} has no labels: run the relabel stage on it first")
         self.hard = hard
         norm = self.info.manifest["normalization"]
         self._norm = Normalization(tuple(norm["mean"]), tuple(norm["std"]))
-        self._images = sets.read_images(self.info.path, self.info.num_classes, self.info.ipc, self.info.channels)
+        self._images = sets.SetImages(self.info, range(self.info.num_classes * self.info.ipc), cache_mb * 2**20)
         self.stored_epoch = -1  # the label epoch whose rows are loaded
         self.set_epoch(epoch)
 
@@ -58,7 +62,7 @@ class CondensedDataset(Dataset):
         labels = self._labels
         index = int(labels.image_index[i])
         views = Views(labels.views.boxes[i:i + 1], labels.views.flips[i:i + 1])
-        view = view_pixels(self._images[index:index + 1], views, self.info.image_size, self._norm)[0]
+        view = view_pixels(self._images[torch.tensor([index])], views, self.info.image_size, self._norm)[0]
         if self.hard:
             return view, index // self.info.ipc
         return view, labels.targets(torch.tensor([i]))[0]

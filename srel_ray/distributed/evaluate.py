@@ -34,7 +34,8 @@ def student_loop(config: dict) -> None:
     memory = range(info.num_classes) if classes is None else classes
     num_images = len(memory) * info.ipc
     share = image_share(num_images, rank, world)  # this worker reads only these images and their label rows
-    images = sets.read_images_at(info.path, [(memory[i // info.ipc], i % info.ipc) for i in share], info.channels)
+    ids = share if classes is None else [memory[i // info.ipc] * info.ipc + i % info.ipc for i in share]  # set ids
+    images = sets.SetImages(info, ids, cfg.resources.student_cache_bytes)  # decoded on demand beyond the cache
     class_labels = torch.tensor([i // info.ipc for i in share])
     rows_per_rank = -(-num_images // world) * cfg.relabel.views_per_epoch
     model = build_student(e, seed=cfg.seed, num_classes=len(memory), channels=info.channels,

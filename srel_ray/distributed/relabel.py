@@ -1,15 +1,20 @@
-"""Relabel with Ray Data: (image, epoch) rows -> K view rows each (map step: decode, draw the views; each row carries
-its view's parameters and its uint8 source image) -> teacher logits (an actor pool, one GPU per actor when present,
-which renders the views on its device) -> one Parquet part per block, written by the actor.
-On a CPU-only cluster Ray Data fuses the map step into the labeling actors (its execution plan shows
-``MapBatches(expand_views)->MapBatches(TeacherLabeler)``): each actor decodes, renders and labels its blocks.
+"""Relabel with Ray Data: blocks (a range of images for a group of consecutive pending label epochs) -> the
+block's images, read and decoded once (map step) -> teacher logits for each epoch of the group (an actor pool, one
+GPU per actor when present, which draws each epoch's views and renders them on its device from the block's uint8
+images) -> one Parquet part per (epoch, first image of the block), written by the actor.
+Each image's uint8 pixels cross the object store once per block (not once per view, nor once per epoch of the
+group). On a CPU-only cluster Ray Data fuses the map step into the labeling actors (its execution plan shows
+``MapBatches(read_block_images)->MapBatches(TeacherLabeler)``): each actor decodes, renders and labels its blocks.
+On GPU nodes the map step runs as CPU tasks beside the actors, and Ray Data keeps a few blocks queued per actor,
+so the next block is read and decoded while the current one is labelled.
 
-Each labelling actor writes its block's rows as a Parquet part of the epoch (top-k kept on its device) and returns
-only the part's record; the driver commits an epoch (its record, srel_ray.storage.sets) once its parts tile every
-image, and never holds logits. An epoch whose record exists is skipped, so an interrupted relabel resumes where it
-stopped (an epoch without its record is labelled again, rewriting the same parts). Blocks (and so teacher
-batches) never straddle two epochs: a resumed relabel runs, for each epoch it still has to do, the very batches an
-uninterrupted one runs, and a batch retried after its actor died is the same block.
+Each labelling actor writes its block's rows as Parquet parts, one per epoch (top-k kept on its device), and
+returns only the parts' records; the driver commits an epoch (its record, srel_ray.storage.sets) once its parts
+tile every image, and never holds logits. An epoch whose record exists is skipped, so an interrupted relabel
+resumes where it stopped (an epoch without its record is labelled again, rewriting the same parts). Teacher
+batches never straddle two epochs and an epoch's image ranges do not depend on the grouping: a resumed relabel
+runs, for each epoch it still has to do, the very batches an uninterrupted one runs, and a batch retried after its
+actor died is the same block.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import prepare_model, resolve_precision
 from srel_ray.core.recover import freeze
-from srel_ray.core.relabel import epoch_blocks, images_per_block, label_block, pad_rows, view_rows
+from srel_ray.core.relabel import label_image_block, relabel_blocks
 from srel_ray.storage import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.distributed.progress import close_bar, open_bar
@@ -36,45 +41,47 @@ from srel_ray.teacher import load_teacher
 log = logging.getLogger(__name__)
 
 
-def expand_views(batch: dict, *, set_dir: str, ipc: int, channels: int, k: int, scale: tuple[float, float],
-                 hflip: bool, seed: int, rows: int) -> dict:
-    """Map step: a block (epoch, images start..stop-1) -> K view rows per image, with the view's parameters and the
-    uint8 source image, padded to ``rows`` rows (``pad`` marks the copies)."""
-    image_ids, epochs = [], []
-    for epoch, start, stop in zip(batch["epoch"], batch["start"], batch["stop"]):
-        image_ids += range(int(start), int(stop))
-        epochs += [int(epoch)] * (int(stop) - int(start))
-    labels = [i // ipc for i in image_ids]
-    images = sets.read_images_at(set_dir, [(c, i % ipc) for c, i in zip(labels, image_ids)], channels)
-    return pad_rows(view_rows(images, image_ids, labels, epochs, k=k, scale=scale, hflip=hflip, seed=seed), rows)
+def read_block_images(batch: dict, *, set_dir: str, ipc: int, channels: int) -> dict:
+    """Map step: a block (one row: its epochs, images start..stop-1) -> the same row with its uint8 images,
+    decoded once for all its epochs, as one (stop - start, C, H, W) array."""
+    start, stop = int(batch["start"][0]), int(batch["stop"][0])
+    images = sets.read_images_by_id(set_dir, range(start, stop), ipc, channels)
+    return {**batch, "images": images.numpy()[None]}
 
 
 class TeacherLabeler:
-    """Actor-pool step: the frozen teacher's logits on each row's view, rendered on the actor's device (with
-    ``extra_teachers``, the mean of all teachers' logits, EDC's multi-teacher labels), kept as top-k on the device
-    when ``top_k`` is set, and written by the actor as its block's Parquet part. What returns to the driver is
-    the part's record (one small row a block), never logits. Loads the teachers once per actor."""
+    """Actor-pool step: for each epoch of a block, the frozen teacher's logits on each view, rendered on the
+    actor's device from the block's images (with ``extra_teachers``, the mean of all teachers' logits, EDC's
+    multi-teacher labels), kept as top-k on the device when ``top_k`` is set, and written by the actor as the
+    epoch's part for the block's images. What returns to the driver is the parts' records (one small row an
+    epoch), never logits. Loads the teachers once per actor."""
 
     def __init__(self, teacher_path: str, batch_size: int, threads: int, extra_teachers: tuple = (), *,
-                 set_dir: str, num_classes: int, top_k: int, logits_dtype: str, image_size: int, norm: dict,
-                 precision: str | None = None, compile_model: bool = False):
+                 set_dir: str, ipc: int, num_classes: int, views: dict, rows: int, top_k: int, logits_dtype: str,
+                 image_size: int, norm: dict, precision: str | None = None, compile_model: bool = False):
         torch.set_num_threads(threads)
         self.device = local_device()
         self.precision = resolve_precision(precision, self.device)
         self.teachers = [prepare_model(freeze(load_teacher(p).build()).to(self.device), self.device, compile_model)
                          for p in (teacher_path, *extra_teachers)]
         self.batch_size, self.image_size, self.norm = batch_size, image_size, Normalization(**norm)
-        self.set_dir, self.num_classes, self.top_k, self.logits_dtype = set_dir, num_classes, top_k, logits_dtype
+        self.set_dir, self.ipc, self.num_classes = set_dir, ipc, num_classes
+        self.views, self.rows, self.top_k, self.logits_dtype = views, rows, top_k, logits_dtype
         ident = worker_identity()
         self.worker = f"{ident['node_id']}|{','.join(ident['gpu_ids'])}|{ident['pid']}|{self.device}"
 
     def __call__(self, batch: dict) -> dict:
-        epoch, first, stop = int(batch["epoch"][0]), int(batch["image_id"][0]), int(batch["image_id"].max()) + 1
-        rows = label_block(self.teachers, batch, top_k=self.top_k, image_size=self.image_size, norm=self.norm,
-                           batch_size=self.batch_size, device=self.device, precision=self.precision)
-        part = sets.write_label_part(self.set_dir, epoch, first, stop, rows, self.num_classes, self.logits_dtype,
-                                     self.top_k)
-        return {"part": np.array([json.dumps(part)]), "worker": np.array([self.worker])}
+        first, stop = int(batch["start"][0]), int(batch["stop"][0])
+        images = torch.from_numpy(np.array(batch["images"][0]))  # Ray Data batches are read-only views
+        epochs = [int(e) for e in batch["epochs"][0]]
+        parts = []
+        for epoch, rows in label_image_block(
+                self.teachers, images, first, epochs, ipc=self.ipc, **self.views, rows=self.rows, top_k=self.top_k,
+                image_size=self.image_size, norm=self.norm, batch_size=self.batch_size, device=self.device,
+                precision=self.precision):
+            parts.append(sets.write_label_part(self.set_dir, epoch, first, stop, rows, self.num_classes,
+                                               self.logits_dtype, self.top_k))
+        return {"part": np.array([json.dumps(p) for p in parts]), "worker": np.array([self.worker] * len(parts))}
 
 
 def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: bool,
@@ -95,24 +102,22 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # epochs complete in order, so they are committed as they go
-    per_block = images_per_block(n_images, r.views_per_epoch, r.batch_size)
-    blocks = epoch_blocks(pending, n_images, per_block)
-    rows_per_block = per_block * r.views_per_epoch
+    per_block, blocks = relabel_blocks(pending, n_images, r.views_per_epoch, r.batch_size, res.relabel_actors)
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
-    ds = ds.map_batches(expand_views, fn_kwargs=dict(
-        set_dir=info.path, ipc=info.ipc, channels=info.channels, k=r.views_per_epoch, scale=tuple(r.crop_scale),
-        hflip=cfg.data.hflip, seed=cfg.seed, rows=rows_per_block), batch_size=1, num_cpus=1)
-    # Every block has exactly rows_per_block rows (padded), so batches of that size are the blocks above: they
-    # never mix epochs, even where Ray Data splits a large block and bundles the pieces again.
+    ds = ds.map_batches(read_block_images, fn_kwargs=dict(set_dir=info.path, ipc=info.ipc, channels=info.channels),
+                        batch_size=1, num_cpus=1)
+    # Batches of one row are the blocks above, whatever Ray Data does with its own blocks.
+    views = dict(k=r.views_per_epoch, scale=tuple(r.crop_scale), hflip=cfg.data.hflip, seed=cfg.seed)
     ds = ds.map_batches(TeacherLabeler,
                         fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker, tuple(extra_teachers)),
-                        fn_constructor_kwargs=dict(set_dir=info.path, num_classes=info.num_classes, top_k=r.top_k,
+                        fn_constructor_kwargs=dict(set_dir=info.path, ipc=info.ipc, num_classes=info.num_classes,
+                                                   views=views, rows=per_block * r.views_per_epoch, top_k=r.top_k,
                                                    logits_dtype=r.logits_dtype, image_size=cfg.data.image_size,
                                                    norm=norm, precision=res.precision, compile_model=res.compile),
-                        batch_size=rows_per_block, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
+                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
                         num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
     # Ray Data restarts a dead pool actor and retries its unfinished batches (max_restarts=-1 and
-    # max_task_retries=-1 by default); a retried batch is the same block, so it writes the same part once more.
+    # max_task_retries=-1 by default); a retried batch is the same block, so it writes the same parts once more.
 
     parts: dict[int, dict[int, dict]] = defaultdict(dict)  # epoch -> first image -> part record (no logits)
     workers: set[str] = set()

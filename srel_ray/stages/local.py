@@ -22,7 +22,7 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model
 from srel_ray.core.recover import Recovery, recover_unit
 from srel_ray.core.recover_terms import recover_terms
-from srel_ray.core.relabel import epoch_blocks, images_per_block, label_block, pad_rows, view_rows
+from srel_ray.core.relabel import label_image_block, relabel_blocks
 from srel_ray.core.student import WeightEMA, build_student, count_correct, student_optimizer, train_student_epoch
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import RealData
@@ -82,25 +82,29 @@ class InProcessExecutor:
 
     def relabel(self, cfg: Config, teachers: list[str], info: sets.SetInfo, progress=None) -> dict:
         """Write every missing label epoch: the teacher's logits on each image's views of that epoch (with extra
-        teachers, the mean of every teacher's logits)."""
+        teachers, the mean of every teacher's logits). Ray's blocks, in order: each block's images are decoded
+        once for its group of epochs, and an epoch is committed once the last block of its group is done."""
         r = cfg.relabel
         teacher, models = self.teachers(teachers)
-        images = sets.read_images(info.path, info.num_classes, info.ipc, info.channels)
         done = set(sets.label_epochs_done(info.path, r.epochs))
-        n_images = len(images)
-        per_block = images_per_block(n_images, r.views_per_epoch, r.batch_size)
-        for epoch in tqdm([e for e in range(r.epochs) if e not in done], desc="relabel epochs", unit="epoch"):
-            parts = []
-            for block in epoch_blocks([epoch], n_images, per_block):  # the blocks (and teacher batches) of Ray's
-                ids = list(range(block["start"], block["stop"]))
-                columns = pad_rows(view_rows(images[block["start"]:block["stop"]], ids, [i // info.ipc for i in ids],
-                                             [epoch] * len(ids), k=r.views_per_epoch, scale=r.crop_scale,
-                                             hflip=cfg.data.hflip, seed=cfg.seed), per_block * r.views_per_epoch)
-                rows = label_block(models, columns, top_k=r.top_k, image_size=cfg.data.image_size, norm=teacher.norm,
-                                   batch_size=r.batch_size, device=self.device, precision=self.precision)
-                parts.append(sets.write_label_part(info.path, epoch, block["start"], block["stop"], rows,
-                                                   info.num_classes, r.logits_dtype, r.top_k))
-            sets.commit_label_epoch(info.path, epoch, parts, n_images)
+        pending = [e for e in range(r.epochs) if e not in done]
+        n_images = info.num_classes * info.ipc
+        per_block, blocks = relabel_blocks(pending, n_images, r.views_per_epoch, r.batch_size, workers=1)
+        parts: dict[int, list[dict]] = {e: [] for e in pending}
+        with tqdm(total=len(pending), desc="relabel epochs", unit="epoch") as bar:
+            for block in blocks:
+                start, stop = block["start"], block["stop"]
+                images = sets.read_images_by_id(info.path, range(start, stop), info.ipc, info.channels)
+                for epoch, rows in label_image_block(
+                        models, images, start, block["epochs"], ipc=info.ipc, k=r.views_per_epoch, scale=r.crop_scale,
+                        hflip=cfg.data.hflip, seed=cfg.seed, rows=per_block * r.views_per_epoch, top_k=r.top_k,
+                        image_size=cfg.data.image_size, norm=teacher.norm, batch_size=r.batch_size,
+                        device=self.device, precision=self.precision):
+                    parts[epoch].append(sets.write_label_part(info.path, epoch, start, stop, rows, info.num_classes,
+                                                              r.logits_dtype, r.top_k))
+                    if stop == n_images:
+                        sets.commit_label_epoch(info.path, epoch, parts.pop(epoch), n_images)
+                        bar.update(1)
         return {"epochs": r.epochs, "skipped_epochs": len(done)}
 
     def student_epochs(self, cfg: Config, info: sets.SetInfo, norm: Normalization, hard: bool = False,
@@ -110,7 +114,9 @@ class InProcessExecutor:
         (the EMA of the weights when evaluate.ema_decay is set)."""
         e = cfg.evaluate
         memory = range(info.num_classes) if classes is None else classes
-        images = sets.read_images_at(info.path, memory_images(memory, info.ipc), info.channels)
+        ids = range(info.num_classes * info.ipc) if classes is None else [c * info.ipc + i for c, i in
+                                                                           memory_images(memory, info.ipc)]
+        images = sets.SetImages(info, ids, cfg.resources.student_cache_bytes)
         class_labels = torch.arange(len(memory)).repeat_interleave(info.ipc)
         model = prepare_model(build_student(e, seed=cfg.seed, num_classes=len(memory), channels=info.channels,
                                             image_size=cfg.data.image_size).to(self.device), self.device)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -121,6 +124,63 @@ def read_images(set_dir: str, num_classes: int, ipc: int, channels: int) -> torc
     """All images of a set as (num_classes * ipc, C, H, W) uint8, ordered by image id."""
     return read_images_at(set_dir, [(label, index) for label in range(num_classes) for index in range(ipc)],
                           channels)
+
+
+def read_images_by_id(set_dir: str, image_ids: Iterable[int], ipc: int, channels: int) -> torch.Tensor:
+    """Images of a set by image id (class * ipc + index within class), as (N, C, H, W) uint8."""
+    return read_images_at(set_dir, [divmod(int(i), ipc) for i in image_ids], channels)
+
+
+DECODE_THREADS = 4  # reading and decoding PNGs: file I/O and zlib, which let other threads run
+
+
+class SetImages:
+    """The images of a share of a set's image ids (``ids``), served like a uint8 tensor of them:
+    ``images[rows]`` is the (len(rows), C, H, W) uint8 of ``ids[rows]`` for a tensor of positions ``rows``, exactly
+    what ``read_images_by_id`` returns, without holding the share unless it fits ``cache_bytes``.
+
+    The first ``cache_bytes // bytes per image`` images of the share (all of them when the share fits) are decoded
+    once, when first asked for, and held; any others are read and decoded whenever a batch asks for them,
+    ``threads`` at a time. Picklable (a DataLoader's worker processes get a copy with an empty cache)."""
+
+    def __init__(self, info: "SetInfo", ids: Sequence[int], cache_bytes: int, threads: int = DECODE_THREADS):
+        self.set_dir, self.ipc, self.channels, self.ids, self.threads = info.path, info.ipc, info.channels, ids, threads
+        self.shape = (info.channels, info.image_size, info.image_size)
+        self.held_images = min(len(ids), cache_bytes // math.prod(self.shape))
+        self._held: torch.Tensor | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def held_bytes(self) -> int:
+        return 0 if self._held is None else self._held.numel()
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        out = torch.empty((len(rows), *self.shape), dtype=torch.uint8)
+        held = rows < self.held_images
+        if held.any():
+            if self._held is None:
+                self._held = self._decode(range(self.held_images))
+            out[held] = self._held[rows[held]]
+        if not held.all():
+            out[~held] = self._decode(rows[~held].tolist())
+        return out
+
+    def _decode(self, positions) -> torch.Tensor:
+        """The images at these positions of the share, decoded in ``threads`` chunks side by side."""
+        ids = [self.ids[p] for p in positions]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads)
+        step = -(-len(ids) // self.threads)
+        chunks = [ids[i:i + step] for i in range(0, len(ids), step)]
+        return torch.cat(list(self._pool.map(
+            lambda chunk: read_images_by_id(self.set_dir, chunk, self.ipc, self.channels), chunks)))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_held": None, "_pool": None}
 
 
 def unit_marker(set_dir: str, unit_name: str) -> str:

@@ -178,25 +178,29 @@ def test_explicit_precision_is_part_of_a_runs_identity_auto_is_not():
     assert load_config(None, ["resources.compile=true"]).identity() == auto
 
 
-def test_relabel_rows_carry_uint8_images_and_label_views_equals_the_old_float_pixels():
-    """At fp32 the logits label_views gives from uint8 rows equal, bit for bit, the teacher's logits on the float
-    pixels the map step used to render (in a different batch split too)."""
+def test_relabel_rows_index_the_block_images_and_label_views_equals_the_old_float_pixels():
+    """At fp32 the logits label_views gives from a block's uint8 images, each row's gathered by its image id, equal,
+    bit for bit, the teacher's logits on the float pixels the map step used to render (in a different batch split
+    too)."""
     teacher = _teacher(channels=3, size=16)
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     norm = Normalization((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
-    columns = view_rows(images, [10, 11, 12, 13, 14], [0, 0, 1, 1, 2], [3] * 5, k=4, scale=(0.08, 1.0), hflip=True,
-                        seed=0)
-    assert columns["image"].dtype == np.uint8 and columns["image"].shape == (20, 3, 16, 16)
+    columns = view_rows([10, 11, 12, 13, 14], [0, 0, 1, 1, 2], [3] * 5, height=16, width=16, k=4, scale=(0.08, 1.0),
+                        hflip=True, seed=0)
+    assert "image" not in columns and columns["image_id"].tolist() == [i for i in range(10, 15) for _ in range(4)]
     views = row_views(columns)
     old_pixels = view_pixels(images.repeat_interleave(4, 0), views, 16, norm)
     old = teacher_logits(teacher, old_pixels, 64, "cpu")
-    new = label_views([teacher], torch.from_numpy(columns["image"]), views, image_size=16, norm=norm, batch_size=7,
-                      device="cpu")
+    index = torch.from_numpy(columns["image_id"] - 10).long()
+    new = label_views([teacher], images, views, image_size=16, norm=norm, batch_size=7, device="cpu",
+                      image_index=index)
     assert torch.equal(new, old)
-    two = label_views([teacher, teacher], torch.from_numpy(columns["image"]), views, image_size=16, norm=norm,
-                      batch_size=64, device="cpu")
+    two = label_views([teacher, teacher], images, views, image_size=16, norm=norm, batch_size=64, device="cpu",
+                      image_index=index)
     assert torch.equal(two, old)  # the mean of one teacher twice: the same numbers
-    assert torch.equal(torch.from_numpy(columns["image"])[4:8], images[1:2].expand(4, -1, -1, -1))  # K rows each
+    one_per_row = label_views([teacher], images.repeat_interleave(4, 0), views, image_size=16, norm=norm,
+                              batch_size=7, device="cpu")
+    assert torch.equal(one_per_row, old)  # without an index: row r shows image r
 
 
 def test_gpu_check_runs_on_cpu_at_a_tiny_size(tmp_path):

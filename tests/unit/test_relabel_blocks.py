@@ -1,28 +1,42 @@
-"""Relabel work blocks: whole images, never two epochs in one block, the same blocks for an epoch whichever other
-epochs are still to do (so a resumed relabel runs the teacher on the very batches an uninterrupted one did)."""
+"""Relabel work blocks: a range of whole images for a group of epochs; every epoch's image ranges (and so its teacher
+batches) the same whichever other epochs a resumed run still has to do and however epochs are grouped; each block's
+images decoded once for all its epochs, its parts exactly those of one epoch at a time (no Ray)."""
 
-from srel_ray.core.relabel import epoch_blocks
+import numpy as np
+import torch
+
+from srel_ray.core.normalization import Normalization
+from srel_ray.core.relabel import (MAX_EPOCHS_PER_BLOCK, epoch_blocks, epochs_per_block, label_block,
+                                   label_image_block, pad_rows, view_rows)
+from srel_ray.models import create_model
 
 
-def test_blocks_cover_each_epoch_once_and_never_straddle_two():
-    blocks = epoch_blocks([0, 1, 2], num_images=20, images_per_block=7)
-    for epoch in (0, 1, 2):
-        mine = [(b["start"], b["stop"]) for b in blocks if b["epoch"] == epoch]
-        assert mine == [(0, 7), (7, 14), (14, 20)]
-    assert len(blocks) == 9
+def test_blocks_cover_each_epoch_once_with_the_same_image_ranges_whatever_the_grouping():
+    for group in (1, 2, 3, 8):
+        blocks = epoch_blocks([0, 1, 2], num_images=20, images_per_block=7, epochs_per_block=group)
+        for epoch in (0, 1, 2):
+            mine = [(b["start"], b["stop"]) for b in blocks if epoch in b["epochs"]]
+            assert mine == [(0, 7), (7, 14), (14, 20)]
+        assert len(blocks) == 3 * -(-3 // group)
+        assert all(len(b["epochs"]) <= group for b in blocks)
+    grouped = epoch_blocks([0, 1, 2, 3, 4], num_images=20, images_per_block=7, epochs_per_block=2)
+    assert [b["epochs"] for b in grouped] == [[0, 1]] * 3 + [[2, 3]] * 3 + [[4]] * 3  # group by group, in order
 
 
 def test_an_epoch_has_the_same_blocks_in_a_resumed_run():
     everything = epoch_blocks(list(range(4)), num_images=20, images_per_block=7)
     resumed = epoch_blocks([2, 3], num_images=20, images_per_block=7)
-    assert resumed == [b for b in everything if b["epoch"] in (2, 3)]
+    assert resumed == [b for b in everything if set(b["epochs"]) <= {2, 3}]
+
+
+def test_epochs_per_block_is_bounded_and_leaves_blocks_for_every_worker():
+    assert epochs_per_block(300, blocks_per_epoch=50, workers=8) == MAX_EPOCHS_PER_BLOCK
+    assert epochs_per_block(4, blocks_per_epoch=2, workers=1) == 2  # 4 blocks of 2 epochs for one worker
+    assert epochs_per_block(4, blocks_per_epoch=2, workers=2) == 1
+    assert epochs_per_block(1, blocks_per_epoch=1, workers=4) == 1
 
 
 def test_a_short_block_is_padded_with_copies_of_its_last_row_and_marked():
-    import numpy as np
-
-    from srel_ray.core.relabel import pad_rows
-
     columns = {"image_id": np.array([5, 5, 6, 6]), "pixels": np.arange(8.0).reshape(4, 2)}
     padded = pad_rows(columns, 7)
     assert padded["image_id"].tolist() == [5, 5, 6, 6, 6, 6, 6]
@@ -30,3 +44,20 @@ def test_a_short_block_is_padded_with_copies_of_its_last_row_and_marked():
     assert padded["pad"].tolist() == [False] * 4 + [True] * 3
     full = pad_rows(columns, 4)
     assert not full["pad"].any() and full["pixels"].tolist() == columns["pixels"].tolist()
+
+
+def test_a_block_of_several_epochs_labels_each_epoch_as_a_block_of_that_epoch_alone():
+    """The images of a block are decoded once for all its epochs; each epoch's rows, teacher batches and logits
+    are those of a one-epoch block of the same images (the teacher batch is ``rows`` rows, padding included)."""
+    teacher = create_model("convnet", num_classes=6, in_channels=1, image_size=8, width=4, depth=1).eval()
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    args = dict(top_k=0, image_size=8, norm=Normalization((0.5,), (0.25,)), batch_size=8, device="cpu")
+    views = dict(k=2, scale=(0.5, 1.0), hflip=True, seed=3)
+    out = list(label_image_block([teacher], images, 12, [5, 6, 7], ipc=4, rows=8, **views, **args))
+    assert [epoch for epoch, _ in out] == [5, 6, 7]
+    for epoch, rows in out:
+        alone = label_block([teacher], pad_rows(view_rows([12, 13, 14], [3, 3, 3], [epoch] * 3, height=8, width=8,
+                                                          **views), 8), images, 12, **args)
+        assert rows.keys() == alone.keys() and all(np.array_equal(rows[k], alone[k]) for k in rows)
+        assert rows["epoch"].tolist() == [epoch] * 6 and rows["image_id"].tolist() == [12, 12, 13, 13, 14, 14]
+    assert not np.array_equal(out[0][1]["top"], out[1][1]["top"])  # each epoch its own views

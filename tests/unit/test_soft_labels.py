@@ -100,11 +100,11 @@ def test_a_block_labelled_as_top_k_is_the_top_k_of_its_logits():
 
     teacher = create_model("convnet", num_classes=12, in_channels=1, image_size=8, width=4, depth=1).eval()
     images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    columns = pad_rows(view_rows(images, [4, 5, 6], [0, 1, 2], [1, 1, 1], k=2, scale=(0.5, 1.0), hflip=True,
-                                 seed=0), 8)
+    columns = pad_rows(view_rows([4, 5, 6], [0, 1, 2], [1, 1, 1], height=8, width=8, k=2, scale=(0.5, 1.0),
+                                 hflip=True, seed=0), 8)
     args = dict(image_size=8, norm=Normalization((0.5,), (0.25,)), batch_size=3, device="cpu")
-    full = label_block([teacher], columns, top_k=0, **args)
-    top = label_block([teacher], columns, top_k=4, **args)
+    full = label_block([teacher], columns, images, 4, top_k=0, **args)
+    top = label_block([teacher], columns, images, 4, top_k=4, **args)
     assert len(full["logits"]) == len(top["topk_index"]) == 6 and "image" not in top and "pad" not in top
     index, values, rest = compress_topk(torch.from_numpy(full["logits"]), 4)
     assert np.array_equal(top["topk_index"], index.numpy()) and np.array_equal(top["topk_logits"], values.numpy())
