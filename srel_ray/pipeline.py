@@ -1,14 +1,14 @@
 """The orchestrator of ``srel-ray run`` and the stage commands: check every input, claim the run folder, start
-Ray, run the stages in order (srel_ray.stages, their heavy work on srel_ray.distributed.executor), record what
-each did in DIR/stages/<stage>.json, and write the summary once every stage has finished. Every stage skips work
-whose outputs are complete, so re-running a command resumes it. The folder's layout: srel_ray.storage.layout.
+Ray, and run the stages in order with srel_ray.stage_loop (srel_ray.stages, their heavy work on
+srel_ray.distributed.executor), which records what each did in DIR/stages/<stage>.json and writes the summary once
+every stage has finished. Every stage skips work whose outputs are complete, so re-running a command resumes it.
+The folder's layout: srel_ray.storage.layout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,15 +18,13 @@ from srel_ray.distributed.cluster import (check_precision, check_resources, ray_
                                           start_ray)
 from srel_ray.distributed.executor import RayExecutor
 from srel_ray.distributed.progress import Progress
-from srel_ray.progress import Console, log_to_file, stage_did
+from srel_ray.progress import Console, log_to_file
 from srel_ray.stages.base import StageContext
 from srel_ray.stages.checks import check_inputs
-from srel_ray.stages.registry import STAGES, UNITS
+from srel_ray.stage_loop import run_stage_loop
+from srel_ray.stages.registry import STAGES
 from srel_ray.storage import files
 from srel_ray.storage.layout import RunDir, prepare_out
-from srel_ray.students import STUDENTS
-from srel_ray.summary import write_summary
-from srel_ray.teacher import load_teacher
 from srel_ray.tracking import previous_run_id, tracked_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -40,34 +38,12 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
     ``out`` is a local folder or an fsspec URL that every Ray worker can reach. ``console``: what the person
     running the command sees (default: stage lines and progress bars)."""
     console = console or Console()
-    units = [UNITS[stage] for stage in stages]
     data = check_inputs(cfg, RunDir.at(out), stages)  # before anything is written
     run = prepare_out(cfg, out)
     with on_ray(cfg, run, data, command, console) as ctx:
-        tracker = ctx.tracker
-        if tracker.enabled:
-            files.write_json_atomic(run.tracking, {"run_id": tracker.run_id, "tracking_uri": tracking_uri(cfg)})
-        for i, unit in enumerate(units, 1):
-            log.info("[%d/%d] %s", i, len(units), unit.NAME)
-            console.stage_started(i, len(units), unit.NAME)
-            began = time.perf_counter()
-            result = unit.run(ctx)
-            seconds = time.perf_counter() - began
-            record = unit.record(result)
-            console.stage_finished(i, len(units), unit.NAME, seconds, stage_did(unit.NAME, record))
-            path = run.stage_record(unit.NAME)
-            if files.exists(path) and result.skipped:
-                seconds = files.read_json(path)["seconds"]  # keep the time of the run that did the work
-            files.write_json_atomic(path, {"stage": unit.NAME, "seconds": seconds, "result": record})
-            tracker.log_metrics({f"seconds.{unit.NAME}": seconds})
-        summary = write_summary(cfg, run, data) if _finished(run) else None
-        if summary:
-            tracker.log_metrics({k: v for k, v in summary.items() if k.endswith("top1") or k.endswith("top5")})
-            tracker.log_metrics({f"cross_arch.{key}.{k}": v for key, row in summary.get("cross_arch", {}).items()
-                                 for k, v in row.items() if k.endswith("top1") and v is not None})
-            tracker.log_artifact(draw_curves(run))
-            tracker.log_artifact(run.summary)
-    return summary
+        if ctx.tracker.enabled:
+            files.write_json_atomic(run.tracking, {"run_id": ctx.tracker.run_id, "tracking_uri": tracking_uri(cfg)})
+        return run_stage_loop(ctx, stages, console)
 
 
 @contextlib.contextmanager
@@ -107,19 +83,6 @@ def _link_ray_logs(run: RunDir) -> None:
     if not link.exists():
         link.symlink_to(ray_logs, target_is_directory=True)
     log.info("Ray's logs (workers' output, Ray Data, Ray Train): %s", ray_logs)
-
-
-def _finished(run: RunDir) -> bool:
-    return all(files.exists(run.stage_record(s)) for s in STAGES) and files.exists(run.student_record("condensed"))
-
-
-def draw_curves(run: RunDir) -> str:
-    """DIR/accuracy_curves.png: the teacher's and every trained student's test top-1 against epoch."""
-    from srel_ray.inspection import save_curves  # matplotlib: only once a run has finished
-
-    students = {name: files.read_json(run.student_record(name))["history"]
-                for name in STUDENTS if files.exists(run.student_record(name))}
-    return save_curves(load_teacher(run.teacher).metrics.get("history", []), students, run.curves)
 
 
 def run_continual_study(out: str | Path, overrides: list[str], console: Console | None = None) -> tuple[dict, list]:

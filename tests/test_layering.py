@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "srel_ray"
 RAY_FREE = ["core", "models", "data", "storage", "stages", "config.py", "errors.py", "teacher.py", "search_space.py",
-            "trial.py", "methods.py", "students.py", "summary.py", "studies"]
+            "trial.py", "methods.py", "students.py", "summary.py", "stage_loop.py", "studies"]
 
 # The layer of every srel_ray module, from the bottom up: the first prefix that matches a module's name names its
 # layer (docs/design.md, "Layers").
@@ -35,6 +35,7 @@ LAYERS = {
     "srel_ray.distributed": "distributed",
     "srel_ray.pipeline": "driver",
     "srel_ray.summary": "driver",
+    "srel_ray.stage_loop": "driver",
     "srel_ray.tuning": "driver",
     "srel_ray.inspection": "driver",
     "srel_ray.studies": "driver",

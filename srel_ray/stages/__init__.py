@@ -8,7 +8,7 @@ outputs are complete), ``run`` (does the missing work through an executor, retur
                (srel_ray.stages.baselines makes its images) and its labels
     evaluate   the students, trained on the sets and tested on real data
 
-The orchestrator (srel_ray.pipeline) runs them in order. An executor does the heavy work: on Ray
-(srel_ray.distributed.executor: actors, Ray Data, Ray Train) or in this process (srel_ray.stages.local: the plain
-PyTorch loops of srel_ray.core, used by tuning trials and tests).
+The orchestrator (srel_ray.pipeline, with srel_ray.stage_loop) runs them in order. An executor does the heavy
+work: on Ray (srel_ray.distributed.executor: actors, Ray Data, Ray Train) or in this process (srel_ray.stages.local:
+the plain PyTorch loops of srel_ray.core, used by tuning trials and tests).
 """

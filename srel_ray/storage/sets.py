@@ -241,13 +241,17 @@ def grid_targets(num_classes: int, ipc: int) -> list[tuple[int, int]]:
     return [(c, i) for c in classes for i in range(min(ipc, GRID_IPC))]
 
 
-def save_grid(set_dir: str, num_classes: int, ipc: int, channels: int, path: str) -> str:
-    """A PNG preview of a set, one row per class (``grid_targets``), written to ``path`` (local or URL)."""
+def grid_png(set_dir: str, num_classes: int, ipc: int, channels: int) -> bytes:
+    """A PNG preview of a set, one row per class (``grid_targets``)."""
     import torchvision.utils
 
     images = read_images_at(set_dir, grid_targets(num_classes, ipc), channels)
-    grid = torchvision.utils.make_grid(images, nrow=min(ipc, GRID_IPC), padding=1, pad_value=255)
-    write_bytes_atomic(path, encode_png(grid))
+    return encode_png(torchvision.utils.make_grid(images, nrow=min(ipc, GRID_IPC), padding=1, pad_value=255))
+
+
+def save_grid(set_dir: str, num_classes: int, ipc: int, channels: int, path: str) -> str:
+    """``grid_png`` written to ``path`` (local or URL)."""
+    write_bytes_atomic(path, grid_png(set_dir, num_classes, ipc, channels))
     return path
 
 

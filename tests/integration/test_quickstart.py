@@ -220,7 +220,9 @@ logging.basicConfig(level=logging.INFO)
 from srel_ray.config import load_config
 from srel_ray.data.real import load_dataset
 from srel_ray.inspection import show_run
-from srel_ray.pipeline import RunDir, draw_curves, write_summary
+from srel_ray.stage_loop import draw_curves
+from srel_ray.storage.layout import RunDir
+from srel_ray.summary import write_summary
 
 run = RunDir.at({str(out)!r})
 cfg = load_config(run.config)

@@ -2,17 +2,16 @@
 on the small committed results in tests/data/benchmark_results (so the notebook cannot silently break). benchmarks/
 is on the tests' path (pyproject.toml's pytest ``pythonpath``), as it is on a script's."""
 
-import os
 from pathlib import Path
 
 import pytest
 
 import reporting
 from srel_ray.students import STUDENTS
+from tests.unit.notebooks import execute, outputs as notebook_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "data" / "benchmark_results"
-NOTEBOOK = REPO / "notebooks" / "benchmarks.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +83,11 @@ def test_throughput_rows_cover_every_variant(results):
 
 
 def test_notebook_runs_without_ray_and_draws_every_figure():
-    import nbclient  # the dev extra installs them: a missing one fails here rather than skipping
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
     # A last cell that reports whether anything imported Ray or torch while the notebook ran.
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import sys; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"))
-    env = {"SREL_RAY_BENCHMARK_RESULTS": str(FIXTURE), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    nb = execute("benchmarks.ipynb", {"SREL_RAY_BENCHMARK_RESULTS": str(FIXTURE),
+                                      "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
+                 extra_cell="import sys; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    outputs = notebook_outputs(nb)
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 5  # accuracy, stage times, ladder, throughput and cost growth (one figure each)
