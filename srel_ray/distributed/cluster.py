@@ -42,6 +42,10 @@ def start_ray(res: ResourcesConfig, verbose: bool = False) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Without the dashboard, Train's state-actor reconciliation only logs failed state-API queries.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
+    # Train's controller looks at its workers every 2 s by default, so each fit (every squeeze and student) idles
+    # up to 2 s after its loop has returned before shutting down; a poll is one small actor call per worker.
+    # Train passes its RAY_TRAIN_* settings from the driver's environment to the controller and workers of each fit.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": verbose}
     address = res.ray_address or os.environ.get("RAY_ADDRESS")  # a submitted Ray job joins its cluster
     if address is None:
@@ -50,6 +54,10 @@ def start_ray(res: ResourcesConfig, verbose: bool = False) -> None:
         # driver killed with SIGKILL takes them along. The dashboard serves the state API that Ray Train's
         # placement-group cleaner polls.
         kwargs.update(address="local", num_cpus=res.num_cpus, include_dashboard=True)
+        # Train's preemption watcher (an actor started with every fit) follows nodes that the cluster drains
+        # (spot reclaims, autoscaler scale-down) so their workers may checkpoint first; the one node of a local
+        # cluster also runs the driver, so no run outlives its drain. Ray 2.60's flag (ray.train.v2 constants).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     else:
         source = "resources.ray_address" if res.ray_address else "$RAY_ADDRESS"
         host, port = _bootstrap_endpoint(address, source)

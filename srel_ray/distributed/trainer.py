@@ -26,10 +26,14 @@ def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage: 
     # a run resumed from a checkpoint trains exactly the epochs an uninterrupted one would have.
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    # A lone worker reads every row, so nothing needs splitting: unsplit, it streams each dataset itself, in the
+    # same blocks and order, instead of through a SplitCoordinator actor per dataset (a process started and torn
+    # down with every fit: about 3 CPU-seconds each on a 2-core machine, benchmarks/train_overhead.py).
+    split = "all" if res.train_workers > 1 else []
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        dataset_config=ray.train.DataConfig(execution_options=ingest),
+        dataset_config=ray.train.DataConfig(datasets_to_split=split, execution_options=ingest),
         scaling_config=ScalingConfig(num_workers=res.train_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": res.threads_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),
