@@ -1,6 +1,7 @@
 """The fixed cost of one Ray Train fit: where the seconds of a tiny student, a tiny squeeze and an empty loop go.
 
     python benchmarks/train_overhead.py --out runs/bench-train-overhead --label after [--repeat 3] [--env tests]
+    python benchmarks/train_overhead.py --report
 
 Every squeeze and every student (up to three per evaluate) is one TorchTrainer fit, and the test suite runs about
 twenty of them, so their fixed cost is most of the integration tier's time, and what a user pays per student. Each
@@ -18,18 +19,20 @@ placement group, worker, torch.distributed, dataset set-up), ``first_epoch`` (th
 its report), ``epoch`` (epoch 1 and its report), ``report`` (the median ``ray.train.report``, checkpoint
 included), ``loop_tail`` (the last report to the loop's end), ``end`` (the loop's end to fit() returning: worker
 group and controller shut down) and ``driver_after_fit`` (reading the result), which add up to ``total``.
-``overhead`` is ``total`` less the loop's own time.
+``overhead`` is ``total`` less the loop's own time. Each fit also records the CPU seconds of every process of the
+cluster during it, by Ray role (``measure.ProcessSampler``): steadier than wall seconds on a shared machine.
 
 ``--label`` names the code measured (``before``, ``after``): run the script from each checkout in turn (Ray puts
 the driver's working directory first on its workers' path), e.g.
 
-    cd /tmp/before && PYTHONPATH=$PWD python /work/wtB2/benchmarks/train_overhead.py --out ... --label before
+    cd /tmp/before && PYTHONPATH=$PWD python /path/to/benchmarks/train_overhead.py --out ... --label before
 
 and alternate the labels, so both see the same load; runs accumulate in benchmarks/results/train_overhead.json
-(``--result`` to write elsewhere), and the table in docs/benchmarks.md shows the medians per label. ``--env tests``
-runs the cluster as the integration tests do (tests/conftest.py's environment, tests/integration/conftest.py's
-``ray.init``), ``user`` (the default) as ``srel-ray`` starts it. The tiny run that provides the set is made once in
-``--out/prep`` and reused.
+(``--result`` to write elsewhere), and the table in docs/benchmarks.md shows the medians per label (``--report``
+rewrites it from the results file and measures nothing). ``--env tests`` starts the cluster as the measured
+checkout's integration tests do (its tests/conftest.py's environment, tests/integration/conftest.py's ``ray.init``),
+``user`` (the default) as ``srel-ray`` starts it. The tiny run that provides the set is made once in ``--out/prep``
+and reused.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ TINY = ["teacher.epochs=2", "recover.iterations=4", "relabel.epochs=2", "evaluat
         "evaluate.eval_interval=1", "resources.use_gpu=false", "tracking.enabled=false"]  # the tests' TINY
 FITS = ("bare", "squeeze", "student")
 PHASES = ("driver_before_fit", "start", "first_epoch", "epoch", "report", "loop_tail", "end", "driver_after_fit",
-          "total", "overhead", "cpu_seconds")
+          "total", "overhead", "cpu_seconds", "load1_before")
 STAMPS = "_bench_stamps"  # the loop config key naming the worker's stamp file
+CLUSTERS = {"tests": "the integration tests start it", "user": "`srel-ray` starts it"}
 BLOCK = harness.DocBlock("train-overhead", "## Ray Train's fixed cost per fit (issue 17)")
 
 
@@ -225,18 +229,18 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["Median seconds per fit (min-max over the repeats, n); the machine was shared with other work "
-             "(load averages in the results file).", ""]
+    lines = ["Median seconds per fit (min-max over the repeats, n), each repeat a run of the script, before and after "
+             "alternating; CPU: CPU seconds of all the cluster's processes during the fit; load: the 1-minute load "
+             "average as the fit started (the machine was shared with other work throughout).", ""]
+    columns = ("total", "start", "first_epoch", "epoch", "report", "end", "overhead", "cpu_seconds", "load1_before")
     for env in sorted({run["env"] for run in results["runs"]}):
         summary = summarise([run for run in results["runs"] if run["env"] == env])
-        lines += [f"Cluster as `{env}` start it:", "",
-                  "| label | fit | total | start | first epoch | epoch | report | end | overhead |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"Cluster started as {CLUSTERS[env]} (`--env {env}`):", "",
+                  "| label | fit | total | start | first epoch | epoch | report | end | overhead | CPU | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, fits in summary.items():
             for fit in FITS:
-                cells = [_cell(fits[fit].get(p)) for p in ("total", "start", "first_epoch", "epoch", "report", "end",
-                                                           "overhead")]
-                lines.append(f"| {label} | {fit} | " + " | ".join(cells) + " |")
+                lines.append(f"| {label} | {fit} | " + " | ".join(_cell(fits[fit].get(p)) for p in columns) + " |")
         lines.append("")
     commits = sorted({f"{run['label']}: `{harness.short_revision(run['code_revision'])}` "
                       f"({run['srel_ray_imported_from']})" for run in results["runs"]})
@@ -257,28 +261,38 @@ def _cell(stats: dict | None) -> str:
 def main() -> None:
     harness.quiet_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="work folder (the prepared tiny run is kept here)")
-    parser.add_argument("--label", required=True, help="what code this is, e.g. before or after")
+    parser.add_argument("--out", type=Path, help="work folder (the prepared tiny run is kept here)")
+    parser.add_argument("--label", help="what code this is, e.g. before or after")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--env", choices=("user", "tests"), default="user")
     parser.add_argument("--result", type=Path, default=harness.RESULTS / "train_overhead.json")
+    parser.add_argument("--report", action="store_true",
+                        help="measure nothing: rewrite the docs table from the results file")
     args = parser.parse_args()
-    out = args.out.resolve()
-    workers = start_cluster(args.env)
+    earlier = json.loads(args.result.read_text())["runs"] if args.result.exists() else []
+    if not args.report:
+        if args.out is None or args.label is None:
+            parser.error("--out and --label are needed to measure")
+        earlier.append(measure_run(args.out.resolve(), args.label, args.env, args.repeat))
+    results = {"benchmark": "train_overhead", "runs": earlier}
+    results["summary"] = {env: summarise([r for r in earlier if r["env"] == env])
+                          for env in sorted({r["env"] for r in earlier})}
+    harness.publish(results, args.result, harness.DOCS, BLOCK, markdown)
+
+
+def measure_run(out: Path, label: str, env: str, repeat: int) -> dict:
+    """One invocation's fits, with what made them."""
+    workers = start_cluster(env)
     prep = prepare(out)
-    work = out / f"fits-{args.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    work = out / f"fits-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
     began = time.strftime("%Y-%m-%dT%H:%M:%S")
-    rows = measure_fits(prep, work, args.repeat)
+    rows = measure_fits(prep, work, repeat)
     shutil.rmtree(work)
-    earlier = json.loads(args.result.read_text())["runs"] if args.result.exists() else []
-    run = {"label": args.label, "env": args.env, "started": began, **harness.made_by(),
-           "srel_ray_imported_from": workers["srel_ray_imported_from"],
-           "code_revision": code_revision(workers["srel_ray_imported_from"]), "machine": harness.machine(), "rows": rows}
-    results = {"benchmark": "train_overhead", "runs": earlier + [run]}
-    results["summary"] = {env: summarise([r for r in results["runs"] if r["env"] == env])
-                          for env in sorted({r["env"] for r in results["runs"]})}
-    harness.publish(results, args.result, harness.DOCS, BLOCK, markdown)
+    return {"label": label, "env": env, "started": began, **harness.made_by(),
+            "srel_ray_imported_from": workers["srel_ray_imported_from"],
+            "code_revision": code_revision(workers["srel_ray_imported_from"]), "machine": harness.machine(),
+            "rows": rows}
 
 
 if __name__ == "__main__":
