@@ -11,7 +11,8 @@ so that later opens (the driver's, every actor's and task's) read it instead of 
 
 The index folder is data.index, or data.path/.srel_ray_index. Listing walks the class folders in a thread pool:
 listing is I/O (on an object store mostly latency), and the data layer stays free of Ray. Readers take what they
-need: the label column; the paths of some rows, from the row groups that hold them; or every path in batches.
+need: the label column; the paths of some rows, from the row groups that hold them; the rows of a range (a Ray
+read task's share of a split); or every path in batches.
 """
 
 from __future__ import annotations
@@ -44,20 +45,20 @@ class FolderIndex:
         self.folder = folder
         self.fs, self.root = fsspec.core.url_to_fs(folder)
 
-    def _file(self, split: str) -> str:
+    def file(self, split: str) -> str:
+        """The index file of ``split`` (a path on ``self.fs``)."""
         return f"{self.root}/{split}.parquet"
 
     def labels(self, split: str) -> np.ndarray:
-        with self.fs.open(self._file(split), "rb") as f:
+        with self.fs.open(self.file(split), "rb") as f:
             return pq.read_table(f, columns=["label"]).column(0).to_numpy().astype(np.int64)
 
     def paths_at(self, split: str, rows: np.ndarray) -> list[str]:
         """The relative paths of ``rows``, in their order, reading only the row groups that hold them."""
         rows = np.asarray(rows, dtype=np.int64)
-        with self.fs.open(self._file(split), "rb") as f:
+        with self.fs.open(self.file(split), "rb") as f:
             parquet = pq.ParquetFile(f)
-            starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
-                                      for g in range(parquet.num_row_groups)])
+            starts = np.cumsum([0] + _group_sizes(parquet))
             groups = np.searchsorted(starts, rows, side="right") - 1
             out = np.empty(len(rows), dtype=object)
             for g in np.unique(groups):
@@ -66,10 +67,19 @@ class FolderIndex:
                 out[mine] = column.take(pa.array(rows[mine] - starts[g])).to_pylist()
         return out.tolist()
 
+    def rows(self, split: str, start: int, stop: int) -> pa.Table:
+        """Rows ``start`` to ``stop`` (exclusive) of ``split``, columns path and label, reading only the row groups
+        that hold them: what a Ray read task of a split's rows reads (srel_ray.distributed.datasets)."""
+        with self.fs.open(self.file(split), "rb") as f:
+            parquet = pq.ParquetFile(f)
+            parts = [parquet.read_row_group(g, columns=["path", "label"]).slice(lo, hi - lo)
+                     for g, lo, hi in group_spans(_group_sizes(parquet), start, stop)]
+        return pa.concat_tables(parts)
+
     def path_batches(self, split: str, size: int) -> Iterator[list[str]]:
         """Every relative path of ``split`` in row order, ``size`` at a time (the last batch may be smaller)."""
         pending: list[str] = []
-        with self.fs.open(self._file(split), "rb") as f:
+        with self.fs.open(self.file(split), "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=size, columns=["path"]):
                 pending += batch.column(0).to_pylist()
                 while len(pending) >= size:
@@ -77,6 +87,22 @@ class FolderIndex:
                     pending = pending[size:]
         if pending:
             yield pending
+
+
+def _group_sizes(parquet: pq.ParquetFile) -> list[int]:
+    return [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+
+
+def group_spans(group_sizes: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """The row groups that hold rows ``start`` to ``stop`` (exclusive) of a file whose groups have ``group_sizes``
+    rows: (group, first row in the group, end in the group), in row order."""
+    spans, first = [], 0
+    for group, size in enumerate(group_sizes):
+        lo, hi = max(start - first, 0), min(stop - first, size)
+        if lo < hi:
+            spans.append((group, lo, hi))
+        first += size
+    return spans
 
 
 def open_index(folder: str, record: dict, list_splits: Callable[[], dict[str, Listing]]) -> FolderIndex:

@@ -15,8 +15,7 @@ import torch
 
 from srel_ray.config import DataConfig
 from srel_ray.data.base import RealData, decode_images, decode_rows
-from srel_ray.data.folder_index import (ROW_GROUP, SPLITS, FolderIndex, Listing, list_class_folders, open_index,
-                                        sorted_by_path)
+from srel_ray.data.folder_index import SPLITS, FolderIndex, Listing, list_class_folders, open_index, sorted_by_path
 from srel_ray.data.imagenet_val import flat_val_labels
 from srel_ray.errors import DataError
 
@@ -110,11 +109,6 @@ class ImageFolderData(RealData):
             labels.append(index[wnid])
         return sorted_by_path(paths, labels)
 
-    def url(self, path: str) -> str:
-        """A path Ray workers can open: absolute local path, or the full URL on a remote filesystem."""
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return path if protocol in ("file", "local") else f"{protocol}://{path}"
-
     def labels(self, split: str) -> torch.Tensor:
         return torch.from_numpy(self._labels[split])
 
@@ -122,10 +116,12 @@ class ImageFolderData(RealData):
         """The files of the given rows, from the index (only the row groups that hold them are read)."""
         return [f"{self.root}/{p}" for p in self.index.paths_at(split, torch.as_tensor(indices).numpy())]
 
-    def urls(self, split: str) -> list[str]:
-        """Every file of a split as a URL Ray workers open, in row order: what a Ray Dataset of the split is built
-        from (squeeze, the class statistics, evaluate's test split); no other reader holds every path."""
-        return [self.url(f"{self.root}/{p}") for batch in self.index.path_batches(split, ROW_GROUP) for p in batch]
+    def url_prefix(self) -> str:
+        """What a Ray worker puts before an index path to open the file: the absolute local root, or the full URL
+        of the root on a remote filesystem (with the separator). The Ray Dataset of a split
+        (srel_ray.distributed.datasets) prepends it in its read tasks; no process holds every path."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{self.root}/" if protocol in ("file", "local") else f"{protocol}://{self.root}/"
 
     def _read(self, paths: list[str]) -> list[bytes]:
         return [self.fs.cat_file(p) for p in paths]
