@@ -1,5 +1,7 @@
 """Real data through Ray: Parquet shards read and decoded inside Ray Data, and squeeze trained from them."""
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import torch
 
 from srel_ray.cli import main
 from srel_ray.config import DataConfig, load_config
+from srel_ray.data.imagefolder import ImageFolderData
 from srel_ray.data.real import load_dataset
 from srel_ray.teacher import load_teacher
 
@@ -121,6 +124,71 @@ def test_imagefolder_with_too_many_corrupt_images_stops_with_a_count(ray_cluster
     err = capsys.readouterr().err
     assert code == 3 and "1 training images of 'imagefolder' could not be read" in err
     assert not (tmp_path / "run" / "teacher" / "teacher.pt").exists()
+
+
+def _imagefolder_tree(root: str) -> None:
+    """500 training images (10 classes of 50) and 70 held out, seeded PNGs of a few sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    fs = fsspec.filesystem("file")
+    for split, per_class in (("train", 50), ("val", 7)):
+        for c in range(10):
+            fs.makedirs(f"{root}/{split}/c{c}", exist_ok=True)
+            for i in range(per_class):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (9 + i % 5, 11, 3), dtype=np.uint8)).save(buf, format="PNG")
+                fs.pipe_file(f"{root}/{split}/c{c}/{i:02d}.png", buf.getvalue())
+
+
+def _blocks_digest(ds) -> str:
+    """sha256 over a dataset's blocks in order: each block's row count, decoded images and labels."""
+    digest = hashlib.sha256()
+    for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        digest.update(f"{len(block['label'])}:".encode())
+        digest.update(np.ascontiguousarray(block["image"]).tobytes() + np.asarray(block["label"]).tobytes())
+    return digest.hexdigest()
+
+
+# The blocks of the tree above as ray.data.from_items of every (url, label) on the driver made them (main at
+# 81c1fee), on the tests' cluster: the class statistics and every unshuffled batch depend on them.
+FROM_ITEMS_BLOCKS_SHA256 = {"train": "119c5f68345e9b9fcc474acd2a7d6f447b23ccceeddb36e8ef2437d678c43708",
+                            "test": "f0cfb50bc5a88a1c138ee7ace30decd05ff7d743852f7eb5da33702e0405ae5a"}
+
+
+def test_imagefolder_split_is_read_from_its_index_in_row_order(ray_cluster, tmp_path):
+    """An ImageFolder split's (url, label) rows are read from its index file by Ray read tasks, a row range each,
+    in the blocks ray.data.from_items made of the same rows on the driver: the decoded blocks are byte-identical.
+    A shuffled split is a seeded shuffle of those rows: every image once, the same order for the same seed."""
+    import ray.data
+
+    from srel_ray.distributed.datasets import DECODE_BATCH, _decode, _read_files, from_items_blocks, ray_dataset
+
+    for n in (1, 70, 500, 1000):
+        assert from_items_blocks(n) == ray.data.from_items(list(range(n))).num_blocks(), n
+    _imagefolder_tree(str(tmp_path))
+    data = ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path), image_size=8))
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True  # read tasks may otherwise finish in any order
+    try:
+        for split, n in (("train", 500), ("test", 70)):
+            paths, labels = data.paths_at(split, range(n)), data.labels(split).tolist()
+            items = ray.data.from_items([{"url": p, "label": int(l)} for p, l in zip(paths, labels)])
+            decode = {"channels": 3, "size": 8, "resize": data.resize_for(split)}
+            old = items.map_batches(_read_files, batch_size=DECODE_BATCH).map_batches(
+                _decode, fn_kwargs=decode, batch_size=DECODE_BATCH)
+            digest = _blocks_digest(ray_dataset(data, split))
+            assert digest == _blocks_digest(old) == FROM_ITEMS_BLOCKS_SHA256[split], split
+        stored = [int(r["label"]) for r in ray_dataset(data, "train").iter_rows()]
+        shuffled = [(int(r["label"]), np.asarray(r["image"]).tobytes())
+                    for r in ray_dataset(data, "train", shuffle="global", seed=3).iter_rows()]
+        again = [(int(r["label"]), np.asarray(r["image"]).tobytes())
+                 for r in ray_dataset(data, "train", shuffle="global", seed=3).iter_rows()]
+    finally:
+        options.preserve_order = before
+    assert stored == data.labels("train").tolist()  # index order: class by class
+    assert shuffled == again and len(shuffled) == 500 and len(set(shuffled)) == 500
+    assert [label for label, _ in shuffled] != stored and sorted(label for label, _ in shuffled) == stored
 
 
 def test_webdataset_shards_through_ray_data(ray_cluster, tmp_path):

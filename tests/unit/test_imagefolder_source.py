@@ -5,6 +5,7 @@ import uuid
 
 import fsspec
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -234,3 +235,33 @@ def test_the_index_can_live_in_a_folder_of_its_own(tmp_path):
     data = ImageFolderData(cfg)
     assert (tmp_path / "idx" / "index.json").exists() and not (tmp_path / "data" / ".srel_ray_index").exists()
     assert torch.equal(ImageFolderData(cfg).images_at("train", [8, 1]), data.images_at("train", [8, 1]))
+
+
+def test_a_row_range_is_read_from_the_row_groups_that_hold_it(root, monkeypatch):
+    """What a Ray read task of a split reads: a range of the index's rows, across row groups, in index order; the
+    ranges tile the split as ray.data.from_items splits its items into blocks (the first ones a row longer); a
+    worker opens a file at the URL prefix and its index path."""
+    from srel_ray.data import folder_index
+    from srel_ray.distributed.datasets import block_ranges
+
+    assert folder_index.group_spans([4, 4, 2], 3, 9) == [(0, 3, 4), (1, 0, 4), (2, 0, 1)]
+    assert folder_index.group_spans([4, 4, 2], 4, 8) == [(1, 0, 4)]
+    assert folder_index.group_spans([4, 4, 2], 9, 10) == [(2, 1, 2)]
+    assert block_ranges(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert block_ranges(500, 200) == [(3 * i, 3 * i + 3) for i in range(100)] + [
+        (300 + 2 * i, 302 + 2 * i) for i in range(100)]
+
+    monkeypatch.setattr(folder_index, "ROW_GROUP", 4)
+    fs, path = fsspec.core.url_to_fs(root)
+    _many_classes(fs, path, [f"n{c}" for c in range(5)])  # 10 training images, 2 a class
+    data = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=2))
+    with data.fs.open(data.index.file("train"), "rb") as f:
+        assert pq.ParquetFile(f).num_row_groups == 3  # rows 0-3, 4-7, 8-9
+    tables = [data.index.rows("train", start, stop) for start, stop in block_ranges(10, 4)]
+    assert [len(t) for t in tables] == [3, 3, 2, 2]
+    relative = [p for t in tables for p in t.column("path").to_pylist()]
+    assert [f"{path}/{p}" for p in relative] == data.paths_at("train", range(10))
+    assert [v for t in tables for v in t.column("label").to_pylist()] == data.labels("train").tolist()
+    url = data.url_prefix() + relative[5]
+    assert url.startswith("memory://" if root.startswith("memory://") else "/")
+    assert fsspec.open(url, "rb").open().read() == fs.cat_file(f"{path}/{relative[5]}")
