@@ -51,7 +51,8 @@ class RayExecutor:
     def recover(self, cfg: Config, teachers: list[str], set_dir: str, num_classes: int, class_stats: list[str],
                 progress=None) -> RecoverResult:
         _, pending = pending_units(cfg, set_dir, num_classes)
-        run_starts(cfg, teachers, set_dir, pending_slices(cfg, set_dir, num_classes, pending), self.use_gpu)
+        run_starts(cfg, teachers, set_dir, pending_slices(cfg, set_dir, num_classes, pending), self.use_gpu,
+                   progress)
         r = run_recover(cfg, teachers[0], set_dir, num_classes, self.use_gpu, extra_teachers=teachers[1:],
                         class_stats=class_stats, progress=progress)
         return RecoverResult(units=r["units"], skipped_units=r["skipped"], interrupted_units=r["interrupted"],

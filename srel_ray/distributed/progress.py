@@ -1,12 +1,14 @@
 """Progress from Ray workers to the driver, without a sync per step.
 
-Workers (Train rank 0 once per epoch, recovery actors every ``tracking.loss_interval`` iterations) call ``send``:
-a fire-and-forget actor call on a small ``ProgressBoard`` actor, never awaited, so a training loop does not wait
-for it. A thread on the driver drains the board twice a second and hands each event to the console's bars and to
-the MLflow run (``on_metrics``), so metrics are in ``mlflow ui`` while a stage runs, not only when it returns.
+Workers (Train rank 0 once per epoch, recovery actors every ``tracking.loss_interval`` iterations, the tasks of
+RDED's start selection once a class) call ``send``: a fire-and-forget actor call on a small ``ProgressBoard``
+actor, never awaited, so a training loop does not wait for it. A thread on the driver drains the board twice a
+second and hands each event to the console's bars and to the MLflow run (``on_metrics``), so metrics are in
+``mlflow ui`` while a stage runs, not only when it returns.
 
-Events: ``{"source": "teacher" | "student.<name>", "epoch": e, "metrics": {...}}`` from training loops and
-``{"source": "recover", "unit": u, "step": s, "loss": l}`` from recovery actors.
+Events: ``{"source": "teacher" | "student.<name>", "epoch": e, "metrics": {...}}`` from training loops,
+``{"source": "recover", "unit": u, "step": s, "loss": l}`` from recovery actors, and ``{"source": "starts",
+"item": c}`` from the tasks that store RDED's start images, once a class (a step of the bar).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Progress:
         self.board = ProgressBoard.remote()
         self.bars: dict[str, tqdm] = {}
         self.logged: dict[str, set[int]] = defaultdict(set)  # source -> epochs already sent to on_metrics
+        self.items: dict[str, set] = defaultdict(set)  # source -> items its open bar has counted
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="srel_ray-progress", daemon=True)
@@ -79,6 +82,7 @@ class Progress:
         """Open the bar that events of ``source`` advance (``initial``: done by an earlier command)."""
         with self._lock:
             self.bars[source] = self.console.bar(desc, total, unit, initial)
+            self.items[source] = set()
             return self.bars[source]
 
     def close_bar(self, source: str) -> None:
@@ -125,6 +129,10 @@ class Progress:
             if epoch not in self.logged[source]:  # repeated epochs give the same values: log each once
                 self.logged[source].add(epoch)
                 self.on_metrics(f"{source}.", epoch, metrics)
+        elif "item" in event:
+            if bar is not None and event["item"] not in self.items[source]:  # a retried task repeats its items
+                self.items[source].add(event["item"])
+                bar.update(1)
         else:
             if bar is not None:
                 bar.set_postfix({"unit": event["unit"], "loss": round(event["loss"], 4)}, refresh=True)

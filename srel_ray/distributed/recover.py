@@ -83,24 +83,33 @@ class RecoveryWorker:
         return stats
 
 
-def select_starts(cfg: dict, teachers: tuple[str, ...], set_dir: str, classes: range) -> int:
+def select_starts(cfg: dict, teachers: tuple[str, ...], set_dir: str, classes: range, progress_board=None) -> int:
     """A Ray task: RDED's start images of one class slice (srel_ray.stages.starts), with the teachers on this
-    worker's device and its threads, as a recovery actor holds them."""
+    worker's device and its threads, as a recovery actor holds them. ``progress_board`` (a ProgressBoard, or
+    None) hears of each class stored."""
     cfg = from_dict(cfg)
     torch.set_num_threads(cfg.resources.threads_per_worker)
     device = local_device()
     teacher, models = load_frozen(list(teachers), device, cfg.resources.compile)
-    return starts.select_slice(load_dataset(cfg.data), cfg, models, teacher.norm, set_dir, classes, device)
+    return starts.select_slice(load_dataset(cfg.data), cfg, models, teacher.norm, set_dir, classes, device,
+                               on_class=lambda c: send(progress_board, source="starts", item=c))
 
 
-def run_starts(cfg: Config, teachers: list[str], set_dir: str, slices: list[range], use_gpu: bool) -> None:
+def run_starts(cfg: Config, teachers: list[str], set_dir: str, slices: list[range], use_gpu: bool,
+               progress=None) -> None:
     """RDED's start images of ``slices``, one Ray task a slice with a recovery actor's resources (a dead task is
-    retried: it rewrites the same files)."""
+    retried: it rewrites the same files). ``progress``: the command's srel_ray.distributed.progress.Progress (the
+    bar, a step each class a task has stored), or None for a plain bar."""
     if not slices:
         return
     log.info("recover: selecting RDED's start images of %d class slices", len(slices))
     task = ray.remote(max_retries=3, **actor_resources(cfg.resources, use_gpu))(select_starts)
-    ray.get([task.remote(to_dict(cfg), tuple(teachers), set_dir, s) for s in slices])
+    bar = open_bar(progress, "starts", starts.STARTS_BAR, sum(map(len, slices)), "class")
+    board = progress.board if progress else None
+    ray.get([task.remote(to_dict(cfg), tuple(teachers), set_dir, s, board) for s in slices])
+    if progress is None:  # no board, so no task reported its classes: they are all stored now
+        bar.update(bar.total)
+    close_bar(progress, "starts", bar)
 
 
 def run_recover(cfg: Config, teacher_path: str, set_dir: str, num_classes: int, use_gpu: bool,

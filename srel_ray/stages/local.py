@@ -61,8 +61,11 @@ class InProcessExecutor:
         teacher, models = self.teachers(teachers)
         slices = starts.pending_slices(cfg, set_dir, num_classes, pending)
         data = self.start_data() if r.init == "real" or slices else None
-        for classes in tqdm(slices, desc="RDED start images", unit="slice"):
-            starts.select_slice(data, cfg, models, teacher.norm, set_dir, classes, self.device)
+        if slices:
+            with tqdm(total=sum(map(len, slices)), desc=starts.STARTS_BAR, unit="class") as bar:
+                for classes in slices:
+                    starts.select_slice(data, cfg, models, teacher.norm, set_dir, classes, self.device,
+                                        on_class=lambda c: bar.update(1))
         start_images = StartImages(r, cfg.seed, set_dir, teacher.in_channels, data if r.init == "real" else None)
         recovery = Recovery.of(cfg, models, teacher.norm, device=self.device, precision=self.precision)
         stats = []
