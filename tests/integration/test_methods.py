@@ -20,9 +20,11 @@ from srel_ray.core.relabel import teacher_logits, view_pixels
 from srel_ray.storage import sets
 from srel_ray.data.class_images import rded_candidates, rded_generator
 from srel_ray.data.real import load_dataset
+from srel_ray.progress import setup_logging
+from srel_ray.stages.starts import STARTS_BAR
 from srel_ray.teacher import load_class_stats, load_teacher, save_teacher
 
-from .conftest import TINY, as_args
+from .conftest import TINY, as_args, console_to
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +53,17 @@ UP_TO_RECOVER = ("squeeze", "recover")  # what the cda and rded tests read: thei
 
 @pytest.fixture(scope="module")
 def method_runs(quickstart_run, mlflow_uri, second_teacher, tmp_path_factory):
+    """Each method's run; what rded's commands printed is in ``rded-console.txt`` beside the run folders."""
     base = tmp_path_factory.mktemp("methods")
+    # quickstart.yaml sets recover.iterations, which wins over rded's 0: say it here, as docs/methods.md does.
+    # Digits are 16 px, where RDED stitches nothing by default: factor 2 keeps the stitching under test.
+    with console_to(base / "rded-console.txt"):
+        rded = _run("rded", quickstart_run, mlflow_uri, base / "rded", "recover.iterations=0",
+                    "recover.rded_pool=40", "recover.rded_factor=2", commands=UP_TO_RECOVER)
+    setup_logging("normal")  # log to the real stderr again, not to the closed console file
     return {
         "cda": _run("cda", quickstart_run, mlflow_uri, base / "cda", commands=UP_TO_RECOVER),
-        # quickstart.yaml sets recover.iterations, which wins over rded's 0: say it here, as docs/methods.md does.
-        # Digits are 16 px, where RDED stitches nothing by default: factor 2 keeps the stitching under test.
-        "rded": _run("rded", quickstart_run, mlflow_uri, base / "rded", "recover.iterations=0",
-                     "recover.rded_pool=40", "recover.rded_factor=2", commands=UP_TO_RECOVER),
+        "rded": rded,
         "edc": _run("edc", quickstart_run, mlflow_uri, base / "edc", "recover.rded_pool=40",
                     f"teacher.extra=[{{checkpoint: {second_teacher}}}]"),
     }, base
@@ -97,6 +103,18 @@ def test_rded_images_are_the_lowest_loss_crops_stitched(method_runs, quickstart_
                                   crops=r.rded_crops, factor=r.rded_factor, scale=r.rded_crop_scale,
                                   norm=teacher.norm, gen=rded_generator(cfg.seed, c))
         assert torch.equal(stored[c * r.ipc:(c + 1) * r.ipc], expected)
+
+
+def test_rded_start_selection_shows_a_bar_a_class(method_runs):
+    """RDED's start images are selected by Ray tasks over class slices; each class a task stores advances one bar
+    on the driver's console (through the progress board), which ends at every class."""
+    _, base = method_runs
+    text = (base / "rded-console.txt").read_bytes().decode()  # keep "\r": bars redraw with it
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]  # a bar's last state
+    bars = [line for line in lines if line.startswith(f"{STARTS_BAR}:")]
+    assert len(bars) == 1, text
+    assert "100%" in bars[0] and " 10/10 " in bars[0] and "class" in bars[0], bars[0]  # class/s or s/class
+    assert lines.index(bars[0]) < next(i for i, line in enumerate(lines) if line.startswith("recover:"))
 
 
 def test_cda_curriculum_drives_the_recovery(method_runs, quickstart_run, tmp_path):

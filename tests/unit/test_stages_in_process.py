@@ -190,3 +190,36 @@ def test_rded_start_images_are_selected_once_per_class_stored_and_resumed(tmp_pa
     assert "RDED start images of 4 of 5 class slices already stored" in caplog.text
     assert untouched.stat().st_mtime_ns == written
     assert files.exists(marker) and torch.equal(sets.read_images(set_dir, 10, 2, 1), expected)
+
+
+def test_rded_start_selection_shows_a_bar_a_class_in_process(tmp_path, monkeypatch):
+    """The in-process executor's RDED start selection: one bar, a step each class stored (10 classes, 10 slices);
+    none when there is nothing to select."""
+    import io
+
+    from tqdm import tqdm
+
+    from srel_ray.stages import local
+    from srel_ray.stages.starts import STARTS_BAR
+
+    bars = []
+
+    def shown(*args, **kwargs):  # the tests' environment disables tqdm (TQDM_DISABLE): count anyway
+        bars.append(tqdm(*args, **{**kwargs, "disable": False, "file": io.StringIO()}))
+        return bars[-1]
+
+    monkeypatch.setattr(local, "tqdm", shown)
+    cfg, data, run = _run_with_teacher(tmp_path)
+    cfg = load_config(quickstart_config(), [*TINY, "method=rded", "recover.iterations=0", "recover.ipc=1",
+                                            "recover.rded_pool=4", "recover.classes_per_unit=5"])
+    set_dir, executor = run.set_dir("condensed"), InProcessExecutor(start_data=lambda: data)
+    executor.recover(cfg, [run.teacher], set_dir, 10, [])
+    starts_bars = [bar for bar in bars if bar.desc == STARTS_BAR]
+    assert len(starts_bars) == 1
+    assert (starts_bars[0].total, starts_bars[0].n, starts_bars[0].unit) == (10, 10, "class")
+    assert "10/10" in starts_bars[0].fp.getvalue()
+
+    bars.clear()
+    files.remove(sets.unit_marker(set_dir, "unit-000001"))  # a unit to recover, its start images stored
+    executor.recover(cfg, [run.teacher], set_dir, 10, [])
+    assert [bar.desc for bar in bars] == ["recover units"]
