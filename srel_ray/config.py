@@ -102,8 +102,8 @@ class TeacherConfig:
     augment: bool = True  # light crop-and-flip only: heavy augmentation in squeeze hurts recovery
     # global: a seeded shuffle of all (still encoded) rows, right for shards sorted by class; it exchanges every
     # row between Ray tasks once per epoch. files: a seeded new order of the files each epoch plus each worker's
-    # local buffer, no exchange: for pre-shuffled shards at ImageNet-21K scale. ImageFolder sources permute
-    # their file list on the driver in both modes (a full shuffle that moves no image bytes).
+    # local buffer, no exchange: for pre-shuffled shards at ImageNet-21K scale. ImageFolder sources shuffle
+    # their (url, label) rows, seeded, before reading files, in both modes (a full shuffle moving no image bytes).
     shuffle: str = "global"
     shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer; 0: four per-worker batches
     # More teachers: recovery cycles through [teacher, *extra] one step each, relabel averages their logits.
