@@ -44,10 +44,10 @@ class ProgressBoard:
         return events
 
 
-def send(board, **event) -> None:
-    """From a worker: post ``event`` to ``board`` (None: nobody watches) without waiting for it."""
-    if board is not None:
-        board.put.remote(event)
+def send(board, **event) -> ray.ObjectRef | None:
+    """From a worker: post ``event`` to ``board`` (None: nobody watches) without waiting for it. Returns the call's
+    reference (None without a board), for a task that must have its events on the board before it returns."""
+    return board.put.remote(event) if board is not None else None
 
 
 class Progress:

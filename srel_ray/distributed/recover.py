@@ -91,8 +91,14 @@ def select_starts(cfg: dict, teachers: tuple[str, ...], set_dir: str, classes: r
     torch.set_num_threads(cfg.resources.threads_per_worker)
     device = local_device()
     teacher, models = load_frozen(list(teachers), device, cfg.resources.compile)
-    return starts.select_slice(load_dataset(cfg.data), cfg, models, teacher.norm, set_dir, classes, device,
-                               on_class=lambda c: send(progress_board, source="starts", item=c))
+    posted = []
+    stored = starts.select_slice(load_dataset(cfg.data), cfg, models, teacher.norm, set_dir, classes, device,
+                                 on_class=lambda c: posted.append(send(progress_board, source="starts", item=c)))
+    if progress_board is not None:
+        # The driver drains the board one last time once every task has returned, then closes the bar: the puts
+        # must have landed by then (an actor call from a worker can otherwise arrive after the driver's drain).
+        ray.get(posted)
+    return stored
 
 
 def run_starts(cfg: Config, teachers: list[str], set_dir: str, slices: list[range], use_gpu: bool,
