@@ -12,7 +12,7 @@ trains its random-real baselines only when no earlier ladder step shares its stu
 that takes the run's condensed images (srel_ray.stages.recover.reuse) and trains, by the run's own config, what
 the parts compare (the run's folder itself when it trained its baselines):
 
-1. cross-arch: with evaluate.baselines and evaluate.students (default resnet18_small and bnvit_tiny; STUDENTS), the
+1. cross-arch: with evaluate.baselines and evaluate.students (default resnet18_small and bnvit_tiny; ARCHITECTURES), the
    condensed set, random real images with hard labels and the same images with the teacher's labels, per student
    architecture, the run's ConvNet included (where it reproduces the ladder's numbers).
 2. second-teacher: in OUT/generalisation/<run folder>-relabel-<sha>, the same condensed and random real images,
@@ -44,13 +44,14 @@ from srel_ray.config import Config, config_from_yaml, load_config, to_dict
 from srel_ray.pipeline import STAGES, run_continual_study, run_stages
 from srel_ray.stages import recover
 from srel_ray.storage.layout import RunDir, prepare_out
+from srel_ray.students import STUDENTS
 from srel_ray.teacher import load_teacher
 
 DOC_BLOCK = harness.DocBlock("generalisation",
                              "## Across architectures, teachers and class-incremental learning (CIFAR-10)")
 PARTS = ("cross-arch", "second-teacher", "continual")
 # Students by name, as evaluate.students entries: each builder's own choices already fit 32 px images.
-STUDENTS = {
+ARCHITECTURES = {
     "resnet18_small": {"arch": "resnet18_small"},  # ResNet-18, 3x3 stride-1 stem, no max-pool: 32 px into layer1
     "bnvit_tiny": {"arch": "bnvit_tiny"},  # DeiT-Tiny's shape with BatchNorms, 4 px patches below 128 px: 8x8 tokens
     # torchvision's stem halves 32 px; its second stage's stride 2 -> 1 (the usual CIFAR change) ends at 2x2, not 1x1.
@@ -64,6 +65,7 @@ SECOND_TEACHER_FOLDER = "teacher-w64-seed1"
 # trains faster than a Ray Train fit starts (the same numbers either way, docs/design.md).
 CONTINUAL = ["continual.steps=[5, 10]", "continual.in_process=true"]
 STEPS = [s for s in ladder.STEPS if s not in LADDER_NEEDS_EXTRA_TEACHERS]
+MEMORY_LABELS = {name: s.label for name, s in STUDENTS.items()}  # continual's memories are the evaluate stage's sets
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def plan_jobs(cells: list[Cell], parts: list[str], students: list[str], labeller
     """Every part's jobs, part by part in ``parts`` order, cells in order. Only cross-arch adds students (not part
     of a run's identity: a folder keeps those an earlier cross-arch job trained)."""
     with_baselines, none = "evaluate.baselines=true", "evaluate.students=[]"
-    extra = "evaluate.students=" + json.dumps([STUDENTS[s] for s in students])
+    extra = "evaluate.students=" + json.dumps([ARCHITECTURES[s] for s in students])
     jobs = []
     for part in parts:
         for c in cells:
@@ -367,7 +369,7 @@ def markdown(results: dict) -> str:
         for s, entry in g["steps"].items():
             for memory, accuracies in entry["top1"].items():
                 steps = ", ".join(f"{100 * a:.1f} ({n})" for a, n in zip(accuracies, entry["classes_seen"]))
-                lines.append(f"| {s} | {memory.replace('_', ' ')} | {steps} | "
+                lines.append(f"| {s} | {MEMORY_LABELS[memory]} | {steps} | "
                              f"{100 * statistics.fmean(accuracies):.2f} |")
             lines.append(f"| {s} | margin (mean over steps, per seed) | | {spread(entry['margins'])} |")
         lines.append("")
@@ -386,7 +388,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    p.add_argument("--students", nargs="*", default=["resnet18_small", "bnvit_tiny"], choices=list(STUDENTS),
+    p.add_argument("--students", nargs="*", default=["resnet18_small", "bnvit_tiny"], choices=list(ARCHITECTURES),
                    help="cross-arch: student architectures beside the run's own")
     p.add_argument("--second-teacher", type=Path, default=None, metavar="TEACHER_PT",
                    help=f"the labelling teacher of second-teacher (default: squeezed into OUT/{SECOND_TEACHER_FOLDER} "
@@ -429,7 +431,7 @@ def main() -> None:
         logging.info("=== %s, IPC %d, seed %d: %s ===", job.part, job.cell.ipc, job.cell.seed, job.folder)
         runs += run_job(job, args, made_by, labeller)
         done = harness.merge_runs(earlier, runs, key=row_key)
-        harness.publish({**made_by, "step": args.step, "students": {s: STUDENTS[s] for s in args.students},
+        harness.publish({**made_by, "step": args.step, "students": {s: ARCHITECTURES[s] for s in args.students},
                          "protocol": {k: to_dict(cells[0].config)[k] for k in ("relabel", "evaluate")},
                          "complete": i == len(jobs), "runs": sorted(done, key=row_key), "summary": summarise(done)},
                         args.results, args.docs, DOC_BLOCK, markdown)

@@ -138,7 +138,8 @@ def test_the_tables_and_the_verdict_come_from_the_numbers():
     assert "| 10 | 48.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 48.50 ± 0.71 (n=2) | -0.50 (-2.00 to +1.00) | " \
         "+2.50 (+2.00 to +3.00) |" in lines
     assert "convnet {'width': 64, 'depth': 3}, test top-1 78.00 %, `b6911d7b`" in text
-    assert "| 5 | condensed | 80.0 (5), 50.0 (10) | 65.00 |" in lines
+    assert "| 5 | condensed set (soft labels) | 80.0 (5), 50.0 (10) | 65.00 |" in lines
+    assert "| 5 | random real, teacher labels | 70.0 (5), 52.0 (10) | 61.00 |" in lines
     assert "| 5 | margin (mean over steps, per seed) | | +4.00 (+4.00 to +4.00) |" in lines
     # Said plainly, first: where the condensed set does not beat random real images with the same labels.
     verdict = next(line for line in lines if line.startswith("**The condensed set does not beat"))
@@ -150,3 +151,18 @@ def test_the_tables_and_the_verdict_come_from_the_numbers():
     assert "Incomplete" not in text
     # An earlier invocation's row is replaced by a later one's with the same key, never averaged with it.
     assert len({generalisation.row_key(r) for r in runs}) == len(runs)
+
+
+def test_mobilenet_v2_is_built_for_32_px_images():
+    """torchvision's MobileNetV2 halves 32 px in its stem; with its second stage at stride 1 its last feature map
+    is 2 x 2 (1 x 1 with torchvision's strides), and it is checked like any student before heavy work."""
+    import torch
+
+    from srel_ray.models import create_model
+    from srel_ray.models.registry import check_model_fits
+
+    spec = generalisation.ARCHITECTURES["mobilenet_v2"]
+    check_model_fits(spec["arch"], 10, 3, 32, spec["arch_kwargs"])
+    with torch.device("meta"):
+        features = create_model(spec["arch"], 10, 3, 32, **spec["arch_kwargs"]).features
+        assert features(torch.empty(1, 3, 32, 32)).shape[-2:] == (2, 2)
