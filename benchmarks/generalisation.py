@@ -12,9 +12,9 @@ trains its random-real baselines only when no earlier ladder step shares its stu
 that takes the run's condensed images (srel_ray.stages.recover.reuse) and trains, by the run's own config, what
 the parts compare (the run's folder itself when it trained its baselines):
 
-1. cross-arch: with evaluate.baselines and evaluate.students (default resnet18_small and bnvit_tiny; ARCHITECTURES), the
-   condensed set, random real images with hard labels and the same images with the teacher's labels, per student
-   architecture, the run's ConvNet included (where it reproduces the ladder's numbers).
+1. cross-arch: with evaluate.baselines and evaluate.students (default resnet18_small and bnvit_tiny, of
+   ARCHITECTURES), the condensed set, random real images with hard labels and the same images with the teacher's
+   labels, per student architecture, the run's ConvNet included (where it reproduces the ladder's numbers).
 2. second-teacher: in OUT/generalisation/<run folder>-relabel-<sha>, the same condensed and random real images,
    both labelled by a second teacher (relabel.teacher) squeezed independently with another seed and width than the
    quality teacher (SECOND_TEACHER, into OUT/teacher-w64-seed1 unless --second-teacher names one), set beside the

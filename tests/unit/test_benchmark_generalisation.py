@@ -130,8 +130,8 @@ def test_the_tables_and_the_verdict_come_from_the_numbers():
     text = generalisation.markdown(results)
     lines = text.splitlines()
     assert "# 2026-12-03, git ffffffffffff" in lines and "python benchmarks/generalisation.py --out OUT" in lines
-    assert "| 10 | convnet | 51.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 47.50 ± 0.71 (n=2) | +3.50 (+3.00 to +4.00) |" \
-        in lines
+    assert "| 10 | convnet | 51.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 47.50 ± 0.71 (n=2) | " \
+        "+3.50 (+3.00 to +4.00) |" in lines
     assert "| 10 | resnet18_small | 40.50 ± 0.71 (n=2) | 30.00 ± 0.00 (n=2) | 43.50 ± 2.12 (n=2) | " \
         "-3.00 (-4.00 to -2.00) |" in lines
     # The second teacher's margin beside the one the recovery teacher's labels gave on the same seeds (+3 and +2).
