@@ -114,8 +114,9 @@ def stage_did(stage: str, result: dict) -> str:
                  for name, r in result.items() if isinstance(r, dict) and "epochs" in r]
         return "; ".join(parts)
     if stage == "evaluate":
-        trained = [name for name in ("condensed", "random_real_hard", "random_real_soft")
-                   if name in result and name not in result.get("skipped_students", [])]
+        # Every student of every architecture: "condensed", "random_real_hard", ... and "<arch key>/condensed", ...
+        trained = [name for name, r in result.items() if isinstance(r, dict) and "top1" in r
+                   and name not in result.get("skipped_students", [])]
         resumed = [name for name, r in result.get("resumed", {}).items() if r.get("skipped_epochs")]
         return f"{len(trained)} students trained" + (
             f", {len(result['skipped_students'])} already done" if result.get("skipped_students") else "") + (

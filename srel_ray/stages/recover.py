@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from srel_ray.config import Config, to_dict
+from srel_ray.config import Config, config_from_yaml, to_dict
 from srel_ray.core.recover import Unit, plan_units
+from srel_ray.errors import SrelError
 from srel_ray.stages.base import CONDENSED, TEACHER, Plan, StageContext, write_set_manifest
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
@@ -68,6 +69,32 @@ def run(ctx: StageContext) -> RecoverResult:
     for s in result.stats:
         ctx.tracker.log_metrics({"recover.final_ce": s["ce"], "recover.final_bn": s["bn"]}, step=s["unit"])
     return result
+
+
+# What decides a run's condensed images (with an explicit resources.precision, which identity() carries).
+RECOVERY_IDENTITY = ("seed", "method", "data", "teacher", "recover", "precision")
+
+
+def reuse(cfg: Config, run_dir: RunDir, source: RunDir) -> None:
+    """This run's condensed set taken from the run at ``source`` instead of recovered: for studies of one set under
+    other labels or students (relabel.teacher, evaluate.baselines) that must not pay for recovery again. Refused
+    unless ``source`` recovered it with this run's recovery settings (``RECOVERY_IDENTITY``): recovery is
+    deterministic, so its images are the ones this stage would write. They are copied with their markers and
+    checked (``sets.copy_images``), then the manifest is written as this stage writes it, with where the images
+    came from; the recover stage then finds the set complete. Call it once ``run_dir`` is claimed (prepare_out)."""
+    if is_done(cfg, run_dir):
+        return
+    theirs = config_from_yaml(files.read_bytes(source.config).decode(), source.config).identity()
+    mine = cfg.identity()
+    if differ := [key for key in RECOVERY_IDENTITY if mine.get(key) != theirs.get(key)]:
+        raise SrelError(f"{source.out!r} recovered its condensed set with other {', '.join(differ)} settings than "
+                        "this run's: its images are not this run's to reuse")
+    src, set_dir = source.set_dir("condensed"), run_dir.set_dir("condensed")
+    sets.copy_images(src, set_dir)
+    teacher, info = load_teacher(source.teacher), sets.read_set(src)
+    write_set_manifest(cfg, set_dir, "condensed", info.manifest["dataset"], teacher, to_dict(cfg),
+                       source={"copied_from": src})
+    sets.save_grid(set_dir, teacher.num_classes, cfg.recover.ipc, info.channels, run_dir.grid)
 
 
 def record(result: RecoverResult) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from srel_ray.core.relabel import row_views
 from srel_ray.core.soft_labels import compress_topk
 from srel_ray.core.student import EpochLabels
 from srel_ray.errors import DataError
-from srel_ray.storage.files import (exists, fs_path, join, read_json, write_bytes_atomic,
+from srel_ray.storage.files import (exists, fs_path, join, read_bytes, read_json, write_bytes_atomic,
                                     write_json_atomic)
 
 # 3: the manifest vouches for the markers and epoch records (a digest of each one's file list), they for their
@@ -490,3 +491,24 @@ def read_set(set_dir: str) -> SetInfo:
     m = read_json(manifest_path(set_dir))
     return SetInfo(set_dir, [c["name"] for c in m["classes"]], int(m["ipc"]), int(m["channels"]),
                    int(m["image_size"]), m)
+
+
+def copy_images(src: str, dst: str) -> int:
+    """The images of the complete set ``src`` copied into ``dst`` with the markers that vouch for them, not its
+    labels: each image checked against its marker's sha256 on the way, each marker copied after its images (a
+    copy cut short resumes like a set being written). The caller writes ``dst``'s manifest. Returns the number of
+    images copied now (0: every marker was there already)."""
+    read_set(src)  # a DataError unless its manifest says its images are complete
+    copied = 0
+    for path in (p for p in record_paths(src) if p.startswith(".progress/")):
+        if exists(join(dst, path)):
+            continue
+        marker = read_bytes(join(src, path))
+        for name, sha256 in recorded_files(json.loads(marker)).items():
+            data = read_bytes(join(src, name))
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise DataError(f"set {src!r}: {name} has changed since its marker {path} was written")
+            write_bytes_atomic(join(dst, name), data)
+            copied += 1
+        write_bytes_atomic(join(dst, path), marker)
+    return copied

@@ -275,27 +275,3 @@ def test_verify_rereads_every_set_and_names_a_changed_file(quickstart_run, tmp_p
     marker.write_text(json.dumps(vouched))
     assert main(["verify", str(out)]) == 3
     assert ".progress/unit-000000.json is changed since the manifest was written" in capsys.readouterr().err
-
-
-def test_evaluate_adds_a_student_architecture_to_a_finished_run(quickstart_run, tmp_path, capsys, mlflow_uri):
-    """`srel-ray evaluate --set evaluate.students=[...]` on a finished run: the folder takes it (same identity),
-    only the new architecture's students train (on Ray Train), and summary.json gains the cross-architecture table."""
-    import shutil
-
-    from srel_ray.cli import main
-
-    from .conftest import TINY, as_args
-
-    out = tmp_path / "quick"
-    shutil.copytree(quickstart_run, out, ignore=shutil.ignore_patterns("ray", "logs"))
-    before = {p.name: p.read_bytes() for p in (out / "evaluate").glob("*.json")}
-    extra = "evaluate.students=[{arch: convnet, arch_kwargs: {width: 4, depth: 1}}]"
-    assert main(["evaluate", "--config", str(out / "config.yaml"), "--out", str(out),
-                 *as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}", extra])]) == 0
-    assert {p.name: p.read_bytes() for p in (out / "evaluate").glob("*.json")} == before  # not trained again
-    key = load_config(out / "config.yaml").evaluate.students[0].key
-    assert sorted(p.name for p in (out / "evaluate" / key).iterdir()) == [
-        "condensed.json", "random_real_hard.json", "random_real_soft.json"]
-    cross = json.loads((out / "summary.json").read_text())["cross_arch"]
-    assert list(cross) == ["convnet", key] and all(0 <= v <= 1 for v in cross[key].values() if isinstance(v, float))
-    assert "student architecture" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Stages on the shared Ray cluster: reproducibility across actor counts, resume, GPU placement, squeeze resume."""
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -117,3 +118,24 @@ def test_a_run_folder_given_as_a_url_holds_the_same_outputs(runs_by_actor_count)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["outputs"]["condensed"] == f"file://{out}/condensed"
     assert (out / "condensed_grid.png").exists() and any((out / "ray").iterdir())
+
+
+def test_evaluate_adds_a_student_architecture_to_a_finished_run(runs_by_actor_count, quickstart_run, mlflow_uri,
+                                                                tmp_path, capsys):
+    """`srel-ray evaluate --set evaluate.students=[...]` on a finished run: the folder takes it (same identity), only
+    the new architecture's student trains (on Ray Train), and summary.json gains the cross-architecture table. The
+    1-actor run has no baselines, so one student trains here; that an added architecture also trains both
+    random-real students by the same protocol is test_stages_in_process's."""
+    out = tmp_path / "run"
+    shutil.copytree(runs_by_actor_count[1], out, ignore=shutil.ignore_patterns("ray", "logs"))
+    before = {p.name: p.read_bytes() for p in (out / "evaluate").glob("*.json")}
+    extra = "evaluate.students=[{arch: convnet, arch_kwargs: {width: 4, depth: 1}}]"
+    args = _reuse_teacher(quickstart_run, mlflow_uri, "evaluate.baselines=false", extra)
+    assert main(["evaluate", "--config", str(out / "config.yaml"), "--out", str(out), *args]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "evaluate").glob("*.json")} == before  # not trained again
+    key = load_config(out / "config.yaml").evaluate.students[0].key
+    assert sorted(p.name for p in (out / "evaluate" / key).iterdir()) == ["condensed.json"]
+    cross = json.loads((out / "summary.json").read_text())["cross_arch"]
+    assert list(cross) == ["convnet", key] and 0 <= cross[key]["student_top1"] <= 1
+    assert cross[key]["baseline_random_hard_top1"] is None  # no baselines in this run
+    assert "student architecture" in capsys.readouterr().out

@@ -16,11 +16,16 @@ def test_stage_lines_say_what_was_done_resumed_and_skipped():
                                  "random_real": {"skipped": True, "epochs": 300, "skipped_epochs": 300},
                                  "skipped": False}) == \
         "condensed: 180 of 300 label epochs written; random_real: 0 of 300 label epochs written"
-    assert stage_did("evaluate", {"condensed": {}, "random_real_hard": {}, "random_real_soft": {},
+    score = {"top1": 0.5, "top5": 0.9}
+    assert stage_did("evaluate", {"condensed": score, "random_real_hard": score, "random_real_soft": score,
                                   "skipped_students": ["condensed"],
                                   "resumed": {"random_real_hard": {"skipped_epochs": 50},
                                               "random_real_soft": {"skipped_epochs": 0}}}) == \
         "2 students trained, 1 already done, 1 resumed from a checkpoint"
+    # Students of evaluate.students' architectures count too (their records are keyed "<arch key>/<student>").
+    assert stage_did("evaluate", {"condensed": score, "resnet18_small/condensed": score,
+                                  "resnet18_small/random_real_soft": score, "skipped_students": ["condensed"],
+                                  "resumed": {}, "skipped": False}) == "2 students trained, 1 already done"
 
 
 def test_quiet_console_prints_nothing(capsys):

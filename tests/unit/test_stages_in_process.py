@@ -223,3 +223,39 @@ def test_rded_start_selection_shows_a_bar_a_class_in_process(tmp_path, monkeypat
     files.remove(sets.unit_marker(set_dir, "unit-000001"))  # a unit to recover, its start images stored
     executor.recover(cfg, [run.teacher], set_dir, 10, [])
     assert [bar.desc for bar in bars] == ["recover units"]
+
+
+def test_a_run_reuses_the_condensed_images_of_a_run_with_its_recovery_settings(tmp_path):
+    """recover.reuse: a run that only labels or trains differently (here evaluate.baselines off) takes another
+    run's condensed images instead of recovering them: the same bytes, checked, a manifest as recover writes it
+    (and where they came from), and a recover stage that then finds nothing to do. A run with other recovery
+    settings, or a source image changed since its marker, is refused."""
+    from srel_ray.storage.layout import RunDir
+
+    cfg, data, source = _run_with_teacher(tmp_path / "a")
+    recover.run(StageContext(cfg, source, data, InProcessExecutor(start_data=lambda: data), Tracker(False)))
+    other = load_config(quickstart_config(), TINY + ["evaluate.baselines=false"])
+    assert other.identity() != cfg.identity()
+    run = prepare_out(other, tmp_path / "b")
+    recover.reuse(other, run, source)
+
+    src, dst = source.set_dir("condensed"), run.set_dir("condensed")
+    names = [n for marker in sets.unit_markers(src) for n in sets.recorded_files(marker)]
+    assert len(names) == 10 and all(files.read_bytes(files.join(src, n)) == files.read_bytes(files.join(dst, n))
+                                    for n in names)
+    manifest = sets.read_set(dst).manifest
+    assert manifest["records"] == sets.read_set(src).manifest["records"]
+    assert manifest["source"] == {"copied_from": src} and manifest["config"]["evaluate"]["baselines"] is False
+    verify_set(dst)
+    assert files.exists(run.grid)
+    ctx = StageContext(other, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False))
+    assert recover.record(recover.run(ctx)) == {"skipped": True}
+    recover.reuse(other, run, source)  # done: nothing to copy again
+
+    more = load_config(quickstart_config(), TINY + ["recover.iterations=3"])
+    with pytest.raises(SrelError, match="other recover settings"):
+        recover.reuse(more, prepare_out(more, tmp_path / "c"), source)
+    first = files.join(src, names[0])
+    files.write_bytes_atomic(first, files.read_bytes(first) + b"x")
+    with pytest.raises(SrelError, match=f"{names[0]} has changed since its marker"):
+        recover.reuse(other, prepare_out(other, tmp_path / "d"), source)
