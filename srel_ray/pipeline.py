@@ -14,8 +14,8 @@ from typing import Iterator
 
 from srel_ray.config import Config
 from srel_ray.data.real import RealData
-from srel_ray.distributed.cluster import (check_precision, check_resources, ray_logs_dir, resolve_use_gpu,
-                                          start_ray)
+from srel_ray.distributed.cluster import (check_address, check_precision, check_resources, ray_logs_dir,
+                                          resolve_use_gpu, start_ray)
 from srel_ray.distributed.executor import RayExecutor
 from srel_ray.distributed.progress import Progress
 from srel_ray.progress import Console, log_to_file
@@ -38,6 +38,7 @@ def run_stages(cfg: Config, out: str | Path, stages: tuple[str, ...], command: s
     ``out`` is a local folder or an fsspec URL that every Ray worker can reach. ``console``: what the person
     running the command sees (default: stage lines and progress bars)."""
     console = console or Console()
+    check_address(cfg.resources)  # first: a cluster address nothing answers at fails in seconds
     data = check_inputs(cfg, RunDir.at(out), stages)  # before anything is written
     run = prepare_out(cfg, out)
     with on_ray(cfg, run, data, command, console) as ctx:

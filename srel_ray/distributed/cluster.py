@@ -59,12 +59,22 @@ def start_ray(res: ResourcesConfig, verbose: bool = False) -> None:
         # cluster also runs the driver, so no run outlives its drain. Ray 2.60's flag (ray.train.v2 constants).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     else:
-        source = "resources.ray_address" if res.ray_address else "$RAY_ADDRESS"
-        host, port = _bootstrap_endpoint(address, source)
-        _check_reachable(host, port, address, source)
+        check_address(res)
         kwargs.update(address=address)
     ray.init(**kwargs)
     log.info("ray cluster resources: %s", ray.cluster_resources())
+
+
+def check_address(res: ResourcesConfig) -> None:
+    """The cluster address to join (``resources.ray_address``, else $RAY_ADDRESS), when there is one and this
+    process has not joined a cluster yet: refused unless something answers there. Cheap, so commands call it
+    before their other input checks (loading the data, building the models), and a typo fails in seconds."""
+    address = res.ray_address or os.environ.get("RAY_ADDRESS")
+    if address is None or ray.is_initialized():
+        return
+    source = "resources.ray_address" if res.ray_address else "$RAY_ADDRESS"
+    host, port = _bootstrap_endpoint(address, source)
+    _check_reachable(host, port, address, source)
 
 
 def ray_logs_dir() -> str | None:

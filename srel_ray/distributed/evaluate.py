@@ -94,7 +94,7 @@ def run_student(cfg: Config, data: RealData, set_dir: str, *, hard: bool, name: 
                    "set_dir": set_dir, "hard": hard, "threads": res.threads_per_worker, "progress": progress_board,
                    "progress_source": progress_source, "classes": None if classes is None else list(classes)}
     datasets = {"test": ray_dataset(data, "test")}
-    result = trainer.fit(student_loop, loop_config, name=name, storage=storage, res=res, use_gpu=use_gpu,
-                         datasets=datasets)
+    result = trainer.fit(student_loop, loop_config, name=name, storage=storage, epochs=cfg.evaluate.epochs, res=res,
+                         use_gpu=use_gpu, datasets=datasets)
     history = trainer.final_state(result)["history"]
     return {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"], "history": history}

@@ -82,8 +82,8 @@ def run_squeeze(cfg: Config, data: RealData, storage: str, use_gpu: bool, progre
     # single-class batches. A seeded global shuffle mixes classes; the per-epoch local buffer varies the order.
     train = ray_dataset(data, "train", shuffle=cfg.teacher.shuffle, seed=derive_seed(cfg.seed, STREAM_TEACHER_DATA))
     datasets = {"train": train, "test": ray_dataset(data, "test")}
-    result = trainer.fit(squeeze_loop, loop_config, name="squeeze", storage=storage, res=res, use_gpu=use_gpu,
-                         datasets=datasets)
+    result = trainer.fit(squeeze_loop, loop_config, name="squeeze", storage=storage, epochs=cfg.teacher.epochs, res=res,
+                         use_gpu=use_gpu, datasets=datasets)
     state = trainer.final_state(result)
     skipped = state["history"][-1]["skipped_images"]
     if skipped > cfg.data.max_corrupt:

@@ -17,10 +17,15 @@ from srel_ray.config import ResourcesConfig
 from srel_ray.storage import files
 
 
-def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage: str, res: ResourcesConfig,
-        use_gpu: bool, datasets: dict, max_failures: int = 3) -> ray.train.Result:
-    """Run ``loop`` on ``res.train_workers`` workers. Same ``name`` and ``storage`` resume the last checkpoint.
-    ``storage`` is an absolute local path or a URL that Ray's storage layer reaches (pyarrow: s3://, gs://, file://)."""
+def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage: str, epochs: int,
+        res: ResourcesConfig, use_gpu: bool, datasets: dict, max_failures: int = 3) -> ray.train.Result:
+    """Run ``loop`` for ``epochs`` epochs on ``res.train_workers`` workers. Same ``name`` and ``storage`` resume
+    the last checkpoint. ``storage`` is an absolute local path or a URL that Ray's storage layer reaches (pyarrow:
+    s3://, gs://, file://)."""
+    if checkpoint_progress(storage, name)["epochs"] >= epochs:
+        # Finished by an earlier command (its driver died after the last checkpoint, before the stage's record): the
+        # result is read back instead of starting workers that would restore the checkpoint and train nothing.
+        return ray.train.Result.from_path(files.join(storage, name))
     # Blocks reach the workers in a fixed order (read and decode tasks may finish in any order; the splitter then
     # deals them out by a fixed rule), so the seeded shuffles downstream see the same input in every execution:
     # a run resumed from a checkpoint trains exactly the epochs an uninterrupted one would have.

@@ -93,20 +93,19 @@ def test_each_actor_gets_its_own_gpu(quickstart_run, mlflow_uri, tmp_path):
     assert len(set(gpus_by_pid.values())) == len(gpus_by_pid)
 
 
-def test_squeeze_resumes_from_last_checkpoint(ray_cluster, tmp_path):
-    from srel_ray.config import from_dict, to_dict
+def test_squeeze_resumes_from_last_checkpoint(quickstart_run, tmp_path):
+    """A longer squeeze on a copy of the quickstart's Ray Train storage (its two epochs' checkpoints): epochs 0 and
+    1 come back from the checkpoint unchanged; only epoch 2 is trained."""
     from srel_ray.data.real import load_dataset
     from srel_ray.distributed.squeeze import run_squeeze
+    from srel_ray.teacher import load_teacher
 
-    from srel_ray.cli import quickstart_config
-
-    cfg = load_config(quickstart_config(), ["teacher.epochs=2", "resources.use_gpu=false"])
-    data = load_dataset(cfg.data)
-    first = run_squeeze(cfg, data, tmp_path, use_gpu=False)
-    longer = from_dict({**to_dict(cfg), "teacher": {**to_dict(cfg)["teacher"], "epochs": 3}})
-    resumed = run_squeeze(longer, data, tmp_path, use_gpu=False)
-    # Epochs 0 and 1 come back from the checkpoint unchanged; only epoch 2 was trained by the second fit.
-    assert resumed.metrics["history"][:2] == first.metrics["history"]
+    shutil.copytree(quickstart_run / "ray" / "squeeze", tmp_path / "squeeze")
+    longer = load_config(quickstart_run / "config.yaml", ["teacher.epochs=3"])
+    resumed = run_squeeze(longer, load_dataset(longer.data), str(tmp_path), use_gpu=False)
+    first = load_teacher(str(quickstart_run / "teacher" / "teacher.pt")).metrics["history"]
+    assert [h["epoch"] for h in first] == [0, 1]
+    assert resumed.metrics["history"][:2] == first
     assert [h["epoch"] for h in resumed.metrics["history"]] == [0, 1, 2]
 
 
