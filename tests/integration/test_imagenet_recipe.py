@@ -62,8 +62,13 @@ def _recipe_args(root: Path, mlflow_uri: str) -> list[str]:
         f"tracking.tracking_uri={mlflow_uri}"])]
 
 
-def test_imagenet_recipe_end_to_end(ray_cluster, mlflow_uri, imagenet_tree, tmp_path):
+def test_imagenet_recipe_end_to_end(ray_cluster, mlflow_uri, imagenet_tree, tmp_path, monkeypatch):
     out = tmp_path / "run"
+    # The splits in 8 read tasks, not the default's 200 (a Ray task for every 5 tiny files, half a minute of the
+    # suite); which rows each task reads is tests/integration/test_real_data.py's.
+    import ray.data
+
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "read_op_min_num_blocks", 8)
     assert main(["run", "--out", str(out), *_recipe_args(imagenet_tree, mlflow_uri)]) == 0
     wnids = list(synsets("imagenet1k"))
     teacher = load_teacher(str(out / "teacher" / "teacher.pt"))

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(f"""
     def png(a):
         buf = io.BytesIO(); Image.fromarray(a).save(buf, format="PNG"); return buf.getvalue()
     tiles = [png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(10)]
-    n = 2400  # decoded at 128 px: 2400 * 3 * 128 * 128 bytes = 118 MB, over the 80 MB store
+    n = 1800  # decoded at 128 px: 1800 * 3 * 128 * 128 bytes = 88 MB, over the 80 MB store
     for split, rows in (("train", n), ("test", 10)):
         pq.write_table(pa.table({{"image": [tiles[i % 10] for i in range(rows)], "label": [i % 10 for i in range(rows)]}}),
                        f"{{root}}/{{split}}.parquet", row_group_size=100)
@@ -39,5 +39,5 @@ def test_split_larger_than_object_store_streams(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["store"] <= STORE * 1.01
-    assert result["rows"] == 2400 and result["label_sum"] == sum(i % 10 for i in range(2400))
-    assert result["bytes"] == 2400 * 3 * 128 * 128 > result["store"]
+    assert result["rows"] == 1800 and result["label_sum"] == sum(i % 10 for i in range(1800))
+    assert result["bytes"] == 1800 * 3 * 128 * 128 > result["store"]
