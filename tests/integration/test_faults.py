@@ -23,11 +23,11 @@ UNITS, LABEL_EPOCHS = 4, 4
 
 @pytest.fixture(scope="module")
 def fault_args(quickstart_run, mlflow_uri) -> list[str]:
-    """The shared teacher; 4 recovery units of 300 iterations (seconds each, time to be caught in the middle);
+    """The shared teacher; 4 recovery units of 150 iterations (a second or two each, time to be caught in the middle);
     4 label epochs of 2 teacher batches of 640 views."""
     return as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}", "teacher.source=checkpoint",
                            f"teacher.checkpoint={quickstart_run / 'teacher' / 'teacher.pt'}",
-                           "recover.classes_per_unit=5", "recover.iterations=300", f"relabel.epochs={LABEL_EPOCHS}",
+                           "recover.classes_per_unit=5", "recover.iterations=150", f"relabel.epochs={LABEL_EPOCHS}",
                            "relabel.views_per_epoch=64", "relabel.batch_size=640", "evaluate.baselines=false"])
 
 
