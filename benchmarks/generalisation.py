@@ -22,8 +22,9 @@ the parts compare (the run's folder itself when it trained its baselines):
 3. continual: srel-ray continual on the cross-arch folder at IPC 10 (5 and 10 steps; CONTINUAL), the condensed
    memory against random real images of the same size.
 
-Every folder resumes. Results accumulate in --results as the ladder's do (one row per part, IPC, seed and student
-or teacher, each with its command, revision and teachers' hashes), and their tables go to --docs.
+Every folder resumes. Results accumulate in --results as the ladder's do (one row per ladder step, part, IPC, seed
+and student or teacher, each with its command, revision and teachers' hashes; an invocation per --step adds that
+step's rows beside the others'), and their tables go to --docs, each table row naming its ladder step.
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     out = []
     for (_, ipc, *_), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["seed"])
-        g = {"part": rs[0]["part"], "ipc": ipc, "teacher": rs[0]["teacher"], "seeds": [r["seed"] for r in rs]}
+        g = {"part": rs[0]["part"], "ipc": ipc, "step": rs[0]["step"], "teacher": rs[0]["teacher"],
+             "seeds": [r["seed"] for r in rs]}
         if g["part"] == "continual":
             g["learner"] = rs[0]["learner"]
             g["steps"] = {s: {"classes_seen": rs[0]["steps"][s]["classes_seen"],
@@ -298,7 +300,12 @@ def spread(margins: list[float]) -> str:
 def verdict(groups: list[dict]) -> str:
     """Where the condensed set does not beat random real images with the same labels, said first; then where it
     does in some seeds only, and where in every seed."""
+    several = len({g["step"] for g in groups}) > 1
+
     def name(g: dict) -> str:
+        return what(g) + (f", row `{g['step']}`" if several else "")
+
+    def what(g: dict) -> str:
         if g["part"] == "cross-arch":
             return f"{g['arch']} students at IPC {g['ipc']}"
         if g["part"] == "second-teacher":
@@ -323,17 +330,34 @@ def verdict(groups: list[dict]) -> str:
     return " ".join(lines)
 
 
+def steps_in(runs: list[dict]) -> list[str]:
+    """The ladder rows the results hold, in the ladder's order."""
+    return sorted({r["step"] for r in runs}, key=STEPS.index)
+
+
+def protocol_text(results: dict) -> str:
+    """The student protocol the rows share, or each row's where they differ."""
+    def text(p: dict) -> str:
+        e = p["evaluate"]
+        return (f"{e['epochs']} epochs, batch {e['batch_size']}, {e['optimizer']} lr {e['lr']}, "
+                f"T = {e['temperature']}, EMA {e['ema_decay']}, cosine stretch {e['lr_stretch']}")
+    protocols = {step: results["protocols"][step] for step in steps_in(results["runs"])}
+    if len({json.dumps(p, sort_keys=True) for p in protocols.values()}) == 1:
+        return text(next(iter(protocols.values())))
+    return "; ".join(f"`{step}`: {text(p)}" for step, p in protocols.items())
+
+
 def markdown(results: dict) -> str:
     t = results["teacher"]
-    e = results["protocol"]["evaluate"]
+    steps = steps_in(results["runs"])
     made_by = sorted({(r["date"], harness.short_revision(r["git_revision"]), r["command"]) for r in results["runs"]})
     groups = results["summary"]
     lines = ["Measured by:", "", "```", *[f"# {date}, git {rev}\n{command}" for date, rev, command in made_by], "```",
-             "", f"The condensed sets of the method ladder's `{results['step']}` row (its runs, `OUT/ladder/`, "
+             "", f"The condensed sets of the method ladder's {' and '.join(f'`{s}`' for s in steps)} "
+             f"row{'s' if len(steps) > 1 else ''} (the tables' first column; the ladder's runs, `OUT/ladder/`, "
              f"recovered by the {100 * t['test_top1']:.2f} % teacher `{t['sha256'][:8]}`), each compared with its "
              "own seed's random real images, labelled by the same teacher and trained by the same student protocol "
-             f"as the row: {e['epochs']} epochs, batch {e['batch_size']}, {e['optimizer']} lr {e['lr']}, "
-             f"T = {e['temperature']}, EMA {e['ema_decay']}, cosine stretch {e['lr_stretch']}. Test top-1 %, mean ± "
+             f"as its row: {protocol_text(results)}. Test top-1 %, mean ± "
              "std over seeds; margins are condensed minus random real + the same labels, in points, per seed (min "
              "to max).",
              "" if results["complete"] else "**Incomplete: not every job of the command has finished; rows show "
@@ -342,10 +366,11 @@ def markdown(results: dict) -> str:
     if cross:
         lines += ["**Across student architectures** (evaluate.students, each trained on the condensed set and on "
                   "both random-real sets):", "",
-                  "| IPC | student | condensed | random real, hard labels | random real + teacher labels | margin |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {g['ipc']} | {g['arch']} | {pct(g['condensed'])} | {pct(g['random_real_hard'])} | "
-                  f"{pct(g['random_real_soft'])} | {spread(g['margins'])} |" for g in cross]
+                  "| ladder row | IPC | student | condensed | random real, hard labels | random real + teacher "
+                  "labels | margin |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| `{g['step']}` | {g['ipc']} | {g['arch']} | {pct(g['condensed'])} | "
+                  f"{pct(g['random_real_hard'])} | {pct(g['random_real_soft'])} | {spread(g['margins'])} |"
+                  for g in cross]
         lines.append("")
     second = [g for g in groups if g["part"] == "second-teacher"]
     if second:
@@ -353,15 +378,16 @@ def markdown(results: dict) -> str:
         lines += [f"**Under a second teacher's labels** (relabel.teacher: {lab['arch']} {lab['arch_kwargs']}, test "
                   f"top-1 {100 * lab['test_top1']:.2f} %, `{lab['sha256'][:8]}`, squeezed independently; it labels "
                   "the condensed and the random real images alike; the ConvNet student):", "",
-                  "| IPC | condensed | random real, hard labels | random real + second teacher's labels | margin | "
-                  "margin under the recovery teacher's labels (the ladder's runs, same seeds) |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {g['ipc']} | {pct(g['condensed'])} | {pct(g['random_real_hard'])} | "
+                  "| ladder row | IPC | condensed | random real, hard labels | random real + second teacher's "
+                  "labels | margin | margin under the recovery teacher's labels (the ladder's runs, same seeds) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| `{g['step']}` | {g['ipc']} | {pct(g['condensed'])} | {pct(g['random_real_hard'])} | "
                   f"{pct(g['random_real_soft'])} | {spread(g['margins'])} | {spread(g['ladder_margins'])} |"
                   for g in second]
         lines.append("")
     for g in (g for g in groups if g["part"] == "continual"):
-        lines += [f"**Class-incremental learning** (srel-ray continual, GDumb-style: a {g['learner']['arch']} "
+        lines += [f"**Class-incremental learning** (`{g['step']}`; srel-ray continual, GDumb-style: a "
+                  f"{g['learner']['arch']} "
                   f"student retrained from the memory after each step, {g['learner']['epochs']} epochs; IPC "
                   f"{g['ipc']}, seeds {', '.join(map(str, g['seeds']))}; test top-1 % on the classes seen, mean "
                   "over seeds):", "", "| steps | memory | " + "top-1 after each step (classes seen) | mean |",
@@ -406,6 +432,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def earlier_protocols(path: Path) -> dict[str, dict]:
+    """The student protocol of each ladder row an earlier invocation recorded in the results file (files written
+    before several rows shared one held a single row's ``step`` and ``protocol``)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    return old.get("protocols") or {old["step"]: old["protocol"]}
+
+
 def main() -> None:
     harness.quiet_output()
     args = parse_args()
@@ -426,13 +461,15 @@ def main() -> None:
     describe_plan(cells, jobs)
 
     earlier = ladder.previous_runs(args.results)  # replaced one by one as this invocation records the same rows
+    protocols = {**earlier_protocols(args.results),
+                 args.step: {k: to_dict(cells[0].config)[k] for k in ("relabel", "evaluate")}}
     runs: list[dict] = []
     for i, job in enumerate(jobs, 1):
         logging.info("=== %s, IPC %d, seed %d: %s ===", job.part, job.cell.ipc, job.cell.seed, job.folder)
         runs += run_job(job, args, made_by, labeller)
         done = harness.merge_runs(earlier, runs, key=row_key)
-        harness.publish({**made_by, "step": args.step, "students": {s: ARCHITECTURES[s] for s in args.students},
-                         "protocol": {k: to_dict(cells[0].config)[k] for k in ("relabel", "evaluate")},
+        harness.publish({**made_by, "steps": steps_in(done),
+                         "students": {s: ARCHITECTURES[s] for s in args.students}, "protocols": protocols,
                          "complete": i == len(jobs), "runs": sorted(done, key=row_key), "summary": summarise(done)},
                         args.results, args.docs, DOC_BLOCK, markdown)
     print(f"\nresults: {args.results}\ndocs: {args.docs}\nrun folders: {cells[0].home}")

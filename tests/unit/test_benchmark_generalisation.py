@@ -102,12 +102,16 @@ def _args_list(tmp_path, teacher):
             *[w for o in RUN_SET for w in ("--run-set", o)]]
 
 
-def _row(part, seed, condensed, soft, **more):
-    return {"part": part, "ipc": 10, "seed": seed, "step": "edc", "date": "2026-12-03", "git_revision": "f" * 40,
+def _row(part, seed, condensed, soft, step="edc", **more):
+    return {"part": part, "ipc": 10, "seed": seed, "step": step, "date": "2026-12-03", "git_revision": "f" * 40,
             "command": "python benchmarks/generalisation.py --out OUT", "out": "OUT/generalisation/x",
             "teacher": {"sha256": "575e6cd8" + "0" * 56, "test_top1": 0.7541},
             "ladder": {"condensed": 0.50, "random_real_soft": 0.47 + 0.01 * seed}, "condensed": condensed,
             "random_real_hard": 0.30, "random_real_soft": soft, **more}
+
+
+PROTOCOL = {"evaluate": {"epochs": 200, "batch_size": 16, "optimizer": "adamw", "lr": 0.001, "temperature": 4.0,
+                         "ema_decay": 0.99, "lr_stretch": 2.0}}
 
 
 def test_the_tables_and_the_verdict_come_from_the_numbers():
@@ -123,19 +127,17 @@ def test_the_tables_and_the_verdict_come_from_the_numbers():
              for s, (c, b) in enumerate([(0.49, 0.48), (0.47, 0.49)])]
     runs += [{**_row("continual", s, None, None), "learner": {"arch": "convnet", "epochs": 200},
               "steps": {"5": curve}} for s in (0, 1)]
-    results = {"teacher": runs[0]["teacher"], "step": "edc", "complete": True, "runs": runs,
-               "protocol": {"evaluate": {"epochs": 200, "batch_size": 16, "optimizer": "adamw", "lr": 0.001,
-                                         "temperature": 4.0, "ema_decay": 0.99, "lr_stretch": 2.0}},
+    results = {"teacher": runs[0]["teacher"], "complete": True, "runs": runs, "protocols": {"edc": PROTOCOL},
                "summary": generalisation.summarise(runs)}
     text = generalisation.markdown(results)
     lines = text.splitlines()
     assert "# 2026-12-03, git ffffffffffff" in lines and "python benchmarks/generalisation.py --out OUT" in lines
-    assert "| 10 | convnet | 51.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 47.50 ± 0.71 (n=2) | " \
+    assert "| `edc` | 10 | convnet | 51.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 47.50 ± 0.71 (n=2) | " \
         "+3.50 (+3.00 to +4.00) |" in lines
-    assert "| 10 | resnet18_small | 40.50 ± 0.71 (n=2) | 30.00 ± 0.00 (n=2) | 43.50 ± 2.12 (n=2) | " \
+    assert "| `edc` | 10 | resnet18_small | 40.50 ± 0.71 (n=2) | 30.00 ± 0.00 (n=2) | 43.50 ± 2.12 (n=2) | " \
         "-3.00 (-4.00 to -2.00) |" in lines
     # The second teacher's margin beside the one the recovery teacher's labels gave on the same seeds (+3 and +2).
-    assert "| 10 | 48.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 48.50 ± 0.71 (n=2) | -0.50 (-2.00 to +1.00) | " \
+    assert "| `edc` | 10 | 48.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 48.50 ± 0.71 (n=2) | -0.50 (-2.00 to +1.00) | " \
         "+2.50 (+2.00 to +3.00) |" in lines
     assert "convnet {'width': 64, 'depth': 3}, test top-1 78.00 %, `b6911d7b`" in text
     assert "| 5 | condensed set (soft labels) | 80.0 (5), 50.0 (10) | 65.00 |" in lines
@@ -166,3 +168,34 @@ def test_mobilenet_v2_is_built_for_32_px_images():
     with torch.device("meta"):
         features = create_model(spec["arch"], 10, 3, 32, **spec["arch_kwargs"]).features
         assert features(torch.empty(1, 3, 32, 32)).shape[-2:] == (2, 2)
+
+
+def test_rows_of_two_ladder_steps_share_one_file_and_each_table_row_names_its_step(tmp_path):
+    runs = [_row("second-teacher", s, c, b, step=step, student="convnet", student_order=0, arch="convnet",
+                 labeller={"sha256": "3bc51e98" + "0" * 56, "test_top1": 0.79, "arch": "convnet", "arch_kwargs": {}})
+            for step, pairs in [("edc, validation's one recipe", [(0.47, 0.43), (0.49, 0.46)]),
+                                ("edc", [(0.46, 0.44), (0.48, 0.46)])]
+            for s, (c, b) in enumerate(pairs)]
+    other = {"evaluate": {**PROTOCOL["evaluate"], "epochs": 300}}
+    results = {"teacher": runs[0]["teacher"], "complete": True, "runs": runs, "summary": generalisation.summarise(runs),
+               "protocols": {"edc": PROTOCOL, "edc, validation's one recipe": PROTOCOL, "rded": other}}
+    lines = generalisation.markdown(results).splitlines()
+    # The heading names both rows in the ladder's order and gives the one protocol they share once.
+    assert any("ladder's `edc` and `edc, validation's one recipe` rows" in line for line in lines)
+    assert sum("200 epochs, batch 16" in line for line in lines) == 1
+    assert not any("300 epochs" in line for line in lines)  # a row with no runs in the file is not described
+    assert "| `edc` | 10 | 47.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 45.00 ± 1.41 (n=2) | +2.00 (+2.00 to +2.00) | " \
+        "+2.50 (+2.00 to +3.00) |" in lines
+    assert "| `edc, validation's one recipe` | 10 | 48.00 ± 1.41 (n=2) | 30.00 ± 0.00 (n=2) | 44.50 ± 2.12 (n=2) | " \
+        "+3.50 (+3.00 to +4.00) | +2.50 (+2.00 to +3.00) |" in lines
+    verdict = next(line for line in lines if "It beats them in every seed" in line)
+    assert "the second teacher's labels at IPC 10, row `edc` (+2.00" in verdict
+    assert "the second teacher's labels at IPC 10, row `edc, validation's one recipe` (+3.50" in verdict
+    # Differing protocols are given per row; a results file from before several rows held one row's protocol.
+    results["protocols"]["edc"] = other
+    assert any("`edc`: 300 epochs" in line and "`edc, validation's one recipe`: 200 epochs" in line
+               for line in generalisation.markdown(results).splitlines())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"step": "edc", "protocol": PROTOCOL, "runs": []}))
+    assert generalisation.earlier_protocols(old) == {"edc": PROTOCOL}
+    assert generalisation.earlier_protocols(tmp_path / "none.json") == {}
