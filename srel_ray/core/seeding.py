@@ -25,6 +25,21 @@ def seeded_init(*keys: int):
         yield
 
 
+@contextlib.contextmanager
+def seeded_stochastic_layers(device: torch.device, *keys: int):
+    """Dropout and stochastic depth (torchvision's MobileNetV2 and EfficientNets, timm's ``drop_path_rate``) draw
+    from torch's global RNG, the CPU's or the model's GPU's: pin both for the block from ``keys`` (seed, stream,
+    epoch, rank) and restore them after, so a model draws the same masks in any process, beside any other work and
+    after a resume from an epoch's checkpoint. Models without such layers draw nothing and are unaffected."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        seed = derive_seed(*keys)
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
 # Stream identifiers keep draws for different purposes independent even under the same seed.
 STREAM_TEACHER_INIT = 1
 STREAM_TEACHER_DATA = 2
@@ -40,3 +55,5 @@ STREAM_RECOVER_VIEWS = 11  # recovery's crops, flips and rolls, keyed by (unit, 
 STREAM_STUDENT_CUTMIX = 12  # the student's CutMix draws, keyed by (epoch, rank)
 STREAM_CLASS_ORDER = 13  # srel-ray continual: the order in which the classes arrive
 STREAM_FEATURE_SPACE = 14  # srel-ray tsne: the classes shown and their real images
+STREAM_STUDENT_LAYERS = 15  # the student's dropout / drop-path masks, keyed by (epoch, rank)
+STREAM_TEACHER_LAYERS = 16  # the squeezed teacher's dropout / drop-path masks, keyed by (epoch, rank)

@@ -19,7 +19,9 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import autocast, grad_scaler, to_input
 from srel_ray.core.relabel import view_pixels
 from srel_ray.core.soft_labels import expand_topk
-from srel_ray.core.seeding import STREAM_STUDENT_INIT, STREAM_STUDENT_ORDER, STREAM_TEACHER_DATA, generator, seeded_init
+from srel_ray.core.seeding import (STREAM_STUDENT_INIT, STREAM_STUDENT_LAYERS, STREAM_STUDENT_ORDER,
+                                    STREAM_TEACHER_DATA, STREAM_TEACHER_LAYERS, generator, seeded_init,
+                                    seeded_stochastic_layers)
 from srel_ray.core.views import Views, render_views, sample_views_batched
 from srel_ray.models import create_model
 
@@ -202,26 +204,27 @@ def train_student_epoch(
     count = 0
     gpu = device.type == "cuda"
     ahead = gpu or not isinstance(images, torch.Tensor)  # a source that decodes: the next batch while this one runs
-    for batch, batch_images, target in prefetch(_host_batches(images, class_labels, labels, rows, batch_size, gpu),
-                                                ahead):
-        on_device = batch.to(device, non_blocking=True)
-        x = view_pixels(batch_images.to(device, non_blocking=True), Views(boxes[on_device], flips[on_device]),
-                        image_size, norm)
-        mix = draw_cutmix(mixes, len(batch), image_size, cutmix_prob, cutmix_beta) if mixes is not None else None
-        x = to_input(x if mix is None else cutmix_images(x, mix), device)
-        target = target.to(device, non_blocking=True)
-        with autocast(precision, device):
-            out = model(x).float()
-        loss = student_loss(out, target, hard=labels.hard, temperature=temperature, mix=mix)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
-        total += loss.detach().double() * len(batch)  # float64 on the device: the sum a Python float would give
-        count += len(batch)
+    with seeded_stochastic_layers(device, seed, STREAM_STUDENT_LAYERS, epoch, rank):
+        batches = _host_batches(images, class_labels, labels, rows, batch_size, gpu)
+        for batch, batch_images, target in prefetch(batches, ahead):
+            on_device = batch.to(device, non_blocking=True)
+            x = view_pixels(batch_images.to(device, non_blocking=True), Views(boxes[on_device], flips[on_device]),
+                            image_size, norm)
+            mix = None if mixes is None else draw_cutmix(mixes, len(batch), image_size, cutmix_prob, cutmix_beta)
+            x = to_input(x if mix is None else cutmix_images(x, mix), device)
+            target = target.to(device, non_blocking=True)
+            with autocast(precision, device):
+                out = model(x).float()
+            loss = student_loss(out, target, hard=labels.hard, temperature=temperature, mix=mix)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            total += loss.detach().double() * len(batch)  # float64 on the device: the sum a float would give
+            count += len(batch)
     return float(total) / max(count, 1)
 
 
@@ -309,18 +312,19 @@ def train_teacher_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
-    for x, y in batches:
-        if augment:
-            x = squeeze_augment(x, gen, hflip)
-        x, y = to_input(x.to(device), device), y.to(device)
-        with autocast(precision, device):
-            out = model(x).float()
-        loss = F.cross_entropy(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
+    with seeded_stochastic_layers(device, seed, STREAM_TEACHER_LAYERS, epoch, rank):
+        for x, y in batches:
+            if augment:
+                x = squeeze_augment(x, gen, hflip)
+            x, y = to_input(x.to(device), device), y.to(device)
+            with autocast(precision, device):
+                out = model(x).float()
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            n += len(y)
     return {"train_loss": float(loss_sum) / max(n, 1), "train_top1": int(correct) / max(n, 1), "train_n": n}

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.seeding import seeded_init
-from srel_ray.core.student import EpochLabels, count_correct, shard_order, train_student_epoch
+from srel_ray.core.student import EpochLabels, count_correct, shard_order, train_student_epoch, train_teacher_epoch
 from srel_ray.core.views import Views
 from srel_ray.models import create_model
 
@@ -98,6 +99,50 @@ def test_train_student_epoch_uses_soft_labels():
     x = NORM.normalize(images.float() / 255)
     assert count_correct(model, [(x, shifted)])["top1"] >= 12
     assert count_correct(model, [(x, class_labels)])["top1"] <= 4
+
+
+def _dropout_model():
+    with seeded_init(2):
+        return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 4))  # 8x8 greyscale views
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_dropout_masks_follow_the_seed_not_the_processes_random_state():
+    """Dropout draws from torch's global RNG (torchvision's MobileNetV2 and EfficientNets have it): each epoch pins
+    it from (seed, epoch, rank), so the same student trains to the same weights whatever the process drew before
+    (another student, a resumed run), and the caller's RNG is left as it was."""
+    images, class_labels = _toy_set()
+    labels = _labels(class_labels, soft=True)
+
+    def student(global_seed, seed=0):
+        model = _dropout_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        for e in range(2):
+            train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=e, seed=seed,
+                                batch_size=8, temperature=4.0, image_size=8, norm=NORM)
+        assert torch.equal(torch.get_rng_state(), before)
+        return _weights(model)
+
+    assert torch.equal(student(global_seed=1), student(global_seed=2))
+    assert not torch.equal(student(global_seed=1), student(global_seed=1, seed=1))
+
+    def teacher(global_seed):
+        model = _dropout_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        batches = [(NORM.normalize(images[i::2].float() / 255), class_labels[i::2]) for i in range(2)]
+        train_teacher_epoch(model, optimizer, batches, epoch=0, seed=0, rank=0, augment=False)
+        assert torch.equal(torch.get_rng_state(), before)
+        return _weights(model)
+
+    assert torch.equal(teacher(global_seed=1), teacher(global_seed=2))
 
 
 def test_squeeze_augmentation_by_image_size():
