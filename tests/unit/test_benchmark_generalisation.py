@@ -199,3 +199,9 @@ def test_rows_of_two_ladder_steps_share_one_file_and_each_table_row_names_its_st
     old.write_text(json.dumps({"step": "edc", "protocol": PROTOCOL, "runs": []}))
     assert generalisation.earlier_protocols(old) == {"edc": PROTOCOL}
     assert generalisation.earlier_protocols(tmp_path / "none.json") == {}
+
+    # One seed is not "every seed".
+    one = [r for r in runs if r["seed"] == 0]
+    lines = generalisation.markdown({**results, "runs": one, "summary": generalisation.summarise(one)}).splitlines()
+    verdict = next(line for line in lines if "beats them" in line)
+    assert "every seed" not in verdict and "With one seed measured so far, it beats them for" in verdict
