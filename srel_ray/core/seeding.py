@@ -17,12 +17,10 @@ def generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*keys))
 
 
-@contextlib.contextmanager
 def seeded_init(*keys: int):
-    """Module constructors draw from torch's global RNG; pin it for the block and restore it after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(*keys))
-        yield
+    """Module constructors draw from torch's global RNG (the CPU's: models are built there); pin it for the block
+    and restore it after."""
+    return seeded_stochastic_layers(torch.device("cpu"), *keys)
 
 
 @contextlib.contextmanager
