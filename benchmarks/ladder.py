@@ -109,6 +109,10 @@ def extra_teacher_lines(runs: list[dict]) -> list[str]:
             "baselines alike." for teachers in sorted(used)]
 
 
+def teacher_label(t: dict) -> str:
+    return f"{100 * t['test_top1']:.2f} %" + (f" (`{t['sha256'][:8]}`)" if t["sha256"] else "")
+
+
 def markdown(results: dict) -> str:
     def pct(s: dict | None) -> str:
         return "n/a" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (n={s['n']})"
@@ -131,8 +135,7 @@ def markdown(results: dict) -> str:
              "condensed − baseline (per seed: min to max) | step − previous step (same seeds) |",
              "|---|---|---|---|---|---|---|"]
     for ipc_rows in results["summary"]:
-        t = ipc_rows["teacher"]
-        teacher = f"{100 * t['test_top1']:.2f} %" + (f" (`{t['sha256'][:8]}`)" if t["sha256"] else "")
+        teacher = teacher_label(ipc_rows["teacher"])
         previous = None  # the last ladder step's {seed: top-1}
         for row in ipc_rows["steps"]:
             c, b = row["condensed"], row["random_real_soft"]
@@ -149,9 +152,11 @@ def markdown(results: dict) -> str:
                 previous = mine
     lines += ["", "Seconds per stage of each run (recover includes the per-class statistics pass where a step uses "
               "them; evaluate includes the baseline students where the run trained them):", "",
-              "| IPC | seed | step | condensed | " + " | ".join(STAGES) + " |", "|---|---|---|---|" + "---|" * len(STAGES)]
+              "| IPC | seed | teacher | step | condensed | " + " | ".join(STAGES) + " |",
+              "|---|---|---|---|---|" + "---|" * len(STAGES)]
     for r in results["runs"]:
-        lines.append(f"| {r['ipc']} | {r['seed']} | {r['step']} | {100 * r['condensed']:.2f} | "
+        lines.append(f"| {r['ipc']} | {r['seed']} | {teacher_label(r['teacher'])} | {r['step']} | "
+                     f"{100 * r['condensed']:.2f} | "
                      + " | ".join(f"{r['seconds'][s]:.0f}" for s in STAGES) + " |")
     return "\n".join(lines)
 

@@ -121,3 +121,28 @@ def test_the_ladder_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypat
     assert [row[:1] for row in rows] == [["+"], ["edc"], ["sre2l"], ["cda"]]
     assert "trains the baselines" in out and "quality benchmark run" in out
     assert not (tmp_path / "ladder.json").exists() and not (tmp_path / "docs.md").exists()
+
+
+def test_the_ladder_table_keeps_each_teachers_runs_apart_and_names_the_teacher_of_every_run():
+    import ladder
+
+    old = {"sha256": "575e6cd8" + "0" * 56, "test_top1": 0.7541}
+    new = {"sha256": "f0e8a871" + "0" * 56, "test_top1": 0.7572}
+    seconds = {"squeeze": 1.0, "recover": 2.0, "relabel": 3.0, "evaluate": 4.0}
+
+    def run(teacher, seed, step, condensed, baseline, date):
+        return {"ipc": 10, "seed": seed, "step": step, "condensed": condensed, "random_real_soft": baseline,
+                "seconds": seconds, "teacher": teacher, "date": date, "git_revision": "a" * 40, "command": "ladder"}
+
+    # A re-measured step replaces the earlier teacher's run of the same (IPC, seed, step), as the results file does.
+    earlier = [run(old, s, step, 0.40 + s / 100, 0.43, "2026-12-01") for s in (0, 1) for step in ("sre2l", "edc")]
+    runs = harness.merge_runs(earlier, [run(new, s, "edc", 0.47, 0.46, "2026-12-06") for s in (0, 1)],
+                              key=lambda r: (r["ipc"], r["seed"], r["step"]))
+    text = ladder.markdown({"runs": runs, "summary": ladder.grouped(runs), "complete": True})
+    table = [line for line in text.splitlines() if line.startswith("| 10 | 75.")]
+    assert table == ["| 10 | 75.41 % (`575e6cd8`) | sre2l | 40.50 ± 0.71 (n=2) | 43.00 ± 0.00 (n=2) | "
+                     "-2.50 (-3.00 to -2.00) |  |",
+                     "| 10 | 75.72 % (`f0e8a871`) | edc | 47.00 ± 0.00 (n=2) | 46.00 ± 0.00 (n=2) | "
+                     "+1.00 (+1.00 to +1.00) |  |"]
+    per_run = [line.split(" | ")[2:4] for line in text.splitlines() if line.startswith("| 10 | 0 |")]
+    assert per_run == [["75.41 % (`575e6cd8`)", "sre2l"], ["75.72 % (`f0e8a871`)", "edc"]]
