@@ -303,6 +303,10 @@ class ResourcesConfig:
     # Each student (evaluate worker, tune trial) holds up to this many MB of its share of the set's decoded images
     # and reads and decodes the rest a batch at a time (srel_ray.storage.sets.SetImages); results do not depend on it.
     student_cache_mb: int = 2048
+    # A student checkpoints at its test points (evaluate.eval_interval) and, with this > 0, every this many epochs
+    # too, so a worker group restarted after a failure, or a command run again, loses fewer epochs; results do not
+    # depend on it (a checkpoint holds the whole training state). 0: at test points only.
+    student_checkpoint_epochs: int = 0
 
     @property
     def student_cache_bytes(self) -> int:
@@ -320,6 +324,8 @@ class ResourcesConfig:
         _check(0 < self.gpus_per_trial, "resources.gpus_per_trial", f"must be > 0, got {self.gpus_per_trial}")
         _check(self.student_cache_mb >= 0, "resources.student_cache_mb",
                f"must be >= 0 (0: decode every batch's images when it needs them), got {self.student_cache_mb}")
+        _check(self.student_checkpoint_epochs >= 0, "resources.student_checkpoint_epochs",
+               f"must be >= 0 (0: checkpoint students at their test points only), got {self.student_checkpoint_epochs}")
         _check(self.precision in (None, *PRECISIONS), "resources.precision",
                f"must be one of {list(PRECISIONS)} or null (auto), got {self.precision!r}")
 

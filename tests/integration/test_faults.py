@@ -1,5 +1,6 @@
 """Failures injected into real processes, each in the middle of its work: a recovery actor in a unit, a relabel actor
-in a batch, a squeeze worker in an epoch, and the driver itself (SIGKILL, then the same command again). Every case
+in a batch, a squeeze worker in an epoch, a student worker between test points, and the driver itself (SIGKILL,
+then the same command again). Every case
 ends with exactly the files of an unfaulted run with the same seed, nothing duplicated, no temporary left over."""
 
 import json
@@ -174,6 +175,47 @@ def test_squeeze_worker_killed_in_the_middle_of_an_epoch(quickstart_run, tiny, t
     assert "squeeze: 2 of 2 epochs already trained" in caplog.text
     assert record(out, "squeeze")["skipped_epochs"] == 2
     assert (out / "teacher" / "teacher.pt").read_bytes() == (quickstart_run / "teacher" / "teacher.pt").read_bytes()
+
+
+def test_a_student_worker_killed_between_test_points_resumes_from_its_last_checkpoint(quickstart_run, tiny, tmp_path):
+    """A student tested only after its last epoch (evaluate.eval_interval=0) checkpoints nowhere else, unless
+    resources.student_checkpoint_epochs asks: with 1, its training worker killed after some epoch's checkpoint is
+    restarted from it, and the student's record equals that of the unfaulted student without the option."""
+    epochs = 6
+    student = ["evaluate.baselines=false", f"evaluate.epochs={epochs}", "evaluate.eval_interval=0",
+               "teacher.source=checkpoint", f"teacher.checkpoint={quickstart_run / 'teacher' / 'teacher.pt'}"]
+    reference = tmp_path / "reference"
+    assert main(["run", "--config", str(quickstart_config()), "--out", str(reference), *tiny, *as_args(student)]) == 0
+
+    def committed_epochs(run: Path) -> list[int]:  # epochs whose checkpoint Ray Train has registered
+        snapshot = read_json(run / "ray" / "student-condensed" / "checkpoint_manager_snapshot.json")
+        return [c["metrics"]["epoch"] for c in (snapshot or {"checkpoint_results": []})["checkpoint_results"]]
+
+    assert committed_epochs(reference) == [epochs - 1]  # without the option: the last epoch only
+
+    out = tmp_path / "run"  # the same run up to its student, which is trained again with the option
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("student-condensed"))
+    (out / "evaluate" / "condensed.json").unlink()
+    (out / "summary.json").unlink()
+
+    def worker_between_checkpoints():
+        workers = ray_workers("ray::RayTrainWorker")
+        done = committed_epochs(out)
+        return workers[0] if done and max(done) < epochs - 2 and len(workers) == 1 else None
+
+    def still_before_the_last_checkpoint(pid):  # frozen: the epochs after the kill are trained after a restart
+        done = committed_epochs(out)
+        return bool(done) and max(done) < epochs - 2
+
+    with KillInTheMiddle(worker_between_checkpoints, still_before_the_last_checkpoint) as kill:
+        assert main(["evaluate", "--config", str(quickstart_config()), "--out", str(out), *tiny, *as_args(student),
+                     "--set", "resources.student_checkpoint_epochs=1"]) == 0
+
+    assert kill.killed is not None and gone(kill.killed)
+    resumed = record(out, "evaluate")["resumed"]["condensed"]
+    assert resumed["skipped_epochs"] == 0 and 1 <= resumed["restarted_at_epoch"] < epochs - 1
+    assert (out / "evaluate" / "condensed.json").read_bytes() == \
+        (reference / "evaluate" / "condensed.json").read_bytes()
 
 
 def test_driver_killed_twice_and_the_same_command_run_again(reference, config, fault_args, tmp_path):

@@ -97,6 +97,7 @@ def test_override_without_equals():
     ("evaluate.weight_decay=-0.01", "evaluate.weight_decay"),
     ("recover.weight_decay=-1e-4", "recover.weight_decay"),
     ("resources.student_cache_mb=-1", "resources.student_cache_mb"),
+    ("resources.student_checkpoint_epochs=-1", "resources.student_checkpoint_epochs"),
 ])
 def test_invalid_values(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
