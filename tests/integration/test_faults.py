@@ -78,6 +78,12 @@ def started_units(progress: Path) -> set[str]:
     return {p.name[:-len(".started.json")] for p in progress.glob("unit-*.started.json")}
 
 
+def committed_epochs(storage: Path) -> list[int]:
+    """The epochs whose checkpoint Ray Train has registered for the Train run stored at ``storage``."""
+    snapshot = read_json(storage / "checkpoint_manager_snapshot.json") or {"checkpoint_results": []}
+    return [c["metrics"]["epoch"] for c in snapshot["checkpoint_results"]]
+
+
 def test_recovery_actor_killed_in_the_middle_of_a_unit(reference, config, fault_args, tmp_path):
     out = tmp_path / "run"
     progress = out / "condensed" / ".progress"
@@ -149,16 +155,12 @@ def test_squeeze_worker_killed_in_the_middle_of_an_epoch(quickstart_run, tiny, t
     out = tmp_path / "run"
     storage = out / "ray" / "squeeze"
 
-    def committed_epochs():  # epochs whose checkpoint Ray Train has registered
-        snapshot = read_json(storage / "checkpoint_manager_snapshot.json") or {"checkpoint_results": []}
-        return [c["metrics"]["epoch"] for c in snapshot["checkpoint_results"]]
-
     def worker_in_epoch_1():
         workers = ray_workers("ray::RayTrainWorker")
-        return workers[0] if committed_epochs() == [0] and len(workers) == 1 else None
+        return workers[0] if committed_epochs(storage) == [0] and len(workers) == 1 else None
 
     def still_in_epoch_1(pid):  # frozen: it cannot have started to save epoch 1's checkpoint since
-        return committed_epochs() == [0] and len([d for d in storage.glob("checkpoint_*") if d.is_dir()]) == 1
+        return committed_epochs(storage) == [0] and len([d for d in storage.glob("checkpoint_*") if d.is_dir()]) == 1
 
     with KillInTheMiddle(worker_in_epoch_1, still_in_epoch_1) as kill:
         assert main(["squeeze", "--config", str(quickstart_config()), "--out", str(out), *tiny]) == 0
@@ -187,24 +189,22 @@ def test_a_student_worker_killed_between_test_points_resumes_from_its_last_check
     reference = tmp_path / "reference"
     assert main(["run", "--config", str(quickstart_config()), "--out", str(reference), *tiny, *as_args(student)]) == 0
 
-    def committed_epochs(run: Path) -> list[int]:  # epochs whose checkpoint Ray Train has registered
-        snapshot = read_json(run / "ray" / "student-condensed" / "checkpoint_manager_snapshot.json")
-        return [c["metrics"]["epoch"] for c in (snapshot or {"checkpoint_results": []})["checkpoint_results"]]
-
-    assert committed_epochs(reference) == [epochs - 1]  # without the option: the last epoch only
+    # Without the option: a checkpoint of the last epoch only.
+    assert committed_epochs(reference / "ray" / "student-condensed") == [epochs - 1]
 
     out = tmp_path / "run"  # the same run up to its student, which is trained again with the option
+    storage = out / "ray" / "student-condensed"
     shutil.copytree(reference, out, ignore=shutil.ignore_patterns("student-condensed"))
     (out / "evaluate" / "condensed.json").unlink()
     (out / "summary.json").unlink()
 
     def worker_between_checkpoints():
         workers = ray_workers("ray::RayTrainWorker")
-        done = committed_epochs(out)
+        done = committed_epochs(storage)
         return workers[0] if done and max(done) < epochs - 2 and len(workers) == 1 else None
 
     def still_before_the_last_checkpoint(pid):  # frozen: the epochs after the kill are trained after a restart
-        done = committed_epochs(out)
+        done = committed_epochs(storage)
         return bool(done) and max(done) < epochs - 2
 
     with KillInTheMiddle(worker_between_checkpoints, still_before_the_last_checkpoint) as kill:
