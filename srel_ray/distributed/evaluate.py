@@ -90,7 +90,7 @@ def run_student(cfg: Config, data: RealData, set_dir: str, *, hard: bool, name: 
                 use_gpu: bool, progress_board=None, progress_source: str = "student",
                 classes: tuple[int, ...] | None = None) -> dict:
     """Train and test one student; returns final top-1/top-5 and the per-epoch history. ``progress_board``: a
-    srel_ray.distributed.progress.ProgressBoard that gets each epoch's metrics as ``progress_source`` (or None).
+    srel_ray.distributed.progress.Board that gets each epoch's metrics as ``progress_source`` (or None).
     ``classes``: trained and tested on these classes of the set only (srel_ray.core.continual)."""
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},

@@ -9,6 +9,10 @@ second and hands each event to the console's bars and to the MLflow run (``on_me
 Events: ``{"source": "teacher" | "student.<name>", "epoch": e, "metrics": {...}}`` from training loops,
 ``{"source": "recover", "unit": u, "step": s, "loss": l}`` from recovery actors, and ``{"source": "starts",
 "item": c}`` from the tasks that store RDED's start images, once a class (a step of the bar).
+
+One board serves the commands of a driver process in turn (a notebook's, the tests'): each actor process costs a
+second or two of CPU to start, paid once instead of once a command. Each command's events carry its token, so a
+late event of one command never reaches the next one's bars or MLflow run.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections import defaultdict
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import ray
 from tqdm import tqdm
@@ -29,7 +35,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 
 
-@ray.remote(num_cpus=0)
+# Restarted (empty) if its node is lost: it outlives a command, and a dead board would stop every later command's bars.
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class ProgressBoard:
     """Holds events until the driver drains them (a few per epoch or per unit: small)."""
 
@@ -44,10 +51,26 @@ class ProgressBoard:
         return events
 
 
-def send(board, **event) -> ray.ObjectRef | None:
+@dataclass(frozen=True)
+class Board:
+    """What workers get: the board actor and the token of the command whose events they post."""
+
+    actor: Any  # the ProgressBoard actor handle
+    token: str
+
+
+# This process's board on each cluster it joined, by cluster, namespace and job (an anonymous namespace is new at
+# each ray.init): the actor lives while this handle does, so commands run one after another reuse it.
+_BOARDS: dict[str, Any] = {}
+# Boards a live Progress of this process drains: a second Progress open at the same time (none is in srel_ray's
+# commands) gets a board of its own instead of sharing, and so stealing, the first one's events.
+_DRAINED: set[str] = set()
+
+
+def send(board: Board | None, **event) -> ray.ObjectRef | None:
     """From a worker: post ``event`` to ``board`` (None: nobody watches) without waiting for it. Returns the call's
     reference (None without a board), for a task that must have its events on the board before it returns."""
-    return board.put.remote(event) if board is not None else None
+    return board.actor.put.remote({**event, "token": board.token}) if board is not None else None
 
 
 class Progress:
@@ -58,7 +81,17 @@ class Progress:
         self.console = console
         self.on_metrics = on_metrics
         self.recover_iterations = recover_iterations
-        self.board = ProgressBoard.remote()
+        context = ray.get_runtime_context()
+        key = f"{context.gcs_address}|{context.namespace}|{context.get_job_id()}"
+        self._key = None if key in _DRAINED else key
+        if self._key is None:
+            actor = ProgressBoard.remote()
+        else:
+            if key not in _BOARDS:
+                _BOARDS[key] = ProgressBoard.remote()
+            actor = _BOARDS[key]
+            _DRAINED.add(key)
+        self.board = Board(actor, uuid.uuid4().hex)
         self.bars: dict[str, tqdm] = {}
         self.logged: dict[str, set[int]] = defaultdict(set)  # source -> epochs already sent to on_metrics
         self.items: dict[str, set] = defaultdict(set)  # source -> items its open bar has counted
@@ -76,7 +109,10 @@ class Progress:
         self._handle_all()  # what arrived after the last poll
         for key in list(self.bars):
             self.close_bar(key)
-        ray.kill(self.board)
+        if self._key is None:
+            ray.kill(self.board.actor)
+        else:
+            _DRAINED.discard(self._key)  # the board stays for this process's next command; it ends with the job
 
     def bar(self, source: str, desc: str, total: int, unit: str, initial: int = 0) -> tqdm:
         """Open the bar that events of ``source`` advance (``initial``: done by an earlier command)."""
@@ -114,8 +150,9 @@ class Progress:
 
     def _handle_all(self) -> None:
         with self._lock:
-            for event in ray.get(self.board.drain.remote()):
-                self._handle(event)
+            for event in ray.get(self.board.actor.drain.remote()):
+                if event.pop("token") == self.board.token:  # else a late event of an earlier command
+                    self._handle(event)
 
     def _handle(self, event: dict) -> None:
         source = event["source"]

@@ -59,7 +59,7 @@ class RecoveryWorker:
         return {**worker_identity(), "actor_id": ray.get_runtime_context().get_actor_id(), "device": str(self.device)}
 
     def recover(self, unit: Unit, progress_board=None) -> dict:
-        """``progress_board`` (a ProgressBoard, or None) gets the loss every tracking.loss_interval iterations."""
+        """``progress_board`` (a progress Board, or None) gets the loss every tracking.loss_interval iterations."""
         start = time.perf_counter()
         started = sets.unit_started(self.set_dir, unit.name)
         attempt = files.read_json(started)["attempt"] + 1 if files.exists(started) else 1
@@ -85,7 +85,7 @@ class RecoveryWorker:
 
 def select_starts(cfg: dict, teachers: tuple[str, ...], set_dir: str, classes: range, progress_board=None) -> int:
     """A Ray task: RDED's start images of one class slice (srel_ray.stages.starts), with the teachers on this
-    worker's device and its threads, as a recovery actor holds them. ``progress_board`` (a ProgressBoard, or
+    worker's device and its threads, as a recovery actor holds them. ``progress_board`` (a progress Board, or
     None) hears of each class stored."""
     cfg = from_dict(cfg)
     torch.set_num_threads(cfg.resources.threads_per_worker)

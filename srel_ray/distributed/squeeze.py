@@ -73,7 +73,7 @@ def squeeze_loop(config: dict) -> None:
 
 def run_squeeze(cfg: Config, data: RealData, storage: str, use_gpu: bool, progress_board=None) -> Teacher:
     """Train the teacher with ``cfg.resources.train_workers`` workers; returns it with its per-epoch history.
-    ``progress_board``: a srel_ray.distributed.progress.ProgressBoard that gets each epoch's metrics (or None)."""
+    ``progress_board``: a srel_ray.distributed.progress.Board that gets each epoch's metrics (or None)."""
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
                    "num_classes": data.num_classes, "channels": data.channels, "threads": res.threads_per_worker,
