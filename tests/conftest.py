@@ -18,6 +18,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
 # As srel_ray's start_ray sets it for the local clusters it starts: the session cluster is one such.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")  # as start_ray sets it for a local cluster
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 INTEGRATION = Path(__file__).parent / "integration"
