@@ -107,14 +107,17 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, inter
 
 
 def kill_driver_when(cmd: list[str], env: dict, log: Path, condition: Callable[[], bool],
-                     timeout_s: float = 900) -> list[int]:
-    """Start ``cmd`` (a driver that starts its own local Ray cluster), SIGKILL it as soon as ``condition()`` holds,
-    and wait until every process it had started that works or holds state is gone (GCS, raylet, actors, Train
-    workers: they go within seconds); returns the pids of all it had started. Fails if it finished first.
+                     timeout_s: float = 900) -> dict[int, str]:
+    """Start ``cmd`` (a driver that starts its own local Ray cluster, or joins the tests' cluster), SIGKILL it as
+    soon as ``condition()`` holds, and wait until every process that worked for it or held its state is gone: the
+    GCS, raylet and workers of its own cluster, or the actors and Train workers it had started on the joined one
+    (they go within seconds). Returns those processes' titles by pid. Fails if the driver finished first.
 
-    Ray's per-node agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) notice their raylet's death only at
-    their own one-minute check and then exit by themselves; they hold no work or files, and a new local cluster
-    starts beside them (the tests rerun while they linger), so waiting for them would only cost a minute a kill."""
+    Ray's per-node agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) of a cluster the driver started notice
+    their raylet's death only at their own one-minute check and then exit by themselves; they hold no work or
+    files, and a new local cluster starts beside them (the tests rerun while they linger), so waiting for them would
+    only cost a minute a kill. Idle workers (``ray::IDLE``) of the joined cluster belong to no job and stay."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     with open(log, "w") as out:
         driver = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         # Polled often and frozen at once: a driver whose actors ran ahead writes the remaining label epochs within
@@ -125,10 +128,15 @@ def kill_driver_when(cmd: list[str], env: dict, log: Path, condition: Callable[[
             log.read_text()[-3000:]
         driver.send_signal(signal.SIGSTOP)
         assert condition(), "the driver got past the moment to kill it before it could be frozen"
-        family = {p.pid: title(p.pid) for p in psutil.Process(driver.pid).children(recursive=True)}
+        started = {p.pid: title(p.pid) for p in psutil.Process().children(recursive=True) if p.pid not in before}
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    working = [pid for pid, name in family.items() if not name.startswith(LINGERING_AGENTS)]
-    assert working, f"the driver had started no Ray process besides its agents: {family}"
+    started.pop(driver.pid, None)
+    own_cluster = any("gcs_server" in name for name in started.values())
+    # Of a joined cluster, only the workers the driver's job had started end with it.
+    stay = LINGERING_AGENTS if own_cluster else LINGERING_AGENTS + ("ray::IDLE",)
+    working = {pid: name for pid, name in started.items() if not name.startswith(stay)
+               and (own_cluster or name.startswith("ray::"))}
+    assert working, f"the driver had started no Ray process besides its agents: {started}"
     wait_until(lambda: all(gone(pid) for pid in working), 120, "the killed driver's Ray processes to exit")
-    return list(family)
+    return working

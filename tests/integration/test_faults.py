@@ -19,17 +19,19 @@ from .conftest import TINY, as_args, recorded_checksums
 from .kill import KillInTheMiddle, gone, kill_driver_when, ray_workers, read_json, title
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS, LABEL_EPOCHS = 4, 4
+UNITS, LABEL_EPOCHS, STUDENT_EPOCHS = 4, 4, 6
 
 
 @pytest.fixture(scope="module")
 def fault_args(quickstart_run, mlflow_uri) -> list[str]:
     """The shared teacher; 4 recovery units of 150 iterations (a second or two each, time to be caught in the middle);
-    4 label epochs of 2 teacher batches of 640 views."""
+    4 label epochs of 2 teacher batches of 640 views; a student of 6 epochs tested only after its last
+    (evaluate.eval_interval=0), so that it checkpoints only there unless resources.student_checkpoint_epochs asks."""
     return as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}", "teacher.source=checkpoint",
                            f"teacher.checkpoint={quickstart_run / 'teacher' / 'teacher.pt'}",
                            "recover.classes_per_unit=5", "recover.iterations=150", f"relabel.epochs={LABEL_EPOCHS}",
-                           "relabel.views_per_epoch=64", "relabel.batch_size=640", "evaluate.baselines=false"])
+                           "relabel.views_per_epoch=64", "relabel.batch_size=640", "evaluate.baselines=false",
+                           f"evaluate.epochs={STUDENT_EPOCHS}", "evaluate.eval_interval=0"])
 
 
 @pytest.fixture(scope="module")
@@ -179,20 +181,14 @@ def test_squeeze_worker_killed_in_the_middle_of_an_epoch(quickstart_run, tiny, t
     assert (out / "teacher" / "teacher.pt").read_bytes() == (quickstart_run / "teacher" / "teacher.pt").read_bytes()
 
 
-def test_a_student_worker_killed_between_test_points_resumes_from_its_last_checkpoint(quickstart_run, tiny, tmp_path):
-    """A student tested only after its last epoch (evaluate.eval_interval=0) checkpoints nowhere else, unless
-    resources.student_checkpoint_epochs asks: with 1, its training worker killed after some epoch's checkpoint is
-    restarted from it, and the student's record equals that of the unfaulted student without the option."""
-    epochs = 6
-    student = ["evaluate.baselines=false", f"evaluate.epochs={epochs}", "evaluate.eval_interval=0",
-               "teacher.source=checkpoint", f"teacher.checkpoint={quickstart_run / 'teacher' / 'teacher.pt'}"]
-    reference = tmp_path / "reference"
-    assert main(["run", "--config", str(quickstart_config()), "--out", str(reference), *tiny, *as_args(student)]) == 0
+def test_a_student_worker_killed_between_test_points_resumes_from_its_last_checkpoint(reference, config, fault_args,
+                                                                                     tmp_path):
+    """The reference's student, tested only after its last epoch, checkpoints nowhere else; with
+    resources.student_checkpoint_epochs=1 (a resource: the same run), its training worker killed after some epoch's
+    checkpoint is restarted from it, and the student's record equals the unfaulted one's."""
+    assert committed_epochs(reference / "ray" / "student-condensed") == [STUDENT_EPOCHS - 1]
 
-    # Without the option: a checkpoint of the last epoch only.
-    assert committed_epochs(reference / "ray" / "student-condensed") == [epochs - 1]
-
-    out = tmp_path / "run"  # the same run up to its student, which is trained again with the option
+    out = tmp_path / "run"  # the reference up to its student, which is trained again with the option
     storage = out / "ray" / "student-condensed"
     shutil.copytree(reference, out, ignore=shutil.ignore_patterns("student-condensed"))
     (out / "evaluate" / "condensed.json").unlink()
@@ -201,35 +197,38 @@ def test_a_student_worker_killed_between_test_points_resumes_from_its_last_check
     def worker_between_checkpoints():
         workers = ray_workers("ray::RayTrainWorker")
         done = committed_epochs(storage)
-        return workers[0] if done and max(done) < epochs - 2 and len(workers) == 1 else None
+        return workers[0] if done and max(done) < STUDENT_EPOCHS - 2 and len(workers) == 1 else None
 
     def still_before_the_last_checkpoint(pid):  # frozen: the epochs after the kill are trained after a restart
         done = committed_epochs(storage)
-        return bool(done) and max(done) < epochs - 2
+        return bool(done) and max(done) < STUDENT_EPOCHS - 2
 
     with KillInTheMiddle(worker_between_checkpoints, still_before_the_last_checkpoint) as kill:
-        assert main(["evaluate", "--config", str(quickstart_config()), "--out", str(out), *tiny, *as_args(student),
+        assert main(["evaluate", "--config", config, "--out", str(out), *fault_args,
                      "--set", "resources.student_checkpoint_epochs=1"]) == 0
 
     assert kill.killed is not None and gone(kill.killed)
     resumed = record(out, "evaluate")["resumed"]["condensed"]
-    assert resumed["skipped_epochs"] == 0 and 1 <= resumed["restarted_at_epoch"] < epochs - 1
+    assert resumed["skipped_epochs"] == 0 and 1 <= resumed["restarted_at_epoch"] < STUDENT_EPOCHS - 1
     assert (out / "evaluate" / "condensed.json").read_bytes() == \
         (reference / "evaluate" / "condensed.json").read_bytes()
 
 
-def test_driver_killed_twice_and_the_same_command_run_again(reference, config, fault_args, tmp_path):
-    """`srel-ray run` as its own process, with its own local Ray cluster: killed (SIGKILL) once some recovery units
-    are done, again once labelling actors have written label parts, then run to the end. Each rerun says what it skipped."""
+def test_driver_killed_twice_and_the_same_command_run_again(ray_cluster, reference, config, fault_args, tmp_path):
+    """`srel-ray run` as its own process, SIGKILLed once some recovery units are done (it had started a local Ray
+    cluster of its own, which dies with it), again once labelling actors have written label parts (it had joined the
+    tests' running cluster, as a job on a cluster does: its actors die with it, the cluster stays), then run to the
+    end on that cluster. Each rerun says what it skipped."""
     out = tmp_path / "run"
     progress, labels = out / "condensed" / ".progress", out / "condensed" / "labels"
     # -v: every log line on the console too (by default they go to DIR/logs/driver.log only).
     cmd = [sys.executable, "-m", "srel_ray.cli", "run", "--config", config, "--out", str(out), *fault_args, "-v"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts its own cluster
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    joined = {**env, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
 
-    family = kill_driver_when(cmd, env, tmp_path / "first.log", lambda: 0 < len(done_units(progress)) < UNITS)
-    assert family  # its Ray cluster (GCS, raylet, workers) existed and is gone with it: nothing blocks a rerun
+    killed = kill_driver_when(cmd, env, tmp_path / "first.log", lambda: 0 < len(done_units(progress)) < UNITS)
+    assert any("gcs_server" in name for name in killed.values())  # its cluster is gone with it: nothing blocks a rerun
     assert not (out / "condensed" / "manifest.json").exists()
     done, interrupted = done_units(progress), started_units(progress) - done_units(progress)
     assert 0 < len(done) < UNITS
@@ -237,9 +236,10 @@ def test_driver_killed_twice_and_the_same_command_run_again(reference, config, f
     # Killed once labelling actors have written parts and before every epoch is committed. The driver commits an
     # epoch when its parts' records reach it, and Ray Data hands them over in bursts, so the kill usually lands
     # with parts on disk and no epoch committed yet (written = 0), sometimes between commits.
-    kill_driver_when(cmd, env, tmp_path / "second.log",
-                     lambda: 0 < len(list(labels.glob("epoch-*/part-*.parquet")))
-                     and len(list(labels.glob("epoch-*.json"))) < LABEL_EPOCHS)
+    killed = kill_driver_when(cmd, joined, tmp_path / "second.log",
+                              lambda: 0 < len(list(labels.glob("epoch-*/part-*.parquet")))
+                              and len(list(labels.glob("epoch-*.json"))) < LABEL_EPOCHS)
+    assert any(name.startswith("ray::MapWorker") for name in killed.values())  # its labelling actor ended with it
     second = (tmp_path / "second.log").read_text()
     assert f"recover: {len(done)} of {UNITS} units already done, skipping them" in second
     assert "squeeze: the teacher is already at" in second
@@ -250,7 +250,7 @@ def test_driver_killed_twice_and_the_same_command_run_again(reference, config, f
     written = len(list(labels.glob("epoch-*.json")))
     assert written < LABEL_EPOCHS and list(labels.glob("epoch-*/part-*.parquet"))
 
-    third = subprocess_run(cmd, env)
+    third = subprocess_run(cmd, joined)
     assert f"recover: the condensed set at {out}/condensed is complete, skipping the stage" in third
     if written:
         assert f"relabel {out}/condensed: {written} of {LABEL_EPOCHS} epochs already written, skipping them" in third
@@ -275,6 +275,7 @@ def test_a_student_trained_before_the_driver_died_is_not_trained_again(reference
     (out / "summary.json").unlink()
     with caplog.at_level("INFO", logger="srel_ray"):
         assert main(["evaluate", "--config", config, "--out", str(out), *fault_args]) == 0
-    assert "student-condensed: 2 of 2 epochs already trained" in caplog.text
-    assert record(out, "evaluate")["resumed"]["condensed"] == {"skipped_epochs": 2, "restarted_at_epoch": None}
+    assert f"student-condensed: {STUDENT_EPOCHS} of {STUDENT_EPOCHS} epochs already trained" in caplog.text
+    assert record(out, "evaluate")["resumed"]["condensed"] == {"skipped_epochs": STUDENT_EPOCHS,
+                                                               "restarted_at_epoch": None}
     assert outputs(out) == outputs(reference)
