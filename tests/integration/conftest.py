@@ -135,3 +135,39 @@ def quickstart_run(ray_cluster, mlflow_uri, tmp_path_factory) -> Path:
     setup_logging("normal")  # log to the real stderr again, not to the closed console.txt
     assert code == 0, (out.parent / "console.txt").read_text()[-3000:]
     return out
+
+
+# The reference run (``reference_run``): 4 recovery units, 4 label epochs, a student of 6 epochs.
+UNITS, LABEL_EPOCHS, STUDENT_EPOCHS = 4, 4, 6
+
+
+@pytest.fixture(scope="session")
+def reference_args(quickstart_run, mlflow_uri) -> list[str]:
+    """CLI arguments of the reference run, on the quickstart's config and teacher: 4 recovery units of 150
+    iterations (a second or two each, time for the fault tests to catch one in the middle) on one recovery actor;
+    4 label epochs of 2 teacher batches of 640 views; a student of 6 epochs tested only after its last
+    (evaluate.eval_interval=0), so that it checkpoints only there unless resources.student_checkpoint_epochs asks."""
+    return as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}", "teacher.source=checkpoint",
+                           f"teacher.checkpoint={quickstart_run / 'teacher' / 'teacher.pt'}",
+                           "recover.classes_per_unit=5", "recover.iterations=150", f"relabel.epochs={LABEL_EPOCHS}",
+                           "relabel.views_per_epoch=64", "relabel.batch_size=640", "evaluate.baselines=false",
+                           f"evaluate.epochs={STUDENT_EPOCHS}", "evaluate.eval_interval=0",
+                           "resources.recover_actors=1"])
+
+
+@pytest.fixture(scope="session")
+def reference_run(quickstart_run, reference_args, tmp_path_factory) -> Path:
+    """One unfaulted run of ``reference_args`` through all four stages, written through a file:// URL (--out as an
+    fsspec URL: the code path of s3:// and gs://) from a working directory of its own. Every faulted run must
+    reproduce its files (test_faults), and so must the same run on two recovery actors and a local folder
+    (test_stages): neither the actor count nor the URL may change a byte."""
+    from srel_ray.cli import main
+
+    base = tmp_path_factory.mktemp("reference")
+    (base / "cwd").mkdir()
+    out = base / "cwd" / "url-run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base / "cwd")
+        assert main(["run", "--config", str(quickstart_run / "config.yaml"), "--out", f"file://{out}",
+                     *reference_args]) == 0
+    return out

@@ -15,23 +15,10 @@ import pytest
 
 from srel_ray.cli import main, quickstart_config
 
-from .conftest import TINY, as_args, recorded_checksums
+from .conftest import LABEL_EPOCHS, STUDENT_EPOCHS, UNITS, recorded_checksums
 from .kill import KillInTheMiddle, gone, kill_driver_when, ray_workers, read_json, title
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS, LABEL_EPOCHS, STUDENT_EPOCHS = 4, 4, 6
-
-
-@pytest.fixture(scope="module")
-def fault_args(quickstart_run, mlflow_uri) -> list[str]:
-    """The shared teacher; 4 recovery units of 150 iterations (a second or two each, time to be caught in the middle);
-    4 label epochs of 2 teacher batches of 640 views; a student of 6 epochs tested only after its last
-    (evaluate.eval_interval=0), so that it checkpoints only there unless resources.student_checkpoint_epochs asks."""
-    return as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}", "teacher.source=checkpoint",
-                           f"teacher.checkpoint={quickstart_run / 'teacher' / 'teacher.pt'}",
-                           "recover.classes_per_unit=5", "recover.iterations=150", f"relabel.epochs={LABEL_EPOCHS}",
-                           "relabel.views_per_epoch=64", "relabel.batch_size=640", "evaluate.baselines=false",
-                           f"evaluate.epochs={STUDENT_EPOCHS}", "evaluate.eval_interval=0"])
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +27,9 @@ def config(quickstart_run) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(config, fault_args, tmp_path_factory) -> Path:
-    """The unfaulted run every faulted one must reproduce."""
-    out = tmp_path_factory.mktemp("faults") / "reference"
-    assert main(["run", "--config", config, "--out", str(out), *fault_args]) == 0
-    return out
+def reference(reference_run) -> Path:
+    """The unfaulted run every faulted one must reproduce (conftest's ``reference_run``)."""
+    return reference_run
 
 
 def outputs(folder: Path, under: str = "") -> dict[str, bytes]:
@@ -86,10 +71,10 @@ def committed_epochs(storage: Path) -> list[int]:
     return [c["metrics"]["epoch"] for c in snapshot["checkpoint_results"]]
 
 
-def test_recovery_actor_killed_in_the_middle_of_a_unit(reference, config, fault_args, tmp_path):
+def test_recovery_actor_killed_in_the_middle_of_a_unit(reference, config, reference_args, tmp_path):
     out = tmp_path / "run"
     progress = out / "condensed" / ".progress"
-    assert main(["squeeze", "--config", config, "--out", str(out), *fault_args]) == 0
+    assert main(["squeeze", "--config", config, "--out", str(out), *reference_args]) == 0
     victim = {}
 
     def unit_in_flight():  # a unit started and not done: its started record names the worker's pid
@@ -106,7 +91,7 @@ def test_recovery_actor_killed_in_the_middle_of_a_unit(reference, config, fault_
                 and title(pid).startswith("ray::RecoveryWorker.recover"))
 
     with KillInTheMiddle(unit_in_flight, still_in_the_unit) as kill:
-        assert main(["recover", "--config", config, "--out", str(out), *fault_args]) == 0
+        assert main(["recover", "--config", config, "--out", str(out), *reference_args]) == 0
 
     assert kill.killed is not None and gone(kill.killed)
     # The same actor, restarted in a new process, did the unit again: its second attempt.
@@ -121,12 +106,12 @@ def test_recovery_actor_killed_in_the_middle_of_a_unit(reference, config, fault_
     assert temporaries(out) == []
 
 
-def test_relabel_actor_killed_in_the_middle_of_a_batch(reference, config, fault_args, tmp_path):
+def test_relabel_actor_killed_in_the_middle_of_a_batch(reference, config, reference_args, tmp_path):
     out = tmp_path / "run"
     # The reference's recovered images without labels: every unit is marked done, recover only writes the manifest.
     shutil.copytree(reference, out, ignore=shutil.ignore_patterns("labels", "manifest.json", "stages", "evaluate",
                                                                    "summary.json", "ray"))
-    assert main(["recover", "--config", config, "--out", str(out), *fault_args]) == 0
+    assert main(["recover", "--config", config, "--out", str(out), *reference_args]) == 0
     assert record(out, "recover")["skipped_units"] == UNITS
 
     def labeler_in_a_batch():
@@ -135,7 +120,7 @@ def test_relabel_actor_killed_in_the_middle_of_a_batch(reference, config, fault_
         return busy[0] if busy else None
 
     with KillInTheMiddle(labeler_in_a_batch, lambda pid: title(pid).endswith(".submit")) as kill:
-        assert main(["relabel", "--config", config, "--out", str(out), *fault_args]) == 0
+        assert main(["relabel", "--config", config, "--out", str(out), *reference_args]) == 0
 
     assert kill.killed is not None and gone(kill.killed)
     # One labeling actor: rows after the kill came from its restarted process (worker = node|gpus|pid|device).
@@ -181,7 +166,7 @@ def test_squeeze_worker_killed_in_the_middle_of_an_epoch(quickstart_run, tiny, t
     assert (out / "teacher" / "teacher.pt").read_bytes() == (quickstart_run / "teacher" / "teacher.pt").read_bytes()
 
 
-def test_a_student_worker_killed_between_test_points_resumes_from_its_last_checkpoint(reference, config, fault_args,
+def test_a_student_worker_killed_between_test_points_resumes_from_its_last_checkpoint(reference, config, reference_args,
                                                                                      tmp_path):
     """The reference's student, tested only after its last epoch, checkpoints nowhere else; with
     resources.student_checkpoint_epochs=1 (a resource: the same run), its training worker killed after some epoch's
@@ -204,7 +189,7 @@ def test_a_student_worker_killed_between_test_points_resumes_from_its_last_check
         return bool(done) and max(done) < STUDENT_EPOCHS - 2
 
     with KillInTheMiddle(worker_between_checkpoints, still_before_the_last_checkpoint) as kill:
-        assert main(["evaluate", "--config", config, "--out", str(out), *fault_args,
+        assert main(["evaluate", "--config", config, "--out", str(out), *reference_args,
                      "--set", "resources.student_checkpoint_epochs=1"]) == 0
 
     assert kill.killed is not None and gone(kill.killed)
@@ -214,7 +199,7 @@ def test_a_student_worker_killed_between_test_points_resumes_from_its_last_check
         (reference / "evaluate" / "condensed.json").read_bytes()
 
 
-def test_driver_killed_twice_and_the_same_command_run_again(ray_cluster, reference, config, fault_args, tmp_path):
+def test_driver_killed_twice_and_the_same_command_run_again(ray_cluster, reference, config, reference_args, tmp_path):
     """`srel-ray run` as its own process, SIGKILLed once some recovery units are done (it had started a local Ray
     cluster of its own, which dies with it), again once labelling actors have written label parts (it had joined the
     tests' running cluster, as a job on a cluster does: its actors die with it, the cluster stays), then run to the
@@ -222,7 +207,7 @@ def test_driver_killed_twice_and_the_same_command_run_again(ray_cluster, referen
     out = tmp_path / "run"
     progress, labels = out / "condensed" / ".progress", out / "condensed" / "labels"
     # -v: every log line on the console too (by default they go to DIR/logs/driver.log only).
-    cmd = [sys.executable, "-m", "srel_ray.cli", "run", "--config", config, "--out", str(out), *fault_args, "-v"]
+    cmd = [sys.executable, "-m", "srel_ray.cli", "run", "--config", config, "--out", str(out), *reference_args, "-v"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts its own cluster
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     joined = {**env, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
@@ -265,7 +250,7 @@ def subprocess_run(cmd: list[str], env: dict) -> str:
     return done.stdout
 
 
-def test_a_student_trained_before_the_driver_died_is_not_trained_again(reference, config, fault_args, tmp_path,
+def test_a_student_trained_before_the_driver_died_is_not_trained_again(reference, config, reference_args, tmp_path,
                                                                        caplog):
     """The driver died after the student's last checkpoint and before its record: the rerun restores the finished
     Train run instead of training it again, and writes the same record."""
@@ -274,7 +259,7 @@ def test_a_student_trained_before_the_driver_died_is_not_trained_again(reference
     (out / "evaluate" / "condensed.json").unlink()
     (out / "summary.json").unlink()
     with caplog.at_level("INFO", logger="srel_ray"):
-        assert main(["evaluate", "--config", config, "--out", str(out), *fault_args]) == 0
+        assert main(["evaluate", "--config", config, "--out", str(out), *reference_args]) == 0
     assert f"student-condensed: {STUDENT_EPOCHS} of {STUDENT_EPOCHS} epochs already trained" in caplog.text
     assert record(out, "evaluate")["resumed"]["condensed"] == {"skipped_epochs": STUDENT_EPOCHS,
                                                                "restarted_at_epoch": None}

@@ -27,23 +27,16 @@ def _labels(folder):
 
 
 @pytest.fixture(scope="module")
-def runs_by_actor_count(quickstart_run, mlflow_uri, tmp_path_factory):
-    """The same run with 1 and 2 recovery actors. The 1-actor run is written through a file:// URL (--out as an
-    fsspec URL: the code path of s3:// and gs://), from a working directory of its own, through all four stages;
-    the 2-actor run stops after relabel (its student would only repeat the 1-actor one's on the same files).
-    Equal outputs then show that neither the actor count nor the URL changes a byte."""
-    base = tmp_path_factory.mktemp("actors")
-    (base / "cwd").mkdir()
-    outs = {1: base / "cwd" / "url-run", 2: base / "actors2"}
-    for actors, out in outs.items():
-        args = _reuse_teacher(quickstart_run, mlflow_uri, f"resources.recover_actors={actors}",
-                              "evaluate.baselines=false")
-        with pytest.MonkeyPatch.context() as patch:
-            patch.chdir(base / "cwd")
-            target = f"file://{out}" if actors == 1 else str(out)
-            for command in ["run"] if actors == 1 else ["squeeze", "recover", "relabel"]:
-                assert main([command, "--config", str(quickstart_run / "config.yaml"), "--out", target, *args]) == 0
-    return outs
+def runs_by_actor_count(quickstart_run, reference_run, reference_args, tmp_path_factory):
+    """The same run on 1 and 2 recovery actors. The 1-actor run is conftest's ``reference_run``: written through a
+    file:// URL (the code path of s3:// and gs://) from a working directory of its own, through all four stages;
+    the 2-actor run goes to a local folder and stops after relabel (its student would only repeat the 1-actor
+    one's on the same files). Equal outputs then show that neither the actor count nor the URL changes a byte."""
+    out = tmp_path_factory.mktemp("actors") / "actors2"
+    for command in ["squeeze", "recover", "relabel"]:
+        assert main([command, "--config", str(quickstart_run / "config.yaml"), "--out", str(out), *reference_args,
+                     "--set", "resources.recover_actors=2"]) == 0
+    return {1: reference_run, 2: out}
 
 
 def test_same_outputs_whatever_the_actor_count(runs_by_actor_count):
@@ -55,7 +48,7 @@ def test_same_outputs_whatever_the_actor_count(runs_by_actor_count):
     assert json.loads((one / "summary.json").read_text())["student_top1"] is not None  # the URL run's student
 
 
-def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, quickstart_run, mlflow_uri):
+def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, reference_args):
     out = runs_by_actor_count[2]
     condensed = out / "condensed"
     before = _files(condensed)
@@ -63,8 +56,8 @@ def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, q
     (condensed / ".progress" / "unit-000001.json").unlink()
     (condensed / "images" / "3" / "00001.png").unlink()  # unit 1 = classes 0-4, image index 1
     (condensed / "manifest.json").unlink()
-    args = _reuse_teacher(quickstart_run, mlflow_uri, "resources.recover_actors=2", "evaluate.baselines=false")
-    assert main(["recover", "--config", str(out / "config.yaml"), "--out", str(out), *args]) == 0
+    assert main(["recover", "--config", str(out / "config.yaml"), "--out", str(out), *reference_args,
+                 "--set", "resources.recover_actors=2"]) == 0
     result = json.loads((out / "stages" / "recover.json").read_text())["result"]
     assert (result["units"], result["skipped_units"]) == (4, 3)
     assert _files(condensed) == before
@@ -119,8 +112,8 @@ def test_a_run_folder_given_as_a_url_holds_the_same_outputs(runs_by_actor_count)
     assert (out / "condensed_grid.png").exists() and any((out / "ray").iterdir())
 
 
-def test_evaluate_adds_a_student_architecture_to_a_finished_run(runs_by_actor_count, quickstart_run, mlflow_uri,
-                                                                tmp_path, capsys):
+def test_evaluate_adds_a_student_architecture_to_a_finished_run(runs_by_actor_count, reference_args, tmp_path,
+                                                                capsys):
     """`srel-ray evaluate --set evaluate.students=[...]` on a finished run: the folder takes it (same identity), only
     the new architecture's student trains (on Ray Train), and summary.json gains the cross-architecture table. The
     1-actor run has no baselines, so one student trains here; that an added architecture also trains both
@@ -129,8 +122,8 @@ def test_evaluate_adds_a_student_architecture_to_a_finished_run(runs_by_actor_co
     shutil.copytree(runs_by_actor_count[1], out, ignore=shutil.ignore_patterns("ray", "logs"))
     before = {p.name: p.read_bytes() for p in (out / "evaluate").glob("*.json")}
     extra = "evaluate.students=[{arch: convnet, arch_kwargs: {width: 4, depth: 1}}]"
-    args = _reuse_teacher(quickstart_run, mlflow_uri, "evaluate.baselines=false", extra)
-    assert main(["evaluate", "--config", str(out / "config.yaml"), "--out", str(out), *args]) == 0
+    assert main(["evaluate", "--config", str(out / "config.yaml"), "--out", str(out), *reference_args,
+                 "--set", extra]) == 0
     assert {p.name: p.read_bytes() for p in (out / "evaluate").glob("*.json")} == before  # not trained again
     key = load_config(out / "config.yaml").evaluate.students[0].key
     assert sorted(p.name for p in (out / "evaluate" / key).iterdir()) == ["condensed.json"]
