@@ -307,6 +307,11 @@ class ResourcesConfig:
     # too, so a worker group restarted after a failure, or a command run again, loses fewer epochs; results do not
     # depend on it (a checkpoint holds the whole training state). 0: at test points only.
     student_checkpoint_epochs: int = 0
+    # Students the evaluate stage trains at once on Ray, each its own Ray Train fit of train_workers workers (the
+    # condensed set's, the baselines', each evaluate.students architecture's): on a cluster of N GPUs with
+    # train_workers 1, N of them train side by side. The cluster must hold them all at once (checked at start);
+    # results do not depend on it (each student's randomness is its own). The in-process executor trains one at a time.
+    concurrent_students: int = 1
 
     @property
     def student_cache_bytes(self) -> int:
@@ -326,6 +331,8 @@ class ResourcesConfig:
                f"must be >= 0 (0: decode every batch's images when it needs them), got {self.student_cache_mb}")
         _check(self.student_checkpoint_epochs >= 0, "resources.student_checkpoint_epochs",
                f"must be >= 0 (0: checkpoint students at their test points only), got {self.student_checkpoint_epochs}")
+        _check(self.concurrent_students >= 1, "resources.concurrent_students",
+               f"must be >= 1 (1: one student at a time), got {self.concurrent_students}")
         _check(self.precision in (None, *PRECISIONS), "resources.precision",
                f"must be one of {list(PRECISIONS)} or null (auto), got {self.precision!r}")
 

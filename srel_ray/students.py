@@ -23,6 +23,11 @@ class Student:
     def baseline(self) -> bool:
         return self.set_name != "condensed"
 
+    @property
+    def source(self) -> str:
+        """Its training loop's name in progress events and MLflow metric keys."""
+        return f"student.{self.name}"
+
 
 # In the order they are trained, recorded and summarised.
 STUDENTS = {s.name: s for s in (

@@ -358,6 +358,8 @@ def test_imagenet_config_fits_each_cluster(cluster):
     ("resources.gpus_per_actor=2", "no node can host recover and relabel actors asking for 4 CPU, 2 GPU"),
     ("resources.recover_actors=9", "9 recover and relabel actors asking for 4 CPU, 1 GPU each cannot all be placed"),
     ("resources.train_workers=9", "9 Ray Train workers"),
+    ("resources.concurrent_students=2", "16 Ray Train workers of 2 students trained at once asking for 4 CPU, 1 GPU "
+                                        "each cannot all be placed: the cluster holds at most 8"),
 ])
 def test_requests_a_cluster_cannot_meet_are_refused(override, message):
     cfg = load_config(REPO / "jobs" / "configs" / "imagenet1k.yaml", [override])

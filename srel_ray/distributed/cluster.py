@@ -147,6 +147,12 @@ def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | No
     _check_fits({"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0}, res.train_workers, shapes,
                 "Ray Train workers (squeeze, evaluate)", "resources.train_workers, resources.threads_per_worker "
                 "(CPUs per worker), one GPU per worker when GPUs are used")
+    if res.concurrent_students > 1:  # else a fit would wait on the others (Ray Train restarts a group that waits 60 s)
+        _check_fits({"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0},
+                    res.train_workers * res.concurrent_students, shapes,
+                    f"Ray Train workers of {res.concurrent_students} students trained at once",
+                    "resources.concurrent_students x resources.train_workers workers, resources.threads_per_worker "
+                    "CPUs per worker, one GPU per worker when GPUs are used")
     if use_gpu:
         # With GPU labelers, relabel decodes images and draws views in CPU tasks (1 CPU each) beside the actors;
         # with every CPU held by the actors no image could ever be decoded, and the stage would wait forever.

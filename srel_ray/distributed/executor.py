@@ -67,10 +67,14 @@ class RayExecutor:
     def relabel(self, cfg: Config, teachers: list[str], info: sets.SetInfo, progress=None) -> dict:
         return run_relabel(cfg, teachers[0], info, self.use_gpu, extra_teachers=teachers[1:], progress=progress)
 
+    def students_at_once(self, cfg: Config) -> int:
+        """How many students the evaluate stage trains at once: each its own Ray Train fit."""
+        return cfg.resources.concurrent_students
+
     def train_student(self, ctx: StageContext, student: Student, info: sets.SetInfo) -> tuple[dict, dict]:
         """Train and test one student; returns its record (top-1, top-5, per-epoch history) and how it resumed."""
         cfg, progress = ctx.cfg, ctx.progress
-        source = f"student.{student.name}"
+        source = student.source
         with _resumable(ctx.run, f"student-{student.name}", cfg.evaluate.epochs) as resumed, \
                 _epochs(progress, source, f"student {student.name}", cfg.evaluate.epochs, resumed):
             result = run_student(cfg, ctx.data, info.path, hard=student.hard, name=f"student-{student.name}",

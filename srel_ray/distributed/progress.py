@@ -95,6 +95,7 @@ class Progress:
         self.bars: dict[str, tqdm] = {}
         self.logged: dict[str, set[int]] = defaultdict(set)  # source -> epochs already sent to on_metrics
         self.items: dict[str, set] = defaultdict(set)  # source -> items its open bar has counted
+        self.shared: dict[str, int] = {}  # source -> epochs done, of the training loops that share a bar
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="srel_ray-progress", daemon=True)
@@ -129,13 +130,36 @@ class Progress:
 
     @contextlib.contextmanager
     def epochs(self, source: str, desc: str, total: int, done: int) -> Iterator[None]:
-        """An epoch bar around one training fit; ``done``: epochs restored from a checkpoint."""
-        self.bar(source, desc, total, "epoch", initial=done)
+        """An epoch bar around one training fit; ``done``: epochs restored from a checkpoint. Inside
+        ``shared_epochs`` of this source, its epochs count on the shared bar instead."""
+        own = source not in self.shared
+        if own:
+            self.bar(source, desc, total, "epoch", initial=done)
         try:
             yield
         finally:
             self.flush()
-            self.close_bar(source)
+            if own:
+                self.close_bar(source)
+
+    @contextlib.contextmanager
+    def shared_epochs(self, desc: str, totals: dict[str, int]) -> Iterator[None]:
+        """One epoch bar for training loops that run at the same time (students trained concurrently): each
+        ``source`` of ``totals`` (its epochs) counts its epochs on it. Bars of their own, one per loop, would
+        redraw over each other on a console and garble a log file."""
+        bar = self.bar(desc, desc, sum(totals.values()), "epoch")
+        with self._lock:
+            for source in totals:
+                self.bars[source], self.shared[source] = bar, 0
+        try:
+            yield
+        finally:
+            self.flush()
+            with self._lock:
+                for source in totals:
+                    self.bars.pop(source, None)
+                    self.shared.pop(source, None)
+            self.close_bar(desc)
 
     def already_logged(self, source: str) -> set[int]:
         return set(self.logged[source])
@@ -160,9 +184,14 @@ class Progress:
         if "epoch" in event:
             epoch, metrics = event["epoch"], event["metrics"]
             if bar is not None:
-                bar.n = max(bar.n, epoch + 1)  # a restarted worker group repeats epochs: the bar never goes back
-                bar.set_postfix({k: round(v, 4) for k, v in metrics.items() if k in ("train_loss", "test_top1")},
-                                refresh=True)
+                shown = {k: round(v, 4) for k, v in metrics.items() if k in ("train_loss", "test_top1")}
+                if source in self.shared:  # the bar counts the epochs of every loop that shares it
+                    self.shared[source] = max(self.shared[source], epoch + 1)
+                    bar.n = sum(n for s, n in self.shared.items() if self.bars.get(s) is bar)
+                    shown = {"last": source.split(".", 1)[-1], **shown}
+                else:
+                    bar.n = max(bar.n, epoch + 1)  # a restarted worker group repeats epochs: the bar never goes back
+                bar.set_postfix(shown, refresh=True)
             if epoch not in self.logged[source]:  # repeated epochs give the same values: log each once
                 self.logged[source].add(epoch)
                 self.on_metrics(f"{source}.", epoch, metrics)

@@ -5,19 +5,24 @@ students by the same protocol, into DIR/evaluate/<arch key>/<student>.json."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import threading
 from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, TypeVar
 
 from srel_ray.config import Config
 from srel_ray.errors import SrelError
 from srel_ray.stages.base import LABELS, SCORES, TEACHER, Plan, StageContext
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
-from srel_ray.students import students_of
+from srel_ray.students import Student, students_of
 
 log = logging.getLogger(__name__)
 
 NAME = "evaluate"
+T, R = TypeVar("T"), TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -59,22 +64,95 @@ def run(ctx: StageContext) -> EvaluateResult:
     if done:
         log.info("evaluate: %d of %d students already trained, skipping them: %s", len(done), len(work),
                  ", ".join(done))
-    scores, resumed = {}, {}
+    jobs = []
     for key, arch_cfg, student in work:
+        if _label(key, student.name) in done:
+            continue
+        info = sets.read_set(run_dir.set_dir(student.set_name))
+        if info.label_epochs != cfg.relabel.epochs:
+            raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
+        jobs.append(_Job(key, student, replace(ctx, cfg=arch_cfg), info))
+
+    records, resumed = {}, {}
+    at_once = max(1, min(ctx.executor.students_at_once(cfg), len(jobs)))
+    with _shared_bar(ctx.progress, jobs, at_once):
+        for job, (result, how) in concurrently(_train, jobs, at_once):
+            files.write_json_atomic(run_dir.student_record(job.student.name, job.key), result)
+            records[job.label], resumed[job.label] = result, how
+    scores = {}
+    for key, _, student in work:  # in the run's order, whichever student finished first
         label = _label(key, student.name)
-        path = run_dir.student_record(student.name, key)
-        if label in done:
-            result = files.read_json(path)
-        else:
-            info = sets.read_set(run_dir.set_dir(student.set_name))
-            if info.label_epochs != cfg.relabel.epochs:
-                raise SrelError(f"set {info.path!r} has no complete labels: run the relabel stage first")
-            log.info("evaluate: training the %s student", label)
-            named = student if key is None else replace(student, name=f"{student.name}-{key}")  # its Train run
-            result, resumed[label] = ctx.executor.train_student(replace(ctx, cfg=arch_cfg), named, info)
-            files.write_json_atomic(path, result)
+        result = records[label] if label in records else files.read_json(run_dir.student_record(student.name, key))
         scores[label] = StudentScore(result["top1"], result["top5"])
-    return EvaluateResult(scores, done, resumed, skipped=len(done) == len(work))
+    return EvaluateResult(scores, done, {label: resumed[label] for label in scores if label in resumed},
+                          skipped=len(done) == len(work))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One student to train: its architecture's folder key, the student, the context of its architecture's config,
+    and the set it trains on."""
+
+    key: str | None
+    student: Student
+    ctx: StageContext
+    info: sets.SetInfo
+
+    @property
+    def label(self) -> str:
+        return _label(self.key, self.student.name)
+
+    @property
+    def named(self) -> Student:
+        """The student under the name of its Ray Train run (and progress source): one per architecture."""
+        return self.student if self.key is None else replace(self.student, name=f"{self.student.name}-{self.key}")
+
+
+def _train(job: _Job) -> tuple[dict, dict]:
+    log.info("evaluate: training the %s student", job.label)
+    return job.ctx.executor.train_student(job.ctx, job.named, job.info)
+
+
+def _shared_bar(progress, jobs: list[_Job], at_once: int):
+    """Students trained at once count their epochs on one bar (a bar each would draw over the others)."""
+    if progress is None or at_once == 1:
+        return contextlib.nullcontext()
+    return progress.shared_epochs(f"students ({at_once} at a time)",
+                                  {job.named.source: job.ctx.cfg.evaluate.epochs for job in jobs})
+
+
+def concurrently(fn: Callable[[T], R], jobs: list[T], at_once: int) -> Iterator[tuple[T, R]]:
+    """(job, ``fn(job)``) for every job, in the order they finish: one after another in this thread with
+    ``at_once`` 1, else up to ``at_once`` at a time, each on a thread of its own (a student is a Ray Train fit the
+    driver only waits on). Daemon threads: a driver interrupted or stopped does not wait for them. After a job
+    fails no other starts; those running finish (and are yielded), then the first error is raised."""
+    if at_once == 1:
+        for job in jobs:
+            yield job, fn(job)
+        return
+    finished: queue.Queue = queue.Queue()
+
+    def work(job: T) -> None:
+        try:
+            finished.put((job, fn(job), None))
+        except BaseException as e:  # handed to the driver's thread, which raises it
+            finished.put((job, None, e))
+
+    waiting, running, error = list(reversed(jobs)), 0, None
+    while True:
+        while waiting and running < at_once and error is None:
+            threading.Thread(target=work, args=(waiting.pop(),), name="srel_ray-student", daemon=True).start()
+            running += 1
+        if running == 0:
+            break
+        job, result, failure = finished.get()
+        running -= 1
+        if failure is not None:
+            error = error or failure
+            continue
+        yield job, result
+    if error is not None:
+        raise error
 
 
 def _label(key: str | None, student: str) -> str:

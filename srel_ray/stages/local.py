@@ -138,6 +138,10 @@ class InProcessExecutor:
                                        cutmix_beta=e.cutmix_beta)
             yield epoch, loss, tested
 
+    def students_at_once(self, cfg: Config) -> int:
+        """One: the students of one process would share its device and threads."""
+        return 1
+
     def train_student(self, ctx: StageContext, student: Student, info: sets.SetInfo) -> tuple[dict, dict]:
         """Train and test one student as the evaluate stage does on Ray: tested on the real test split every
         evaluate.eval_interval epochs and after the last; returns its record and how it resumed (never)."""

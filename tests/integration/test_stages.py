@@ -1,6 +1,7 @@
 """Stages on the shared Ray cluster: reproducibility across actor counts, resume, GPU placement, squeeze resume."""
 
 import json
+import re
 import shutil
 
 import pyarrow.parquet as pq
@@ -131,3 +132,30 @@ def test_evaluate_adds_a_student_architecture_to_a_finished_run(runs_by_actor_co
     assert list(cross) == ["convnet", key] and 0 <= cross[key]["student_top1"] <= 1
     assert cross[key]["baseline_random_hard_top1"] is None  # no baselines in this run
     assert "student architecture" in capsys.readouterr().out
+
+
+def test_students_trained_at_once_train_as_they_do_one_at_a_time(quickstart_run, mlflow_uri, tmp_path):
+    """resources.concurrent_students=2: the quickstart's three students, two at a time (each its own Ray Train fit
+    from a thread of the driver), give the records that one at a time gave, and count their epochs on one bar."""
+    from .conftest import console_to
+
+    out = tmp_path / "run"
+    shutil.copytree(quickstart_run, out, ignore=shutil.ignore_patterns("ray", "logs", "evaluate"))
+    with console_to(tmp_path / "console.txt"):
+        code = main(["evaluate", "--config", str(out / "config.yaml"), "--out", str(out),
+                     *as_args(TINY + [f"tracking.tracking_uri={mlflow_uri}", "resources.concurrent_students=2"])])
+    console = (tmp_path / "console.txt").read_bytes().decode()  # keep "\r": bars redraw with it
+    assert code == 0, console[-3000:]
+
+    def history(folder, name):
+        return [{k: v for k, v in row.items() if "second" not in k}
+                for row in json.loads((folder / "evaluate" / f"{name}.json").read_text())["history"]]
+
+    for name in ("condensed", "random_real_hard", "random_real_soft"):
+        assert history(out, name) == history(quickstart_run, name), name
+    # Ray's raylet warns once its worker processes reach 4x the CPUs (two fits' controllers, workers and placement
+    # group cleaners on this 2-CPU cluster): its own line, printed into the console whatever the driver asks.
+    console = re.sub(r"\x1b\[33m\(raylet\)\x1b\[0m WARNING: \d+ PYTHON worker processes have been started [^\n]*\n",
+                     "", console)
+    bars = [line.rsplit("\r", 1)[-1] for line in console.split("\n") if "epoch/s" in line]
+    assert len(bars) == 1 and bars[0].startswith("students (2 at a time): 100%") and " 6/6 " in bars[0], bars

@@ -98,6 +98,7 @@ def test_override_without_equals():
     ("recover.weight_decay=-1e-4", "recover.weight_decay"),
     ("resources.student_cache_mb=-1", "resources.student_cache_mb"),
     ("resources.student_checkpoint_epochs=-1", "resources.student_checkpoint_epochs"),
+    ("resources.concurrent_students=0", "resources.concurrent_students"),
 ])
 def test_invalid_values(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
