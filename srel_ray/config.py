@@ -307,10 +307,10 @@ class ResourcesConfig:
     # too, so a worker group restarted after a failure, or a command run again, loses fewer epochs; results do not
     # depend on it (a checkpoint holds the whole training state). 0: at test points only.
     student_checkpoint_epochs: int = 0
-    # Students the evaluate stage trains at once on Ray, each its own Ray Train fit of train_workers workers (the
-    # condensed set's, the baselines', each evaluate.students architecture's): on a cluster of N GPUs with
-    # train_workers 1, N of them train side by side. The cluster must hold them all at once (checked at start);
-    # results do not depend on it (each student's randomness is its own). The in-process executor trains one at a time.
+    # Students trained at once on Ray, each its own Ray Train fit of train_workers workers: the evaluate stage's (the
+    # condensed set's, the baselines', each evaluate.students architecture's) and srel-ray continual's step students.
+    # On a cluster of N GPUs with train_workers 1, N of them train side by side. The cluster must hold them all at
+    # once (checked at start); results do not depend on it. The in-process executor trains one at a time.
     concurrent_students: int = 1
 
     @property

@@ -5,15 +5,12 @@ students by the same protocol, into DIR/evaluate/<arch key>/<student>.json."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import threading
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, TypeVar
 
 from srel_ray.config import Config
 from srel_ray.errors import SrelError
+from srel_ray.stages.at_once import at_once, concurrently, shared_bar
 from srel_ray.stages.base import LABELS, SCORES, TEACHER, Plan, StageContext
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import RunDir
@@ -22,7 +19,6 @@ from srel_ray.students import Student, students_of
 log = logging.getLogger(__name__)
 
 NAME = "evaluate"
-T, R = TypeVar("T"), TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -74,9 +70,9 @@ def run(ctx: StageContext) -> EvaluateResult:
         jobs.append(_Job(key, student, replace(ctx, cfg=arch_cfg), info))
 
     records, resumed = {}, {}
-    at_once = max(1, min(ctx.executor.students_at_once(cfg), len(jobs)))
-    with _shared_bar(ctx.progress, jobs, at_once):
-        for job, (result, how) in concurrently(_train, jobs, at_once):
+    together = at_once(ctx.executor, cfg, len(jobs))
+    with shared_bar(ctx.progress, {job.named.source: job.ctx.cfg.evaluate.epochs for job in jobs}, together):
+        for job, (result, how) in concurrently(_train, jobs, together):
             files.write_json_atomic(run_dir.student_record(job.student.name, job.key), result)
             records[job.label], resumed[job.label] = result, how
     scores = {}
@@ -111,48 +107,6 @@ class _Job:
 def _train(job: _Job) -> tuple[dict, dict]:
     log.info("evaluate: training the %s student", job.label)
     return job.ctx.executor.train_student(job.ctx, job.named, job.info)
-
-
-def _shared_bar(progress, jobs: list[_Job], at_once: int):
-    """Students trained at once count their epochs on one bar (a bar each would draw over the others)."""
-    if progress is None or at_once == 1:
-        return contextlib.nullcontext()
-    return progress.shared_epochs(f"students ({at_once} at a time)",
-                                  {job.named.source: job.ctx.cfg.evaluate.epochs for job in jobs})
-
-
-def concurrently(fn: Callable[[T], R], jobs: list[T], at_once: int) -> Iterator[tuple[T, R]]:
-    """(job, ``fn(job)``) for every job, in the order they finish: one after another in this thread with
-    ``at_once`` 1, else up to ``at_once`` at a time, each on a thread of its own (a student is a Ray Train fit the
-    driver only waits on). Daemon threads: a driver interrupted or stopped does not wait for them. After a job
-    fails no other starts; those running finish (and are yielded), then the first error is raised."""
-    if at_once == 1:
-        for job in jobs:
-            yield job, fn(job)
-        return
-    finished: queue.Queue = queue.Queue()
-
-    def work(job: T) -> None:
-        try:
-            finished.put((job, fn(job), None))
-        except BaseException as e:  # handed to the driver's thread, which raises it
-            finished.put((job, None, e))
-
-    waiting, running, error = list(reversed(jobs)), 0, None
-    while True:
-        while waiting and running < at_once and error is None:
-            threading.Thread(target=work, args=(waiting.pop(),), name="srel_ray-student", daemon=True).start()
-            running += 1
-        if running == 0:
-            break
-        job, result, failure = finished.get()
-        running -= 1
-        if failure is not None:
-            error = error or failure
-            continue
-        yield job, result
-    if error is not None:
-        raise error
 
 
 def _label(key: str | None, student: str) -> str:

@@ -5,9 +5,10 @@ For each step count S of ``continual.steps`` the classes arrive in S groups, in 
 (srel_ray.core.continual). After each group, one student is trained from scratch on the memory of every class seen
 so far with the condensed set's images and one with the random-real set's, each with the teacher's soft labels,
 by the evaluate stage's protocol and code (the executor's ``train_student``: on Ray Train by default, in this
-process with ``continual.in_process`` and in tests), and tested on the test images of the seen classes. Each
-student's record goes to DIR/continual/students/ under a name that carries its settings, so a rerun trains only the
-students it lacks; DIR/continual/continual.json holds every step's test top-1, continual.png draws them, and both
+process with ``continual.in_process`` and in tests), and tested on the test images of the seen classes; on Ray,
+``resources.concurrent_students`` of them at a time (srel_ray.stages.at_once), since no step's student depends on
+another's. Each student's record goes to DIR/continual/students/ under a name that carries its settings, so a rerun
+trains only the students it lacks; DIR/continual/continual.json holds every step's test top-1, continual.png draws them, and both
 reach MLflow.
 """
 
@@ -17,7 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -28,6 +29,7 @@ from srel_ray.core.precision import resolve_precision
 from srel_ray.data.real import RealData
 from srel_ray.errors import ConfigError, SrelError
 from srel_ray.inspection import save_figure
+from srel_ray.stages.at_once import at_once, concurrently, shared_bar
 from srel_ray.stages.base import StageContext
 from srel_ray.stages.local import InProcessExecutor
 from srel_ray.storage import files, sets
@@ -100,31 +102,40 @@ def run_continual(ctx: StageContext, c: ContinualConfig, seed: int, infos: dict[
                "student": {"arch": cfg.evaluate.arch, "arch_kwargs": cfg.evaluate.arch_kwargs,
                            "epochs": cfg.evaluate.epochs},
                "memories": {m.name: m.label for m in MEMORIES}, "settings_key": key, "steps": {}}
+    jobs = [_Step(steps, step, memory.name, replace(memory, name=f"continual-{key}-{steps}steps-{step}-{memory.name}",
+                                                    classes=tuple(seen_classes(class_steps(order, steps), step))))
+            for steps in c.steps for step in range(1, steps + 1) for memory in MEMORIES]
+    pending = [job for job in jobs if not files.exists(ctx.run.continual_student(job.student.name))]
+    if len(pending) < len(jobs):
+        log.info("continual: %d of %d students already trained, skipping them", len(jobs) - len(pending), len(jobs))
+    together = at_once(ctx.executor, cfg, len(pending))
+    with shared_bar(ctx.progress, {job.student.source: cfg.evaluate.epochs for job in pending}, together):
+        for _ in concurrently(lambda job: _train_step(ctx, job.student, infos[job.memory]), pending, together):
+            pass  # each student's record is written as it finishes
     for steps in c.steps:
         groups = class_steps(order, steps)
-        top1: dict[str, list[float]] = {m.name: [] for m in MEMORIES}
-        for step in range(1, steps + 1):
-            seen = tuple(seen_classes(groups, step))
-            for memory in MEMORIES:
-                name = f"continual-{key}-{steps}steps-{step}-{memory.name}"
-                top1[memory.name].append(_train_step(ctx, replace(memory, name=name, classes=seen),
-                                                     infos[memory.name])["top1"])
+        top1 = {m.name: [files.read_json(ctx.run.continual_student(job.student.name))["top1"]
+                         for job in jobs if job.steps == steps and job.memory == m.name] for m in MEMORIES}
         results["steps"][str(steps)] = {
             "groups": groups, "classes_seen": [sum(map(len, groups[:k])) for k in range(1, steps + 1)],
             "top1": top1, "mean_top1": {name: sum(acc) / len(acc) for name, acc in top1.items()}}
     return results
 
 
-def _train_step(ctx: StageContext, student: Student, info: sets.SetInfo) -> dict:
-    path = ctx.run.continual_student(student.name)
-    if files.exists(path):
-        log.info("continual: %s already trained, skipping it", student.name)
-        return files.read_json(path)
+@dataclass(frozen=True)
+class _Step:
+    """One student of the study: trained after step ``step`` of ``steps`` on the classes seen, from ``memory``."""
+
+    steps: int
+    step: int
+    memory: str  # a MEMORIES name
+    student: Student  # named after the settings, step and memory; its classes are those seen
+
+
+def _train_step(ctx: StageContext, student: Student, info: sets.SetInfo) -> None:
     log.info("continual: training %s on %d classes", student.name, len(student.classes))
     record, _ = ctx.executor.train_student(ctx, student, info)
-    record = {**record, "classes": list(student.classes)}
-    files.write_json_atomic(path, record)
-    return record
+    files.write_json_atomic(ctx.run.continual_student(student.name), {**record, "classes": list(student.classes)})
 
 
 def report(results: dict, run: RunDir, tracker: Tracker) -> list[str]:

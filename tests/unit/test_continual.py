@@ -2,6 +2,8 @@
 study's loop on the in-process executor in a tiny run folder (srel_ray.core.continual, srel_ray.studies.continual)."""
 
 import json
+import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -152,6 +154,24 @@ def test_the_study_trains_each_step_on_its_memory_and_a_rerun_reuses_it(labelled
     again = continual.run_continual(StageContext(ctx.cfg, run, data, Refuses(), Tracker(False)), study.section,
                                     study.seed(), infos)
     assert again == results
+
+    trained = {p.stem: files.read_json(str(p)) for p in Path(run.continual("students")).iterdir()}
+    shutil.rmtree(run.continual("students"))
+
+    class TwoAtOnce(InProcessExecutor):
+        """Two students at a time (resources.concurrent_students=2 on Ray), each giving the record it gave above,
+        the earlier steps slower: they finish out of order."""
+
+        def students_at_once(self, cfg):
+            return 2
+
+        def train_student(self, ctx, student, info):
+            time.sleep(0.2 / len(student.classes))
+            return {k: v for k, v in trained[student.name].items() if k != "classes"}, {}
+
+    at_once = continual.run_continual(StageContext(ctx.cfg, run, data, TwoAtOnce(), Tracker(False)), study.section,
+                                      study.seed(), infos)
+    assert at_once == results  # every accuracy back at its own step, whatever order the students finished in
     other = continual.settings_key(continual.study_config(FinishedRun(cfg, run, ContinualConfig(epochs=2))), 7)
     assert other != results["settings_key"]  # other epochs: other students, never a stale record
 

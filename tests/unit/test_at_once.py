@@ -1,4 +1,4 @@
-"""The evaluate stage's scheduling of students (srel_ray.stages.evaluate.concurrently), without Ray: how many run
+"""The scheduling of students trained at once (srel_ray.stages.at_once.concurrently), without Ray: how many run
 at once, the order results come back in, and what a failure does to the others."""
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from srel_ray.stages.evaluate import concurrently
+from srel_ray.stages.at_once import concurrently
 
 
 class Recorder:
