@@ -68,7 +68,7 @@ class RayExecutor:
         return run_relabel(cfg, teachers[0], info, self.use_gpu, extra_teachers=teachers[1:], progress=progress)
 
     def students_at_once(self, cfg: Config) -> int:
-        """How many students the evaluate stage trains at once: each its own Ray Train fit."""
+        """How many students (the evaluate stage's, srel-ray continual's) train at once: each its own Ray Train fit."""
         return cfg.resources.concurrent_students
 
     def train_student(self, ctx: StageContext, student: Student, info: sets.SetInfo) -> tuple[dict, dict]:

@@ -8,8 +8,8 @@ by the evaluate stage's protocol and code (the executor's ``train_student``: on 
 process with ``continual.in_process`` and in tests), and tested on the test images of the seen classes; on Ray,
 ``resources.concurrent_students`` of them at a time (srel_ray.stages.at_once), since no step's student depends on
 another's. Each student's record goes to DIR/continual/students/ under a name that carries its settings, so a rerun
-trains only the students it lacks; DIR/continual/continual.json holds every step's test top-1, continual.png draws them, and both
-reach MLflow.
+trains only the students it lacks; DIR/continual/continual.json holds every step's test top-1, continual.png draws
+them, and both reach MLflow.
 """
 
 from __future__ import annotations
@@ -102,20 +102,27 @@ def run_continual(ctx: StageContext, c: ContinualConfig, seed: int, infos: dict[
                "student": {"arch": cfg.evaluate.arch, "arch_kwargs": cfg.evaluate.arch_kwargs,
                            "epochs": cfg.evaluate.epochs},
                "memories": {m.name: m.label for m in MEMORIES}, "settings_key": key, "steps": {}}
-    jobs = [_Step(steps, step, memory.name, replace(memory, name=f"continual-{key}-{steps}steps-{step}-{memory.name}",
-                                                    classes=tuple(seen_classes(class_steps(order, steps), step))))
-            for steps in c.steps for step in range(1, steps + 1) for memory in MEMORIES]
+    jobs = [_Step(steps, memory.name, replace(memory, name=f"continual-{key}-{steps}steps-{step}-{memory.name}",
+                                              classes=tuple(seen_classes(class_steps(order, steps), step))))
+            for steps in c.steps for step in range(1, steps + 1) for memory in MEMORIES]  # in step order
     pending = [job for job in jobs if not files.exists(ctx.run.continual_student(job.student.name))]
     if len(pending) < len(jobs):
         log.info("continual: %d of %d students already trained, skipping them", len(jobs) - len(pending), len(jobs))
     together = at_once(ctx.executor, cfg, len(pending))
+    trained = {}  # student name -> its test top-1, for the students trained now (each record written as it ends)
     with shared_bar(ctx.progress, {job.student.source: cfg.evaluate.epochs for job in pending}, together):
-        for _ in concurrently(lambda job: _train_step(ctx, job.student, infos[job.memory]), pending, together):
-            pass  # each student's record is written as it finishes
+        for job, record in concurrently(lambda job: _train_step(ctx, job.student, infos[job.memory]), pending,
+                                        together):
+            trained[job.student.name] = record["top1"]
+
+    def top1_of(student: Student) -> float:
+        name = student.name
+        return trained[name] if name in trained else files.read_json(ctx.run.continual_student(name))["top1"]
+
     for steps in c.steps:
         groups = class_steps(order, steps)
-        top1 = {m.name: [files.read_json(ctx.run.continual_student(job.student.name))["top1"]
-                         for job in jobs if job.steps == steps and job.memory == m.name] for m in MEMORIES}
+        top1 = {m.name: [top1_of(job.student) for job in jobs if job.steps == steps and job.memory == m.name]
+                for m in MEMORIES}
         results["steps"][str(steps)] = {
             "groups": groups, "classes_seen": [sum(map(len, groups[:k])) for k in range(1, steps + 1)],
             "top1": top1, "mean_top1": {name: sum(acc) / len(acc) for name, acc in top1.items()}}
@@ -124,18 +131,19 @@ def run_continual(ctx: StageContext, c: ContinualConfig, seed: int, infos: dict[
 
 @dataclass(frozen=True)
 class _Step:
-    """One student of the study: trained after step ``step`` of ``steps`` on the classes seen, from ``memory``."""
+    """One student of the study: trained after a step of a ``steps``-step sequence, from ``memory``."""
 
     steps: int
-    step: int
     memory: str  # a MEMORIES name
-    student: Student  # named after the settings, step and memory; its classes are those seen
+    student: Student  # named after the settings, step and memory; its classes are those seen by that step
 
 
-def _train_step(ctx: StageContext, student: Student, info: sets.SetInfo) -> None:
+def _train_step(ctx: StageContext, student: Student, info: sets.SetInfo) -> dict:
     log.info("continual: training %s on %d classes", student.name, len(student.classes))
     record, _ = ctx.executor.train_student(ctx, student, info)
-    files.write_json_atomic(ctx.run.continual_student(student.name), {**record, "classes": list(student.classes)})
+    record = {**record, "classes": list(student.classes)}
+    files.write_json_atomic(ctx.run.continual_student(student.name), record)
+    return record
 
 
 def report(results: dict, run: RunDir, tracker: Tracker) -> list[str]:
