@@ -144,12 +144,12 @@ def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | No
     ``shapes``: the nodes to check against (``node_shapes()`` format); default: the cluster this driver joined."""
     shapes = node_shapes() if shapes is None else shapes
     actor_resources(res, use_gpu, shapes)
-    _check_fits({"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0}, res.train_workers, shapes,
+    train_worker = {"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0}
+    _check_fits(train_worker, res.train_workers, shapes,
                 "Ray Train workers (squeeze, evaluate)", "resources.train_workers, resources.threads_per_worker "
                 "(CPUs per worker), one GPU per worker when GPUs are used")
     if res.concurrent_students > 1:  # else a fit would wait on the others (Ray Train restarts a group that waits 60 s)
-        _check_fits({"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0},
-                    res.train_workers * res.concurrent_students, shapes,
+        _check_fits(train_worker, res.train_workers * res.concurrent_students, shapes,
                     f"Ray Train workers of {res.concurrent_students} students trained at once",
                     "resources.concurrent_students x resources.train_workers workers, resources.threads_per_worker "
                     "CPUs per worker, one GPU per worker when GPUs are used")
