@@ -52,11 +52,14 @@ class ClassSumsMapper:
 
 
 def _parts(batch: dict, teachers: int) -> list[ClassSums]:
+    def column(key: str) -> torch.Tensor:  # a copy: Ray Data's batches are read-only, torch warns at a view of one
+        return torch.from_numpy(np.array(batch[key]))  # (a batch's classes x channels: small)
+
     layers = [sum(1 for key in batch if key.startswith(f"t{k}_sum")) for k in range(teachers)]
     classes = torch.from_numpy(batch["classes"].astype(np.int64))
-    return [ClassSums(classes, [torch.from_numpy(batch[f"t{k}_sum{i}"]) for i in range(layers[k])],
-                      [torch.from_numpy(batch[f"t{k}_sq{i}"]) for i in range(layers[k])],
-                      [torch.from_numpy(batch[f"t{k}_px{i}"]) for i in range(layers[k])]) for k in range(teachers)]
+    return [ClassSums(classes, [column(f"t{k}_sum{i}") for i in range(layers[k])],
+                      [column(f"t{k}_sq{i}") for i in range(layers[k])],
+                      [column(f"t{k}_px{i}") for i in range(layers[k])]) for k in range(teachers)]
 
 
 def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folders: list[str],
