@@ -63,7 +63,9 @@ class ParquetData(RealData):
             return [single] if self.fs.isfile(single) else sorted(self.fs.glob(f"{root}/{split}/*.parquet"))
         return sorted(self.fs.glob(f"{root}/{prefix}{split}-*.parquet"))
 
-    def _read_labels(self, split: str) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    def _read_labels(self, split: str) -> tuple[np.ndarray, list[pa.Table | None]]:
+        """A split's labels, and per shard its distinct (label, class name) pairs, or None without names: a name
+        per row would hold 11 M Python strings at ImageNet-21K (about 730 MB) to say 21,841 things."""
         parts, names = [], []
         for file in self.files[split]:
             with self.fs.open(file, "rb") as f:
@@ -75,7 +77,9 @@ class ParquetData(RealData):
             if self.metadata_names is None:
                 self.metadata_names = _class_label_names(schema, self.LABEL)
             parts.append(table.column(self.LABEL).to_numpy().astype(np.int64))
-            names.append(table.column(self.NAME).to_numpy(zero_copy_only=False) if has_names else None)
+            # One thread keeps the pairs in order of first appearance, so a conflict names the earlier name first.
+            names.append(table.group_by([self.LABEL, self.NAME], use_threads=False).aggregate([])
+                         if has_names else None)
         return np.concatenate(parts), names
 
     def _check_schema(self, file: str, pf: pq.ParquetFile) -> None:
@@ -116,9 +120,9 @@ class ParquetData(RealData):
             raise DataError(f"data.path {self.path!r}: labels must cover 0..{num_classes - 1} without gaps")
         if any(n is None for n in name_parts):
             return [str(i) for i in range(num_classes)]
-        names = np.concatenate(name_parts)
+        pairs = pa.concat_tables(name_parts, promote_options="permissive")  # shards may differ in int or string width
         order = {}
-        for label, name in zip(labels, names):
+        for label, name in zip(pairs.column(self.LABEL).to_pylist(), pairs.column(self.NAME).to_pylist()):
             if order.setdefault(int(label), name) != name:
                 raise DataError(f"data.path {self.path!r}: label {label} has two class names "
                                 f"{order[int(label)]!r} and {name!r}")

@@ -23,7 +23,7 @@ import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -380,14 +380,17 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False, images: range
     return labels
 
 
-def label_records(set_dir: str) -> list[dict]:
-    """The records of a set's committed label epochs, in epoch order (one small file each)."""
+def label_records(set_dir: str) -> Iterator[dict]:
+    """The records of a set's committed label epochs, in epoch order, read one at a time: a record lists its epoch's
+    parts (thousands at ImageNet-21K, a megabyte), and a set has hundreds of epochs."""
     fs, root = fs_path(join(set_dir, "labels"))
-    return [read_json(fs.unstrip_protocol(p)) for p in sorted(fs.glob(f"{root}/epoch-*.json"))]
+    for path in sorted(fs.glob(f"{root}/epoch-*.json")):
+        yield read_json(fs.unstrip_protocol(path))
 
 
 def label_bytes(set_dir: str) -> int:
-    """Bytes of all label parts of a set, from the epoch records (no label file is read)."""
+    """Bytes of all label parts of a set, from the epoch records (no label file is read; one record held at a
+    time)."""
     return sum(p["bytes"] for record in label_records(set_dir) for p in record["parts"])
 
 
