@@ -32,7 +32,7 @@ from srel_ray.config import Config
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import prepare_model, resolve_precision
 from srel_ray.core.recover import freeze
-from srel_ray.core.relabel import label_image_block, relabel_blocks
+from srel_ray.core.relabel import BlockPlan, label_image_block, relabel_blocks
 from srel_ray.storage import sets
 from srel_ray.distributed.cluster import actor_resources, local_device, worker_identity
 from srel_ray.distributed.progress import close_bar, open_bar
@@ -41,12 +41,18 @@ from srel_ray.teacher import load_teacher
 log = logging.getLogger(__name__)
 
 
-def read_block_images(batch: dict, *, set_dir: str, ipc: int, channels: int) -> dict:
-    """Map step: a block (one row: its epochs, images start..stop-1) -> the same row with its uint8 images,
-    decoded once for all its epochs, as one (stop - start, C, H, W) array."""
-    start, stop = int(batch["start"][0]), int(batch["stop"][0])
-    images = sets.read_images_by_id(set_dir, range(start, stop), ipc, channels)
-    return {**batch, "images": images.numpy()[None]}
+# Ray Data blocks of block indices: at most this many, so that planning a relabel of 80,000 work blocks
+# (ImageNet-21K, IPC 50, 300 epochs) makes this many read tasks, not one per work block. Below it, each Ray Data
+# block is one work block, as labelling actors balance best; above it, a task takes a run of consecutive ones.
+MAX_INDEX_BLOCKS = 1024
+
+
+def read_block_images(batch: dict, *, plan: BlockPlan, set_dir: str, ipc: int, channels: int) -> dict:
+    """Map step: a block's index (one row) -> the same row with the block's uint8 images (images start..stop-1 of
+    ``plan.block(index)``), decoded once for all its epochs, as one (stop - start, C, H, W) array."""
+    block = plan.block(int(batch["id"][0]))
+    images = sets.read_images_by_id(set_dir, range(block["start"], block["stop"]), ipc, channels)
+    return {"id": batch["id"], "images": images.numpy()[None]}
 
 
 class TeacherLabeler:
@@ -57,7 +63,7 @@ class TeacherLabeler:
     epoch), never logits. Loads the teachers once per actor."""
 
     def __init__(self, teacher_path: str, batch_size: int, threads: int, extra_teachers: tuple = (), *,
-                 set_dir: str, ipc: int, num_classes: int, views: dict, rows: int, top_k: int, logits_dtype: str,
+                 plan: BlockPlan, set_dir: str, ipc: int, num_classes: int, views: dict, rows: int, top_k: int, logits_dtype: str,
                  image_size: int, norm: dict, precision: str | None = None, compile_model: bool = False):
         torch.set_num_threads(threads)
         self.device = local_device()
@@ -65,15 +71,15 @@ class TeacherLabeler:
         self.teachers = [prepare_model(freeze(load_teacher(p).build()).to(self.device), self.device, compile_model)
                          for p in (teacher_path, *extra_teachers)]
         self.batch_size, self.image_size, self.norm = batch_size, image_size, Normalization(**norm)
-        self.set_dir, self.ipc, self.num_classes = set_dir, ipc, num_classes
+        self.plan, self.set_dir, self.ipc, self.num_classes = plan, set_dir, ipc, num_classes
         self.views, self.rows, self.top_k, self.logits_dtype = views, rows, top_k, logits_dtype
         ident = worker_identity()
         self.worker = f"{ident['node_id']}|{','.join(ident['gpu_ids'])}|{ident['pid']}|{self.device}"
 
     def __call__(self, batch: dict) -> dict:
-        first, stop = int(batch["start"][0]), int(batch["stop"][0])
+        block = self.plan.block(int(batch["id"][0]))
+        first, stop, epochs = block["start"], block["stop"], block["epochs"]
         images = torch.from_numpy(np.array(batch["images"][0]))  # Ray Data batches are read-only views
-        epochs = [int(e) for e in batch["epochs"][0]]
         parts = []
         for epoch, rows in label_image_block(
                 self.teachers, images, first, epochs, ipc=self.ipc, **self.views, rows=self.rows, top_k=self.top_k,
@@ -102,16 +108,17 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # epochs complete in order, so they are committed as they go
-    per_block, blocks = relabel_blocks(pending, n_images, r.views_per_epoch, r.batch_size, res.relabel_actors)
-    ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
-    ds = ds.map_batches(read_block_images, fn_kwargs=dict(set_dir=info.path, ipc=info.ipc, channels=info.channels),
-                        batch_size=1, num_cpus=1)
-    # Batches of one row are the blocks above, whatever Ray Data does with its own blocks.
+    plan = relabel_blocks(pending, n_images, r.views_per_epoch, r.batch_size, res.relabel_actors)
+    ds = ray.data.range(len(plan), override_num_blocks=min(len(plan), MAX_INDEX_BLOCKS))
+    ds = ds.map_batches(read_block_images, batch_size=1, num_cpus=1,
+                        fn_kwargs=dict(plan=plan, set_dir=info.path, ipc=info.ipc, channels=info.channels))
+    # Batches of one row are the plan's blocks, whatever Ray Data does with its own blocks.
     views = dict(k=r.views_per_epoch, scale=tuple(r.crop_scale), hflip=cfg.data.hflip, seed=cfg.seed)
     ds = ds.map_batches(TeacherLabeler,
                         fn_constructor_args=(teacher_path, r.batch_size, res.threads_per_worker, tuple(extra_teachers)),
-                        fn_constructor_kwargs=dict(set_dir=info.path, ipc=info.ipc, num_classes=info.num_classes,
-                                                   views=views, rows=per_block * r.views_per_epoch, top_k=r.top_k,
+                        fn_constructor_kwargs=dict(plan=plan, set_dir=info.path, ipc=info.ipc,
+                                                   num_classes=info.num_classes, views=views,
+                                                   rows=plan.images_per_block * r.views_per_epoch, top_k=r.top_k,
                                                    logits_dtype=r.logits_dtype, image_size=cfg.data.image_size,
                                                    norm=norm, precision=res.precision, compile_model=res.compile),
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=res.relabel_actors),
@@ -120,6 +127,7 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
     # max_task_retries=-1 by default); a retried batch is the same block, so it writes the same parts once more.
 
     parts: dict[int, dict[int, dict]] = defaultdict(dict)  # epoch -> first image -> part record (no logits)
+    labelled: dict[int, int] = defaultdict(int)  # epoch -> images its parts so far cover
     workers: set[str] = set()
     desc = f"relabel {info.path.rsplit('/', 1)[-1]}"
     bar = open_bar(progress, "relabel", desc, r.epochs, "epoch", initial=len(done))
@@ -129,8 +137,10 @@ def run_relabel(cfg: Config, teacher_path: str, info: sets.SetInfo, use_gpu: boo
             epoch = part["epoch"]
             assert part["first"] not in parts[epoch], f"epoch {epoch}: block {part['first']} labelled twice"
             parts[epoch][part["first"]] = part
-            if sum(p["stop"] - p["first"] for p in parts[epoch].values()) == n_images:
+            labelled[epoch] += part["stop"] - part["first"]
+            if labelled[epoch] == n_images:
                 sets.commit_label_epoch(info.path, epoch, list(parts.pop(epoch).values()), n_images)
+                del labelled[epoch]
                 bar.update(1)
     close_bar(progress, "relabel", bar)
     assert not parts, f"relabel ended with incomplete epochs {sorted(parts)}"

@@ -92,15 +92,15 @@ class InProcessExecutor:
         done = set(sets.label_epochs_done(info.path, r.epochs))
         pending = [e for e in range(r.epochs) if e not in done]
         n_images = info.num_classes * info.ipc
-        per_block, blocks = relabel_blocks(pending, n_images, r.views_per_epoch, r.batch_size, workers=1)
+        plan = relabel_blocks(pending, n_images, r.views_per_epoch, r.batch_size, workers=1)
         parts: dict[int, list[dict]] = {e: [] for e in pending}
         with tqdm(total=len(pending), desc="relabel epochs", unit="epoch") as bar:
-            for block in blocks:
+            for block in plan:
                 start, stop = block["start"], block["stop"]
                 images = sets.read_images_by_id(info.path, range(start, stop), info.ipc, info.channels)
                 for epoch, rows in label_image_block(
                         models, images, start, block["epochs"], ipc=info.ipc, k=r.views_per_epoch, scale=r.crop_scale,
-                        hflip=cfg.data.hflip, seed=cfg.seed, rows=per_block * r.views_per_epoch, top_k=r.top_k,
+                        hflip=cfg.data.hflip, seed=cfg.seed, rows=plan.images_per_block * r.views_per_epoch, top_k=r.top_k,
                         image_size=cfg.data.image_size, norm=teacher.norm, batch_size=r.batch_size,
                         device=self.device, precision=self.precision):
                     parts[epoch].append(sets.write_label_part(info.path, epoch, start, stop, rows, info.num_classes,

@@ -49,6 +49,26 @@ def test_same_outputs_whatever_the_actor_count(runs_by_actor_count):
     assert json.loads((one / "summary.json").read_text())["student_top1"] is not None  # the URL run's student
 
 
+def test_a_read_task_taking_several_relabel_blocks_labels_them_the_same(runs_by_actor_count, reference_args,
+                                                                       tmp_path, monkeypatch):
+    """Above MAX_INDEX_BLOCKS relabel blocks (80,000 at ImageNet-21K, IPC 50) a Ray Data read task takes a run of
+    consecutive block indices. With the cap at 1 one task takes all of this set's blocks, and the label parts are
+    byte for byte those of one block per task."""
+    from srel_ray.distributed import relabel as ray_relabel
+
+    out = tmp_path / "run"
+    shutil.copytree(runs_by_actor_count[2], out, ignore=shutil.ignore_patterns("ray", "logs"))
+    before = _labels(out / "condensed")
+    assert len(before) > 1  # a part file a block and epoch
+    shutil.rmtree(out / "condensed" / "labels")
+    (out / "condensed" / "manifest.json").unlink()  # recover (every unit done) writes it again, without labels
+    args = ["--config", str(out / "config.yaml"), "--out", str(out), *reference_args]
+    assert main(["recover", *args]) == 0
+    monkeypatch.setattr(ray_relabel, "MAX_INDEX_BLOCKS", 1)
+    assert main(["relabel", *args]) == 0
+    assert _labels(out / "condensed") == before
+
+
 def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, reference_args):
     out = runs_by_actor_count[2]
     condensed = out / "condensed"

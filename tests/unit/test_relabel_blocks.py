@@ -6,27 +6,39 @@ import numpy as np
 import torch
 
 from srel_ray.core.normalization import Normalization
-from srel_ray.core.relabel import (MAX_EPOCHS_PER_BLOCK, epoch_blocks, epochs_per_block, label_block,
+from srel_ray.core.relabel import (MAX_EPOCHS_PER_BLOCK, BlockPlan, epochs_per_block, label_block,
                                    label_image_block, pad_rows, view_rows)
 from srel_ray.models import create_model
 
 
 def test_blocks_cover_each_epoch_once_with_the_same_image_ranges_whatever_the_grouping():
     for group in (1, 2, 3, 8):
-        blocks = epoch_blocks([0, 1, 2], num_images=20, images_per_block=7, epochs_per_block=group)
+        plan = BlockPlan((0, 1, 2), num_images=20, images_per_block=7, epochs_per_block=group)
+        blocks = list(plan)
+        assert [plan.block(i) for i in range(len(plan))] == blocks
         for epoch in (0, 1, 2):
             mine = [(b["start"], b["stop"]) for b in blocks if epoch in b["epochs"]]
             assert mine == [(0, 7), (7, 14), (14, 20)]
         assert len(blocks) == 3 * -(-3 // group)
         assert all(len(b["epochs"]) <= group for b in blocks)
-    grouped = epoch_blocks([0, 1, 2, 3, 4], num_images=20, images_per_block=7, epochs_per_block=2)
+    grouped = list(BlockPlan((0, 1, 2, 3, 4), num_images=20, images_per_block=7, epochs_per_block=2))
     assert [b["epochs"] for b in grouped] == [[0, 1]] * 3 + [[2, 3]] * 3 + [[4]] * 3  # group by group, in order
 
 
 def test_an_epoch_has_the_same_blocks_in_a_resumed_run():
-    everything = epoch_blocks(list(range(4)), num_images=20, images_per_block=7)
-    resumed = epoch_blocks([2, 3], num_images=20, images_per_block=7)
+    everything = list(BlockPlan(tuple(range(4)), num_images=20, images_per_block=7))
+    resumed = list(BlockPlan((2, 3), num_images=20, images_per_block=7))
     assert resumed == [b for b in everything if set(b["epochs"]) <= {2, 3}]
+
+
+def test_a_plan_at_imagenet_21k_scale_is_its_parameters_not_a_list_of_blocks():
+    import pickle
+
+    plan = BlockPlan(tuple(range(300)), num_images=21841 * 50, images_per_block=512, epochs_per_block=8)
+    assert plan.blocks_per_epoch == 2133 and len(plan) == 38 * 2133
+    assert plan.block(0) == {"epochs": list(range(8)), "start": 0, "stop": 512}
+    assert plan.block(len(plan) - 1) == {"epochs": [296, 297, 298, 299], "start": 2132 * 512, "stop": 21841 * 50}
+    assert len(pickle.dumps(plan)) < 4096  # what each labelling actor is sent, whatever the number of blocks
 
 
 def test_epochs_per_block_is_bounded_and_leaves_blocks_for_every_worker():
