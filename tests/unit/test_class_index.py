@@ -65,12 +65,15 @@ def test_save_grid_reads_only_the_preview(tmp_path):
     assert torch.equal(grid[:, 1:5, 1:5], images[0])  # class 0, image 0 at the top left
 
 
-def test_the_baseline_selected_by_class_slices_is_the_one_drawn_for_all_classes(tmp_path):
-    """The random-real baseline, selected slice by slice where the work runs (Ray tasks), holds exactly the rows
-    and images the one draw over every class gives, whatever the slicing."""
+def test_the_baseline_selected_by_class_slices_is_the_one_drawn_for_all_classes(tmp_path, monkeypatch):
+    """The random-real baseline, selected slice by slice where the work runs (Ray tasks), a few images at a time,
+    holds exactly the rows and images the one draw over every class gives, whatever the slicing and chunking."""
     from srel_ray.config import DataConfig
+    from srel_ray.stages import baselines
     from srel_ray.stages.base import class_slices
     from srel_ray.stages.baselines import select_slice
+
+    monkeypatch.setattr(baselines, "CHUNK_IMAGES", 4)  # slices of 9 and 21 images: 3 and 6 chunks
 
     cfg = DataConfig()  # digits: 10 classes
     data = load_dataset(cfg)
