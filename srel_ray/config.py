@@ -50,8 +50,9 @@ class DataConfig:
     # 0: resize the whole image to image_size x image_size. None: a torchvision teacher's own (its weights'
     # resize/crop ratio, 256/224 for the V1 weights), else 0.
     test_resize: int | None = None
-    # imagefolder: the folder (local or URL, reachable by every worker) of the file index, listed on first open
-    # and read by every later one (srel_ray/data/folder_index.py). None: data.path/.srel_ray_index, beside the data.
+    # imagefolder, webdataset: the folder (local or URL, reachable and writable by every worker) of the index made
+    # on first open (an ImageFolder's file list, srel_ray/data/folder_index.py; where each tar sample's image lies
+    # and its label, srel_ray/data/webdataset.py) and read by every later one. None: data.path/.srel_ray_index.
     index: str | None = None
 
     def validate(self) -> None:

@@ -56,6 +56,61 @@ def test_shards_with_a_sidecar_class_list(tmp_path):
     assert torch.equal(torch.cat([y for _, y in streamed]), torch.from_numpy(test_labels))
 
 
+def test_the_first_open_keeps_an_index_that_later_opens_read(tmp_path, monkeypatch):
+    """Reading a million tar headers once, not at every open (the driver's, and every task's and actor's): later
+    opens read the index; a shard added or changed reads the shards again; data.index puts the index elsewhere."""
+    from srel_ray.data.webdataset import WebDatasetData
+
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES))
+    train_images, _ = write_shards(tmp_path, "train", 10, 0, shards=2)
+    write_shards(tmp_path, "validation", 4, 1)
+    cfg = DataConfig(name="webdataset", path=str(tmp_path), image_size=12)
+    first = load_dataset(cfg)
+    assert (tmp_path / ".srel_ray_index" / "index.json").exists()
+    scanned = []
+    original = WebDatasetData._scan_shard
+    monkeypatch.setattr(WebDatasetData, "_scan_shard", lambda self, path: scanned.append(path) or original(self, path))
+    again = load_dataset(cfg)
+    assert scanned == []  # no tar was read
+    for split in ("train", "test"):
+        assert torch.equal(again.labels(split), first.labels(split)) and again.shards(split) == first.shards(split)
+    assert torch.equal(again.images_at("train", torch.tensor([9, 0, 5])), torch.from_numpy(train_images[[9, 0, 5]]))
+
+    write_shards(tmp_path, "train", 3, 2, prefix="more")  # a third train shard
+    grown = load_dataset(cfg)
+    assert len(scanned) == 4 and len(grown.labels("train")) == 13  # every shard read again, the index rewritten
+    elsewhere = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12,
+                                        index=str(tmp_path / "my-index")))
+    assert (tmp_path / "my-index" / "train.parquet").exists() and torch.equal(elsewhere.labels("train"),
+                                                                              grown.labels("train"))
+
+
+def test_shards_on_a_remote_filesystem_are_read_in_parallel_into_the_same_index(tmp_path):
+    """fsspec's memory filesystem stands in for an object store: shards are read by threads (local ones one at a
+    time), and the index is the same."""
+    import uuid
+
+    import fsspec
+
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES))
+    write_shards(tmp_path, "train", 10, 0, shards=4)
+    write_shards(tmp_path, "validation", 4, 1, shards=2)
+    local = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12))
+    root = f"memory://wds-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    for path in tmp_path.iterdir():
+        if path.is_file():
+            fs.pipe(f"{root}/{path.name}", path.read_bytes())
+    try:
+        remote = load_dataset(DataConfig(name="webdataset", path=root, image_size=12))
+        assert fs.exists(f"{root}/.srel_ray_index/index.json")
+        for split in ("train", "test"):
+            assert torch.equal(remote.labels(split), local.labels(split))
+        assert torch.equal(remote.images_at("train", torch.tensor([7, 2])), local.images_at("train", torch.tensor([7, 2])))
+    finally:
+        fs.rm(root, recursive=True)
+
+
 def test_a_timm_synset_list_names_the_classes(tmp_path):
     write_shards(tmp_path, "train", 3, 0, labels=[0, 11819, 11820], ext="jpg")  # ImageNet-12K's last classes
     write_shards(tmp_path, "val", 1, 1, ext="jpg")
