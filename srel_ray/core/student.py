@@ -42,8 +42,8 @@ class EpochLabels:
 
     image_index: torch.Tensor  # (R,) int64, row -> index into the set's images
     views: Views
-    logits: torch.Tensor | None = None  # (R, num_classes) float32, when the set stores every logit
-    topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (index, logits, rest log-sum-exp)
+    logits: torch.Tensor | None = None  # (R, num_classes) as stored (float16 or float32): the set keeps every logit
+    topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (index, logits, rest log-sum-exp), as stored
     num_classes: int = 0  # with ``topk``
 
     @property
@@ -54,7 +54,7 @@ class EpochLabels:
         """The (len(rows), num_classes) float32 logits of ``rows``."""
         assert not self.hard, "hard labels have no logits"
         if self.logits is not None:
-            return self.logits[rows]
+            return self.logits[rows].float()
         index, values, rest = self.topk
         return expand_topk(index[rows], values[rows], rest[rows], self.num_classes)
 

@@ -334,8 +334,9 @@ def write_label_epoch(set_dir: str, epoch: int, columns: dict[str, np.ndarray], 
 
 
 def _matrix(table: pa.Table, name: str) -> np.ndarray:
+    """A fixed-size list column as a writable (rows, k) array of its own (Arrow's are read-only views)."""
     flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(len(table), -1)
+    return np.array(flat.reshape(len(table), -1))
 
 
 def _read_table(set_dir: str, path: str) -> pa.Table:
@@ -367,14 +368,16 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False, images: range
     labels = EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)), row_views(col))
     if hard:
         return labels
+    # Logits stay in their stored precision (float16 by default: half of float32 for a share of an epoch); targets()
+    # widens a batch's rows, exactly.
     if "logits" in table.column_names:
-        labels.logits = torch.from_numpy(_matrix(table, "logits").astype(np.float32))
+        labels.logits = torch.from_numpy(_matrix(table, "logits"))
         return labels
     num_classes = int(metadata[b"num_classes"]) if metadata else None
     assert num_classes, f"{set_dir}: a top-k label file must record num_classes in its schema metadata"
     # Kept compressed: the student expands one batch at a time (EpochLabels.targets).
-    labels.topk = (torch.from_numpy(_matrix(table, "topk_index").astype(np.int32)),
-                   torch.from_numpy(_matrix(table, "topk_logits").astype(np.float32)),
+    labels.topk = (torch.from_numpy(_matrix(table, "topk_index")),
+                   torch.from_numpy(_matrix(table, "topk_logits")),
                    torch.from_numpy(table.column("rest_logsumexp").to_numpy().astype(np.float32)))
     labels.num_classes = num_classes
     return labels

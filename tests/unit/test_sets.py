@@ -71,10 +71,11 @@ def test_label_epoch_round_trip(root, dtype):
     expected = cols["logits"][order]
     if dtype == "float16":
         expected = expected.astype(np.float16)
-    assert labels.logits.dtype == torch.float32 and labels.logits.shape == (10, 4)
-    assert torch.equal(labels.logits, torch.from_numpy(expected.astype(np.float32)))
+    assert labels.logits.dtype == getattr(torch, dtype) and labels.logits.shape == (10, 4)  # held as stored
+    every = labels.targets(torch.arange(10))  # widened a batch at a time, exactly
+    assert every.dtype == torch.float32 and torch.equal(every, torch.from_numpy(expected.astype(np.float32)))
     if dtype == "float16":  # really stored at half precision
-        assert not torch.equal(labels.logits, torch.from_numpy(cols["logits"][order]))
+        assert not torch.equal(every, torch.from_numpy(cols["logits"][order]))
 
 
 def test_label_epoch_hard_drops_logits(root):

@@ -101,7 +101,7 @@ def test_relabel_teacher_labels_both_sets_instead_of_the_recovery_teacher(tmp_pa
         labels = sets.read_label_epoch(info.path, 1)
         images = sets.read_images(info.path, 10, 1, 1)[labels.image_index]
         expected = teacher_logits(labeller, view_pixels(images, labels.views, 16, data.norm), 64, "cpu")
-        torch.testing.assert_close(labels.logits, expected.half().float())
+        torch.testing.assert_close(labels.logits, expected.half())
 
     other = Teacher("convnet", {"width": 8, "depth": 2}, data.class_names, 1, 16, Normalization((0.1,), (0.2,)),
                     teachers["labeller.pt"].state_dict)
