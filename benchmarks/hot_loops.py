@@ -206,7 +206,7 @@ def legacy_student_epoch(model, optimizer, scheduler, images, labels: EpochLabel
         idx = labels.image_index[batch]
         x = view_pixels(images[idx], Views(labels.views.boxes[batch], labels.views.flips[batch]), image_size,
                         NORM).to(device)
-        loss = soft_label_kl(model(x), labels.logits[batch].to(device), temperature)
+        loss = soft_label_kl(model(x), labels.targets(batch).to(device), temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -96,7 +96,7 @@ def compare_labels(a: str, b: str, epochs: int) -> dict:
         x, y = sets.read_label_epoch(a, e), sets.read_label_epoch(b, e)
         same_views &= bool(torch.equal(x.image_index, y.image_index) and torch.equal(x.views.boxes, y.views.boxes)
                            and torch.equal(x.views.flips, y.views.flips))
-        diff = max(diff, float((x.logits - y.logits).abs().max()))
+        diff = max(diff, float((x.logits.float() - y.logits.float()).abs().max()))
     return {"views_identical": same_views, "max_abs_logit_difference": diff}
 
 
