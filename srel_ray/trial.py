@@ -111,32 +111,52 @@ def student_epochs(cfg: Config, info: sets.SetInfo, inputs: TrialInputs, device:
     the model they were scored with (the EMA of the weights when evaluate.ema_decay is set, as the evaluate stage
     tests it)."""
     executor = InProcessExecutor(device, precision)
-    held_out = validation(inputs)
+    held_out = validation_parts(inputs)
     last = cfg.evaluate.epochs - 1
     for epoch, loss, tested in executor.student_epochs(cfg, info, inputs.norm):
         if (epoch + 1) % cfg.tune.score_interval and epoch != last:
             continue
-        val = count_correct(tested, _batches(*held_out, inputs.norm), device)
+        val = count_correct(tested, _batches(held_out, inputs.norm), device)
         yield {"epoch": epoch, "epochs_trained": epoch + 1, "train_loss": loss, "val_top1": val["top1"] / val["n"],
                "val_top5": val["top5"] / val["n"]}, tested
 
 
-def validation(inputs: TrialInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation images (uint8) and labels: read and decoded by the first trial that needs them (under a
-    lock) and kept in the search folder for the others; the driver decodes none of them."""
-    path = SearchDir(inputs.out).validation
-    with files.locked(path):
-        if not files.exists(path):
+# Validation images a file holds: a trial holds one file at a time (ImageNet-1K's 10 % is 128,000 images, 19 GB
+# decoded at 224 px; 4,096 are 600 MB), and a multiple of the scoring batch, so the batches are those of one file.
+VALIDATION_PART = 4096
+SCORE_BATCH = 256
+
+
+def validation_parts(inputs: TrialInputs) -> list[str]:
+    """The files of the validation images (uint8) and labels, ``VALIDATION_PART`` a file: read and decoded by the
+    first trial that needs them (under a lock), a file at a time, their record last, and kept in the search folder
+    for the others; the driver decodes none of them."""
+    search = SearchDir(inputs.out)
+    with files.locked(search.validation):
+        if not files.exists(search.validation):
             data = load_dataset(inputs.data)
-            files.write_torch(path, {"images": data.images_at("train", inputs.val_rows),
-                                     "labels": data.labels("train")[inputs.val_rows]})
-    stored = files.read_torch(path)
-    return stored["images"], stored["labels"]
+            labels = data.labels("train")
+            parts = []
+            for index, start in enumerate(range(0, len(inputs.val_rows), VALIDATION_PART)):
+                rows = inputs.val_rows[start:start + VALIDATION_PART]
+                files.write_torch(search.validation_part(index), {"images": data.images_at("train", rows),
+                                                                   "labels": labels[rows]})
+                parts.append(index)
+            files.write_json_atomic(search.validation, {"images": len(inputs.val_rows), "parts": parts})
+    return [search.validation_part(index) for index in files.read_json(search.validation)["parts"]]
 
 
-def _batches(images: torch.Tensor, labels: torch.Tensor, norm: Normalization, size: int = 256):
-    for x, y in zip(images.split(size), labels.split(size)):
-        yield norm.normalize_uint8(x), y
+def validation_images(parts: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The validation images (uint8) and labels, a file at a time."""
+    for path in parts:
+        stored = files.read_torch(path)
+        yield stored["images"], stored["labels"]
+
+
+def _batches(parts: list[str], norm: Normalization):
+    for images, labels in validation_images(parts):
+        for x, y in zip(images.split(SCORE_BATCH), labels.split(SCORE_BATCH)):
+            yield norm.normalize_uint8(x), y
 
 
 def score_on_test(cfg: Config, folder: Path, data: RealData) -> dict:

@@ -28,6 +28,7 @@ A search's folder (``srel-ray tune``; srel_ray.tuning and srel_ray.trial write i
 teacher/, and::
 
     DIR/search.json          MLflow store and parent run, validation split size (the trial callback reads it)
+    DIR/validation/          the validation images, part-<k>.pt files of uint8 images and labels, parts.json last
     DIR/tune/                Ray Tune's experiment state, which --resume restores (srel_ray.distributed.tune)
     DIR/sets/<set key>/      condensed sets shared by the trials whose set settings agree
     DIR/trials/<trial key>/  trial.json (written last), student.pt, condensed_grid.png
@@ -169,8 +170,13 @@ class SearchDir(RunDir):
 
     @property
     def validation(self) -> str:
-        """The validation images every trial scores on, decoded once by the first trial that needs them."""
-        return join(self.out, "validation.pt")
+        """The record of the validation images every trial scores on (their files, written before it), decoded
+        once by the first trial that needs them."""
+        return join(self.out, "validation", "parts.json")
+
+    def validation_part(self, index: int) -> str:
+        """One file of the validation images (uint8) and labels."""
+        return join(self.out, "validation", f"part-{index:05d}.pt")
 
     def shared_set(self, key: str) -> str:
         return join(self.out, "sets", key)

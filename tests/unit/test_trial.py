@@ -23,8 +23,9 @@ from srel_ray.data.real import WithoutRows, load_dataset, random_real_indices, v
 from srel_ray.models import create_model
 from srel_ray.search_space import apply_params
 from srel_ray.teacher import Teacher, load_class_stats, load_teacher, save_class_stats, save_teacher
+from srel_ray import trial as trial_module
 from srel_ray.trial import (TrialInputs, run_trial, score_on_test, set_key, student_epochs, trial_dir,
-                            validation)
+                            validation_images, validation_parts)
 
 TINY = ["recover.iterations=3", "relabel.epochs=2", "evaluate.epochs=3", "teacher.arch_kwargs={width: 8, depth: 2}",
         "evaluate.arch_kwargs={width: 8, depth: 2}", "resources.use_gpu=false"]
@@ -50,6 +51,12 @@ def _save_untrained_teacher(data, path, seed: int) -> None:
 def _inputs(out, cfg, data, **options) -> TrialInputs:
     rows = validation_indices(data.labels("train"), 10, cfg.data.val_fraction, cfg.data.split_seed)
     return TrialInputs(str(out), str(out / "teacher" / "teacher.pt"), "digits", data.norm, rows, cfg.data, **options)
+
+
+def validation(inputs):
+    """Every validation image and label, concatenated from the files a trial reads one at a time."""
+    images, labels = zip(*validation_images(validation_parts(inputs)))
+    return torch.cat(images), torch.cat(labels)
 
 
 def _run(cfg, inputs):
@@ -122,6 +129,19 @@ def test_best_student_scored_once_on_the_test_split(search):
     scores = score_on_test(cfg, trial_dir(inputs.out, cfg), data)
     assert scores["n"] == len(data.labels("test")) == 450
     assert 0.0 <= scores["test_top1"] <= scores["test_top5"] <= 1.0
+
+
+def test_validation_images_are_decoded_once_into_files_a_trial_holds_one_at_a_time(search, tmp_path, monkeypatch):
+    cfg, _, data = search
+    inputs = _inputs(tmp_path, cfg, data)
+    monkeypatch.setattr(trial_module, "VALIDATION_PART", 64)  # 136 images: files of 64, 64 and 8
+    parts = validation_parts(inputs)
+    assert [len(labels) for _, labels in validation_images(parts)] == [64, 64, 8]
+    images, labels = validation(inputs)
+    assert torch.equal(images, data.images_at("train", inputs.val_rows))
+    assert torch.equal(labels, data.labels("train")[inputs.val_rows])
+    monkeypatch.setattr(trial_module, "load_dataset", None)  # a later trial reads the files, never the data
+    assert validation_parts(inputs) == parts
 
 
 def test_starting_images_are_training_images_outside_the_validation_split(search):
