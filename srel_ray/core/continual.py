@@ -58,9 +58,11 @@ def _positions(classes: Sequence[int], size: int) -> torch.Tensor:
 def restrict_labels(labels: EpochLabels, classes: Sequence[int], ipc: int, images: range | None = None
                     ) -> EpochLabels:
     """A set's label epoch as the memory of ``classes`` replays it: the rows of the memory's images, each pointing
-    at its image's memory index (``memory_images``), with the logits of ``classes`` alone (full logits: a top-k
-    epoch is expanded for these rows). ``images``: only the rows of these memory indices (a training worker's
-    share); their ``image_index`` still counts from the memory's first image."""
+    at its image's memory index (``memory_images``), with the logits of ``classes`` alone (stored logits: those
+    columns, as stored; a top-k epoch stays compressed and is expanded a batch at a time, then cut to those
+    columns). ``images``: only the rows of these memory indices (a training worker's share); their
+    ``image_index`` still counts from the memory's first image."""
+    assert labels.columns is None, "a memory's labels are cut from a set's"
     set_classes = labels.image_index // ipc
     where = _positions(classes, max(int(set_classes.max()) + 1, max(classes) + 1))[set_classes]
     memory_index = where * ipc + labels.image_index % ipc
@@ -69,8 +71,12 @@ def restrict_labels(labels: EpochLabels, classes: Sequence[int], ipc: int, image
         keep &= (memory_index >= images.start) & (memory_index < images.stop)
     rows = keep.nonzero().squeeze(1)
     out = EpochLabels(memory_index[rows], Views(labels.views.boxes[rows], labels.views.flips[rows]))
-    if not labels.hard:
-        out.logits = labels.targets(rows)[:, torch.as_tensor(list(classes))]
+    columns = torch.as_tensor(list(classes))
+    if labels.logits is not None:
+        out.logits = labels.logits[rows][:, columns]
+    elif labels.topk is not None:
+        index, values, rest = labels.topk
+        out.topk, out.num_classes, out.columns = (index[rows], values[rows], rest[rows]), labels.num_classes, columns
     return out
 
 

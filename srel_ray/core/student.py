@@ -45,6 +45,7 @@ class EpochLabels:
     logits: torch.Tensor | None = None  # (R, num_classes) as stored (float16 or float32): the set keeps every logit
     topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (index, logits, rest log-sum-exp), as stored
     num_classes: int = 0  # with ``topk``
+    columns: torch.Tensor | None = None  # with ``topk``: the classes targets() returns, in order (a continual memory's)
 
     @property
     def hard(self) -> bool:
@@ -56,7 +57,8 @@ class EpochLabels:
         if self.logits is not None:
             return self.logits[rows].float()
         index, values, rest = self.topk
-        return expand_topk(index[rows], values[rows], rest[rows], self.num_classes)
+        logits = expand_topk(index[rows], values[rows], rest[rows], self.num_classes)
+        return logits if self.columns is None else logits[:, self.columns]
 
 
 def build_student(e: EvaluateConfig, *, seed: int, num_classes: int, channels: int, image_size: int) -> nn.Module:

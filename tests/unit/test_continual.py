@@ -68,18 +68,20 @@ def test_a_memory_replays_its_classes_rows_with_their_logits_only():
     assert memory.image_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     torch.testing.assert_close(memory.views.boxes, labels.views.boxes[kept])
     assert memory.views.flips.tolist() == labels.views.flips[kept].tolist()
-    torch.testing.assert_close(memory.logits, logits[kept][:, [1, 3]])
+    torch.testing.assert_close(memory.targets(torch.arange(8)), logits[kept][:, [1, 3]])
     share = restrict_labels(labels, [1, 3], ipc=2, images=range(1, 3))  # a training worker's share
     assert share.image_index.tolist() == [1, 1, 2, 2]
     hard = restrict_labels(EpochLabels(labels.image_index, labels.views), [0, 2], ipc=2)
     assert hard.hard and hard.image_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_a_top_k_epoch_is_expanded_for_the_memory_rows():
+def test_a_top_k_epoch_stays_compressed_and_expands_a_batch_of_memory_rows():
     labels, logits = _labels(topk=2)
     memory = restrict_labels(labels, [0, 2], ipc=2)
-    assert memory.topk is None
-    torch.testing.assert_close(memory.logits, labels.targets(torch.tensor([0, 1, 2, 3, 8, 9, 10, 11]))[:, [0, 2]])
+    assert memory.logits is None and len(memory.topk[0]) == 8  # 8 rows of k indices, not rows x classes
+    kept = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
+    assert torch.equal(memory.targets(torch.arange(8)), labels.targets(kept)[:, [0, 2]])
+    assert torch.equal(memory.targets(torch.tensor([5, 2])), labels.targets(kept[[5, 2]])[:, [0, 2]])
 
 
 def test_test_batches_keep_the_seen_classes_labelled_by_output_index():
