@@ -21,6 +21,14 @@ from srel_ray.core.normalization import Normalization
 from srel_ray.core.seeding import STREAM_NORMALIZATION, generator
 from srel_ray.errors import DataError
 
+INDEX_FOLDER = ".srel_ray_index"  # where a reader keeps its index of data.path by default (data.index overrides it)
+
+
+def index_folder(index: str | None, fs, root: str) -> str:
+    """The folder of a reader's index (ImageFolder's file list, WebDataset's sample offsets): ``data.index``, else
+    ``INDEX_FOLDER`` beside the data at ``root`` on ``fs``, as a URL."""
+    return index or fs.unstrip_protocol(f"{root}/{INDEX_FOLDER}")
+
 NORMALIZATION_SAMPLE = 2048  # images used to estimate the per-channel mean and std
 
 

@@ -14,13 +14,12 @@ import fsspec
 import torch
 
 from srel_ray.config import DataConfig
-from srel_ray.data.base import RealData, decode_images, decode_rows
+from srel_ray.data.base import RealData, decode_images, decode_rows, index_folder
 from srel_ray.data.folder_index import SPLITS, FolderIndex, Listing, list_class_folders, open_index, sorted_by_path
 from srel_ray.data.imagenet_val import flat_val_labels
 from srel_ray.errors import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
-INDEX_FOLDER = ".srel_ray_index"  # the index's default folder, beside the data (data.index overrides it)
 
 
 class ImageFolderData(RealData):
@@ -36,7 +35,7 @@ class ImageFolderData(RealData):
         self.class_names = sorted(name for name, _ in self._folders(f"{self.root}/train"))
         if not self.class_names:
             raise DataError(f"data.path {cfg.path!r}: train/ holds no class folders")
-        folder = cfg.index or self.fs.unstrip_protocol(f"{self.root}/{INDEX_FOLDER}")
+        folder = index_folder(cfg.index, self.fs, self.root)
         self.index: FolderIndex = open_index(folder, {"classes": self.class_names, "val_labels": self.val_labels},
                                              self._list_splits)
         self._labels = {split: self.index.labels(split) for split in SPLITS}

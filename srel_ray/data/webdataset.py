@@ -30,12 +30,11 @@ import torch
 
 from srel_ray.config import DataConfig
 from srel_ray.data import imagenet_classes
-from srel_ray.data.base import RealData, decode_images, decode_rows
+from srel_ray.data.base import RealData, decode_images, decode_rows, index_folder
 from srel_ray.errors import DataError
 from srel_ray.storage.files import read_json, write_bytes_atomic, write_json_atomic
 
 INDEX_VERSION = 1
-INDEX_FOLDER = ".srel_ray_index"  # the index's default folder, beside the shards (data.index overrides it)
 # Shards whose headers are read at once on a remote filesystem, where reading is mostly latency. A local one is read
 # a shard at a time: parsing tar headers holds the GIL, and threads only contend (200,000 samples in 40 shards on
 # the 2-core machine: 38 s with one thread, 66 s with 4).
@@ -87,7 +86,7 @@ class WebDatasetData(RealData):
         self.root = root.rstrip("/")
         self.class_names = self._class_list(cfg.classes)
         shards, sizes = self._split_shards()
-        self.index = self._open_index(cfg.index or f"{cfg.path.rstrip('/')}/{INDEX_FOLDER}", shards, sizes)
+        self.index = self._open_index(index_folder(cfg.index, self.fs, self.root), shards, sizes)
 
     def _class_list(self, classes: str | None) -> list[str]:
         if classes in imagenet_classes.SYNSET_LISTS:
