@@ -119,22 +119,28 @@ def plan_cells(args: argparse.Namespace, teacher_pt: Path) -> list[Cell]:
 
 
 def plan_jobs(cells: list[Cell], parts: list[str], students: list[str], labeller: Path | None, labeller_tag: str,
-              continual_ipc: list[int]) -> list[Job]:
+              continual_ipc: list[int], resources: tuple[str, ...] = ()) -> list[Job]:
     """Every part's jobs, part by part in ``parts`` order, cells in order. Only cross-arch adds students (not part
-    of a run's identity: a folder keeps those an earlier cross-arch job trained)."""
-    with_baselines, none = "evaluate.baselines=true", "evaluate.students=[]"
+    of a run's identity: a folder keeps those an earlier cross-arch job trained). ``resources``: --run-set's
+    ``resources.*`` values, which every job applies (the run's saved config has the ladder's)."""
+    with_baselines, none = ("evaluate.baselines=true", *resources), "evaluate.students=[]"
     extra = "evaluate.students=" + json.dumps([ARCHITECTURES[s] for s in students])
     jobs = []
     for part in parts:
         for c in cells:
             if part == "cross-arch":
-                jobs.append(Job(part, c, c.own_folder, (with_baselines, extra)))
+                jobs.append(Job(part, c, c.own_folder, (*with_baselines, extra)))
             elif part == "second-teacher":
                 jobs.append(Job(part, c, c.relabelled_folder(labeller_tag),
-                                (with_baselines, none, f"relabel.teacher={labeller}")))
+                                (*with_baselines, none, f"relabel.teacher={labeller}")))
             elif c.ipc in continual_ipc:
-                jobs.append(Job(part, c, c.own_folder, (with_baselines, none)))
+                jobs.append(Job(part, c, c.own_folder, (*with_baselines, none)))
     return jobs
+
+
+def resource_overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    """--run-set's ``resources.*`` values: how this invocation's students run (not part of a run's identity)."""
+    return tuple(o for o in args.run_overrides if o.strip().startswith("resources."))
 
 
 def ladder_command(args: argparse.Namespace, cells: list[Cell]) -> str:
@@ -424,7 +430,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--continual-set", dest="continual_overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help=f"srel-ray continual's --set values, after {CONTINUAL}")
     p.add_argument("--run-set", dest="run_overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="the ladder's --run-set values")
+                   help="the ladder's --run-set values; its resources.* values also apply to what this script trains")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="the quality benchmark's --set values: the second teacher is squeezed with them")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
@@ -451,14 +457,14 @@ def main() -> None:
     cells = plan_cells(args, teacher_pt)
     if args.dry_run:
         describe_plan(cells, plan_jobs(cells, args.parts, args.students, labeller_path(args),
-                                       labeller_tag(labeller_path(args)), args.continual_ipc))
+                                       labeller_tag(labeller_path(args)), args.continual_ipc, resource_overrides(args)))
         check_cells(args, cells)
         return
     check_cells(args, cells)
     made_by = {**harness.made_by(), "teacher": harness.describe_teacher(teacher_pt)}
     labeller = second_teacher(args, made_by["teacher"]) if "second-teacher" in args.parts else None
     jobs = plan_jobs(cells, args.parts, args.students, labeller_path(args), labeller_tag(labeller_path(args)),
-                     args.continual_ipc)
+                     args.continual_ipc, resource_overrides(args))
     describe_plan(cells, jobs)
 
     earlier = ladder.previous_runs(args.results)  # replaced one by one as this invocation records the same rows

@@ -59,6 +59,13 @@ def test_the_plan_reads_the_ladders_folders_and_keeps_their_recovery(tmp_path, t
         mine, run = cfg.identity(), c.config.identity()
         assert all(mine.get(k) == run.get(k) for k in RECOVERY_IDENTITY)  # recover.reuse takes the run's images
 
+    # --run-set's resources (how students run, not what they are) apply to every job; the run's config has the ladder's.
+    two_threads = generalisation.plan_jobs(cells, ["cross-arch", "continual"], ["resnet18_small"], None, "", [10],
+                                           ("resources.threads_per_worker=2",))
+    for job in two_threads:
+        cfg = config_from_yaml(config_yaml(c.config), "the run", list(job.overrides))
+        assert cfg.resources.threads_per_worker == 2 and cfg.evaluate.baselines
+
     # A step that trains its own baselines is studied in its own folder; only the relabelled one is new.
     one = ("--ipc", "10", "--seeds", "0")
     own = generalisation.plan_cells(_args(tmp_path, teacher, *one, "--step", "+ student-side choices"), teacher)[0]
