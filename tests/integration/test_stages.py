@@ -32,11 +32,18 @@ def runs_by_actor_count(quickstart_run, reference_run, reference_args, tmp_path_
     """The same run on 1 and 2 recovery actors. The 1-actor run is conftest's ``reference_run``: written through a
     file:// URL (the code path of s3:// and gs://) from a working directory of its own, through all four stages;
     the 2-actor run goes to a local folder and stops after relabel (its student would only repeat the 1-actor
-    one's on the same files). Equal outputs then show that neither the actor count nor the URL changes a byte."""
+    one's on the same files), and its relabel runs with MAX_INDEX_BLOCKS at 1: one Ray Data read task takes every
+    relabel block, as a task takes a run of them above 1,024 blocks (ImageNet-21K), where the reference run has a
+    task a block. Equal outputs then show that neither the actor count, nor the URL, nor how read tasks cut the
+    blocks changes a byte."""
+    from srel_ray.distributed import relabel as ray_relabel
+
     out = tmp_path_factory.mktemp("actors") / "actors2"
-    for command in ["squeeze", "recover", "relabel"]:
-        assert main([command, "--config", str(quickstart_run / "config.yaml"), "--out", str(out), *reference_args,
-                     "--set", "resources.recover_actors=2"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray_relabel, "MAX_INDEX_BLOCKS", 1)
+        for command in ["squeeze", "recover", "relabel"]:
+            assert main([command, "--config", str(quickstart_run / "config.yaml"), "--out", str(out),
+                         *reference_args, "--set", "resources.recover_actors=2"]) == 0
     return {1: reference_run, 2: out}
 
 
@@ -46,27 +53,8 @@ def test_same_outputs_whatever_the_actor_count(runs_by_actor_count):
     assert recover_two["units"] == 4 and len({a["pid"] for a in recover_two["actors"]}) == 2
     assert _files(one / "condensed") == _files(two / "condensed") != {}
     assert _labels(one / "condensed") == _labels(two / "condensed") != []
+    assert len(_labels(one / "condensed")) > 1  # several relabel blocks: one read task took them all in run 2
     assert json.loads((one / "summary.json").read_text())["student_top1"] is not None  # the URL run's student
-
-
-def test_a_read_task_taking_several_relabel_blocks_labels_them_the_same(runs_by_actor_count, reference_args,
-                                                                       tmp_path, monkeypatch):
-    """Above MAX_INDEX_BLOCKS relabel blocks (80,000 at ImageNet-21K, IPC 50) a Ray Data read task takes a run of
-    consecutive block indices. With the cap at 1 one task takes all of this set's blocks, and the label parts are
-    byte for byte those of one block per task."""
-    from srel_ray.distributed import relabel as ray_relabel
-
-    out = tmp_path / "run"
-    shutil.copytree(runs_by_actor_count[2], out, ignore=shutil.ignore_patterns("ray", "logs"))
-    before = _labels(out / "condensed")
-    assert len(before) > 1  # a part file a block and epoch
-    shutil.rmtree(out / "condensed" / "labels")
-    (out / "condensed" / "manifest.json").unlink()  # recover (every unit done) writes it again, without labels
-    args = ["--config", str(out / "config.yaml"), "--out", str(out), *reference_args]
-    assert main(["recover", *args]) == 0
-    monkeypatch.setattr(ray_relabel, "MAX_INDEX_BLOCKS", 1)
-    assert main(["relabel", *args]) == 0
-    assert _labels(out / "condensed") == before
 
 
 def test_interrupted_recover_redoes_only_unfinished_units(runs_by_actor_count, reference_args):
