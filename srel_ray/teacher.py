@@ -216,11 +216,20 @@ def class_stats_complete(folder: str) -> bool:
 
 def save_class_stats(stats: ClassStats, folder: str, describe: dict) -> None:
     """Every class's file, then the manifest (``describe``: what produced them, for people reading it)."""
+    save_class_files(stats, folder)
+    write_class_stats_manifest(folder, len(stats.classes), [int(m.shape[1]) for m in stats.mean], describe)
+
+
+def save_class_files(stats: ClassStats, folder: str) -> None:
+    """The files of ``stats``'s classes (any subset: a shard of the classes writes its own)."""
     for row, c in enumerate(stats.classes):
         write_torch(_class_file(folder, c), {"mean": [m[row].clone() for m in stats.mean],
                                              "var": [v[row].clone() for v in stats.var]})
-    manifest = {"num_classes": len(stats.classes), "layers": len(stats.mean),
-                "channels": [int(m.shape[1]) for m in stats.mean], **describe}
+
+
+def write_class_stats_manifest(folder: str, num_classes: int, channels: list[int], describe: dict) -> None:
+    """The manifest, once every class's file is written: it marks the folder complete."""
+    manifest = {"num_classes": num_classes, "layers": len(channels), "channels": channels, **describe}
     write_json_atomic(join(folder, "manifest.json"), manifest)
 
 

@@ -68,35 +68,56 @@ def batch_sums(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Class
 
 
 class ClassStatsAccumulator:
-    """Adds up ``ClassSums`` of any batches (in any order, from any worker) for ``num_classes`` classes."""
+    """Adds up ``ClassSums`` of any batches (in any order, from any worker) for the classes ``classes`` of
+    ``num_classes`` (all of them by default). A part's rows of other classes are left out, so several accumulators
+    owning disjoint class ranges can each be given every part and hold only their share of the sums."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, classes: range | None = None):
         self.num_classes = num_classes
+        self.classes = range(num_classes) if classes is None else classes
+        assert self.classes.step == 1 and 0 <= self.classes.start <= self.classes.stop <= num_classes, classes
         self.total: ClassSums | None = None
 
     def add(self, part: ClassSums) -> None:
+        first, count = self.classes.start, len(self.classes)
         if self.total is None:
-            zeros = [torch.zeros(self.num_classes, s.shape[1], dtype=torch.float64) for s in part.sums]
-            self.total = ClassSums(torch.arange(self.num_classes), zeros, [z.clone() for z in zeros],
-                                   [torch.zeros(self.num_classes, dtype=torch.float64) for _ in part.sums])
-        t, idx = self.total, part.classes
+            zeros = [torch.zeros(count, s.shape[1], dtype=torch.float64) for s in part.sums]
+            self.total = ClassSums(torch.arange(first, self.classes.stop), zeros, [z.clone() for z in zeros],
+                                   [torch.zeros(count, dtype=torch.float64) for _ in part.sums])
+        mine = (part.classes >= first) & (part.classes < self.classes.stop)
+        if not mine.any():
+            return
+        t, idx = self.total, part.classes[mine] - first
         for layer in range(len(t.sums)):
-            t.sums[layer].index_add_(0, idx, part.sums[layer])
-            t.squares[layer].index_add_(0, idx, part.squares[layer])
-            t.pixels[layer].index_add_(0, idx, part.pixels[layer])
+            t.sums[layer].index_add_(0, idx, part.sums[layer][mine])
+            t.squares[layer].index_add_(0, idx, part.squares[layer][mine])
+            t.pixels[layer].index_add_(0, idx, part.pixels[layer][mine])
 
     def update(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
         self.add(batch_sums(model, x, labels))
 
     def missing(self) -> list[int]:
-        """Classes no image was seen of (their statistics would be undefined)."""
+        """Classes of this accumulator no image was seen of (their statistics would be undefined)."""
         if self.total is None:
-            return list(range(self.num_classes))
-        return torch.nonzero(self.total.pixels[0] == 0).flatten().tolist()
+            return list(self.classes)
+        return (torch.nonzero(self.total.pixels[0] == 0).flatten() + self.classes.start).tolist()
 
     def result(self) -> "ClassStats":
         assert self.total is not None and not self.missing(), f"no images seen of classes {self.missing()[:10]}"
         return self.total.stats()
+
+
+def bytes_per_class(channels: list[int]) -> int:
+    """What an accumulator holds per class for BN layers of these channel counts: float64 sums, squares, pixels."""
+    return sum(16 * c + 8 for c in channels)
+
+
+def class_shards(num_classes: int, class_bytes: int, shard_bytes: int) -> list[range]:
+    """Contiguous class ranges of at most ``shard_bytes`` of sums each (at least one class), as even as can be."""
+    per_shard = max(1, shard_bytes // class_bytes)
+    count = -(-num_classes // per_shard)
+    bounds = [num_classes * i // count for i in range(count + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 @dataclass

@@ -2,8 +2,12 @@
 
 The training split streams through Ray Data (read and decoded by Ray tasks, as squeeze reads it); an actor pool
 holding every teacher turns each batch into the sums of the classes present in it
-(srel_ray.core.class_stats.batch_sums); the driver adds them up in stream order and writes one small file per
-class and teacher beside the teacher (srel_ray.teacher.save_class_stats). A folder that is complete is reused.
+(srel_ray.core.class_stats.batch_sums). The sums themselves are held by accumulator actors, each owning a contiguous
+range of classes (at most SHARD_BYTES of sums: at 21,841 classes a ResNet-18 teacher's are 1.7 GB, a ResNet-50's
+9.3 GB, more than one process should hold); the driver only passes each batch's rows on, in stream order, to the
+shards owning them, so every class's sums are added in one fixed order whatever the shard and actor counts. Each
+shard writes the files of its classes (one small file per class and teacher, beside the teacher:
+srel_ray.teacher.save_class_files), the driver the manifests last. A folder that is complete is reused.
 """
 
 from __future__ import annotations
@@ -16,16 +20,21 @@ import ray.data
 import torch
 
 from srel_ray.config import Config
-from srel_ray.core.class_stats import ClassStatsAccumulator, ClassSums, batch_sums
+from srel_ray.core.class_stats import ClassStatsAccumulator, ClassSums, batch_sums, bytes_per_class, class_shards
 from srel_ray.core.recover import freeze
 from srel_ray.data.real import RealData
 from srel_ray.distributed.cluster import actor_resources, local_device
 from srel_ray.distributed.datasets import ray_dataset
 from srel_ray.distributed.progress import close_bar, open_bar
 from srel_ray.errors import DataError
-from srel_ray.teacher import class_stats_complete, load_teacher, save_class_stats
+from srel_ray.teacher import class_stats_complete, load_teacher, save_class_files, write_class_stats_manifest
 
 log = logging.getLogger(__name__)
+
+# The sums one accumulator actor holds at most (its classes x every teacher's BN channels, float64 sums and squares).
+SHARD_BYTES = 512 * 2**20
+# Batches passed on and not yet added, per shard, before the driver waits for the shards to catch up.
+MAX_PENDING_ADDS = 16
 
 
 class ClassSumsMapper:
@@ -51,6 +60,24 @@ class ClassSumsMapper:
         return out
 
 
+class ClassSumsShard:
+    """Accumulator actor: the sums of the classes ``classes`` for every teacher; writes their files at the end."""
+
+    def __init__(self, num_classes: int, classes: range, teachers: int):
+        self.totals = [ClassStatsAccumulator(num_classes, classes) for _ in range(teachers)]
+
+    def add(self, batch: dict) -> None:
+        for total, part in zip(self.totals, _parts(batch, len(self.totals))):
+            total.add(part)
+
+    def missing(self) -> list[int]:
+        return self.totals[0].missing()
+
+    def write(self, folders: list[str]) -> None:
+        for total, folder in zip(self.totals, folders):
+            save_class_files(total.result(), folder)
+
+
 def _parts(batch: dict, teachers: int) -> list[ClassSums]:
     def column(key: str) -> torch.Tensor:  # a copy: Ray Data's batches are read-only, torch warns at a view of one
         return torch.from_numpy(np.array(batch[key]))  # (a batch's classes x channels: small)
@@ -60,6 +87,55 @@ def _parts(batch: dict, teachers: int) -> list[ClassSums]:
     return [ClassSums(classes, [column(f"t{k}_sum{i}") for i in range(layers[k])],
                       [column(f"t{k}_sq{i}") for i in range(layers[k])],
                       [column(f"t{k}_px{i}") for i in range(layers[k])]) for k in range(teachers)]
+
+
+def channels(batch: dict, teacher: int) -> list[int]:
+    """The BN channel counts of teacher ``teacher``, from a batch of sums."""
+    layers = sum(1 for key in batch if key.startswith(f"t{teacher}_sum"))
+    return [int(batch[f"t{teacher}_sum{i}"].shape[1]) for i in range(layers)]
+
+
+class ShardedSums:
+    """The driver's side of the accumulator actors: started at the first batch (its columns give the teachers'
+    channel counts), then each batch's rows go to the shards owning them, at most MAX_PENDING_ADDS batches ahead."""
+
+    def __init__(self, num_classes: int, teachers: int):
+        self.num_classes, self.teachers = num_classes, teachers
+        self.shards: list[tuple[range, ray.actor.ActorHandle]] = []
+        self.pending: list[ray.ObjectRef] = []
+        self.channels: list[list[int]] = []
+
+    def add(self, batch: dict) -> None:
+        if not self.shards:
+            self.channels = [channels(batch, k) for k in range(self.teachers)]
+            ranges = class_shards(self.num_classes, sum(bytes_per_class(c) for c in self.channels), SHARD_BYTES)
+            # SPREAD: the shards' memory lands on as many nodes as it can; they need no CPU of their own.
+            shard = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(ClassSumsShard)
+            self.shards = [(r, shard.remote(self.num_classes, r, self.teachers)) for r in ranges]
+            log.info("class statistics: sums held by %d accumulator actors of up to %d classes", len(ranges),
+                     max(map(len, ranges)))
+        classes = batch["classes"]
+        for owned, actor in self.shards:
+            rows = (classes >= owned.start) & (classes < owned.stop)
+            if rows.any():
+                self.pending.append(actor.add.remote({k: v[rows] for k, v in batch.items()}))
+        limit = MAX_PENDING_ADDS * len(self.shards)
+        if len(self.pending) > limit:
+            done, self.pending = ray.wait(self.pending, num_returns=len(self.pending) - limit)
+            ray.get(done)  # an add that failed fails here
+
+    def missing(self) -> list[int]:
+        ray.get(self.pending)
+        if not self.shards:
+            return list(range(self.num_classes))
+        return [c for part in ray.get([a.missing.remote() for _, a in self.shards]) for c in part]
+
+    def write(self, folders: list[str]) -> None:
+        ray.get([actor.write.remote(folders) for _, actor in self.shards])
+
+    def close(self) -> None:
+        for _, actor in self.shards:
+            ray.kill(actor)
 
 
 def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folders: list[str],
@@ -77,17 +153,21 @@ def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folde
         ClassSumsMapper, fn_constructor_args=(teacher_paths, res.threads_per_worker), batch_size=cfg.relabel.batch_size,
         compute=ray.data.ActorPoolStrategy(size=res.relabel_actors), num_cpus=request["num_cpus"],
         num_gpus=request["num_gpus"])
-    totals = [ClassStatsAccumulator(data.num_classes) for _ in teacher_paths]
-    bar = open_bar(progress, "class_stats", "class statistics", len(data.labels("train")), "image")
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for total, part in zip(totals, _parts(batch, len(teacher_paths))):
-            total.add(part)
-        bar.update(int(batch["images"].sum()))
-    close_bar(progress, "class_stats", bar)
-    missing = totals[0].missing()
-    if missing:
-        raise DataError(f"no readable training images of classes {missing[:10]}: their statistics are undefined")
-    for path, folder, total in zip(teacher_paths, folders, totals):
-        save_class_stats(total.result(), folder, {"teacher": path, "images": len(data.labels("train"))})
+    sums = ShardedSums(data.num_classes, len(teacher_paths))
+    images = len(data.labels("train"))
+    bar = open_bar(progress, "class_stats", "class statistics", images, "image")
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            sums.add(batch)
+            bar.update(int(batch["images"].sum()))
+        close_bar(progress, "class_stats", bar)
+        missing = sums.missing()
+        if missing:
+            raise DataError(f"no readable training images of classes {missing[:10]}: their statistics are undefined")
+        sums.write(folders)
+    finally:
+        sums.close()
+    for path, folder, layers in zip(teacher_paths, folders, sums.channels):
+        write_class_stats_manifest(folder, data.num_classes, layers, {"teacher": path, "images": images})
     log.info("class statistics of %d classes written to %s", data.num_classes, ", ".join(folders))
-    return {"skipped": False, "folders": folders}
+    return {"skipped": False, "folders": folders, "shards": len(sums.shards)}

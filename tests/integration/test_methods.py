@@ -6,6 +6,7 @@ quickstart.yaml, which leaves the methods' options unset, so each preset's value
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,6 +170,30 @@ def test_class_statistics_are_reused(method_runs, quickstart_run, second_teacher
     assert result == {"skipped": True}
     assert {p: p.stat().st_mtime_ns for p in (base / "edc" / "teacher" / "class_stats").rglob("*")} == before
     assert len([p for p in before if p.name.startswith("class-")]) == 2 * 10
+
+
+def test_class_statistics_sharded_over_several_accumulators_are_the_same(method_runs, quickstart_run,
+                                                                         second_teacher, tmp_path, monkeypatch):
+    """Sums held by three accumulator actors (of 3 or 4 classes each) give bit for bit the statistics the run's
+    one accumulator wrote: each class's batches are added in stream order whichever actor holds it."""
+    from srel_ray.distributed import class_stats
+    from srel_ray.core.class_stats import bytes_per_class
+
+    cfgs, base = method_runs
+    stored = [base / "edc" / "teacher" / "class_stats" / name for name in ("teacher", "extra-1")]
+    channels = [json.loads((folder / "manifest.json").read_text())["channels"] for folder in stored]
+    monkeypatch.setattr(class_stats, "SHARD_BYTES", 4 * sum(map(bytes_per_class, channels)))
+    folders = [str(tmp_path / name) for name in ("teacher", "extra-1")]
+    result = class_stats.run_class_stats(cfgs["edc"], load_dataset(cfgs["edc"].data),
+                                         [str(quickstart_run / "teacher" / "teacher.pt"), str(second_teacher)],
+                                         folders, False)
+    assert result["shards"] == 3
+    for folder, reference in zip(folders, stored):
+        again, first = load_class_stats(folder, list(range(10))), load_class_stats(str(reference), list(range(10)))
+        assert all(torch.equal(a, b) for a, b in zip(again.mean + again.var, first.mean + first.var))
+        manifests = [{k: v for k, v in json.loads(Path(f, "manifest.json").read_text()).items() if k != "teacher"}
+                     for f in (folder, reference)]  # the run named its own copy of the teacher
+        assert manifests[0] == manifests[1] and manifests[0]["num_classes"] == 10
 
 
 def test_edc_labels_average_both_teachers(method_runs, quickstart_run, second_teacher):

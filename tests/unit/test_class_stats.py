@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+import torchvision
 from torch.testing import assert_close
 
 from srel_ray.core.bn_matching import BNStatsMatcher
-from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums, bn_layers
+from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums, bn_layers, bytes_per_class, class_shards
 from srel_ray.core.recover import freeze
 from srel_ray.core.seeding import seeded_init
 from srel_ray.models import create_model
@@ -119,3 +120,36 @@ def test_result_does_not_depend_on_the_batching(split):
         many.update(model, x[rows], y[rows])
     for a, b in zip(one.result().var + one.result().mean, many.result().var + many.result().mean):
         assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_accumulators_owning_class_ranges_hold_exactly_their_rows_of_the_whole():
+    """Each accumulator is given every part and keeps its own classes' rows: together, bit for bit the sums one
+    accumulator of all classes adds up (every class's rows are added in the same order)."""
+    model, (x, y) = _teacher(), _toy_set()
+    whole = ClassStatsAccumulator(3)
+    shards = [ClassStatsAccumulator(3, range(0, 1)), ClassStatsAccumulator(3, range(1, 3))]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(2))
+    for rows in order.split(5):
+        part = batch_sums(model, x[rows], y[rows])
+        for acc in [whole, *shards]:
+            acc.add(part)
+    assert [s.result().classes for s in shards] == [[0], [1, 2]]
+    for layer in range(2):
+        for field in ("sums", "squares", "pixels"):
+            joined = torch.cat([getattr(s.total, field)[layer] for s in shards])
+            assert torch.equal(joined, getattr(whole.total, field)[layer])
+    late = ClassStatsAccumulator(3, range(1, 3))
+    late.add(batch_sums(model, x[y == 0], y[y == 0]))  # none of its classes: all still missing, by class index
+    assert late.missing() == [1, 2]
+
+
+def test_class_shards_cover_the_classes_within_the_budget():
+    resnet50 = [layer.num_features for layer in bn_layers(torchvision.models.resnet50())]
+    per_class = bytes_per_class(resnet50)
+    assert per_class == 16 * 26560 + 8 * 53  # 53 BN layers of 26,560 channels: about 425 KB of sums per class
+    shards = class_shards(21841, per_class, 512 * 2**20)
+    assert [c for r in shards for c in r] == list(range(21841))
+    assert all(len(r) * per_class <= 512 * 2**20 for r in shards) and len(shards) == 18
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert class_shards(10, per_class, 1) == [range(c, c + 1) for c in range(10)]  # at least a class each
+    assert class_shards(10, 8, 2**20) == [range(10)]

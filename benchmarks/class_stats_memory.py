@@ -1,0 +1,138 @@
+"""Where EDC's per-class BN statistics (``recover.class_bn_weight > 0``) are held while they are made: the peak
+memory of the driver and of the accumulator actors over one pass, at ImageNet-21K's class count.
+
+    python benchmarks/class_stats_memory.py --out /work/runs/class-stats [--classes 21841] [--per-class 1]
+        [--arch resnet18_small] [--label after]
+
+Data: scale_classes.py's synthetic Parquet dataset (ImageNet wnids from timm's offline lists, seeded 8 px PNGs,
+``--per-class`` training images per class, made once in OUT/data-<classes>/). Teacher: a randomly initialised
+``--arch`` at 8 px with one output per class (the sums' size depends on the BN layers' channels and the class
+count, not on the weights; ResNet-18's BN layers have 4,800 channels: 75 KB of float64 sums and squares per
+class, 1.7 GB at 21,841 classes). ``run_class_stats`` runs in this process on a local Ray cluster of 2 CPUs (one
+mapping actor of one thread, teacher batches of 256), as the recover stage calls it; a sampler polls every process
+for its peak resident memory (VmHWM, reset at the start). The driver's figure is its rise over its resident memory
+before the pass.
+
+For a before/after pair run the script from each checkout (Ray's workers import srel_ray from the driver's
+working directory; ``srel_ray`` in each row says which one ran):
+``cd OLD && PYTHONPATH=OLD python NEW/benchmarks/class_stats_memory.py --label before ...``.
+Results: benchmarks/results/class_stats_memory.json (a run replaces its label's rows) and the block between the
+class-stats markers of docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import harness
+import measure
+import scale_classes
+
+RESULT = "class_stats_memory"
+DOC_BLOCK = harness.DocBlock("class-stats-memory", "## Measured: memory of the per-class statistics pass")
+
+
+def random_teacher(path: Path, arch: str, class_names: list[str]) -> None:
+    from srel_ray.core.normalization import Normalization
+    from srel_ray.core.seeding import seeded_init
+    from srel_ray.models import create_model
+    from srel_ray.teacher import Teacher, save_teacher
+
+    size = scale_classes.IMAGE_SIZE
+    with seeded_init(0, len(class_names)):
+        model = create_model(arch, len(class_names), 3, size)
+    save_teacher(Teacher(arch, {}, class_names, 3, size, Normalization(*measure.CIFAR10_NORM), model.state_dict()),
+                 str(path))
+
+
+def resident_bytes(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def measure_pass(data_dir: Path, teacher: Path, folder: Path) -> dict:
+    import srel_ray
+    from srel_ray.config import from_dict
+    from srel_ray.core.class_stats import bn_layers
+    from srel_ray.data.real import load_dataset
+    from srel_ray.distributed.class_stats import run_class_stats
+    from srel_ray.teacher import load_teacher
+
+    cfg = from_dict({
+        "data": {"name": "parquet", "path": str(data_dir), "image_size": scale_classes.IMAGE_SIZE, "channels": 3},
+        "relabel": {"batch_size": 256},
+        "resources": {"relabel_actors": 1, "threads_per_worker": 1, "cpus_per_actor": 1.0, "use_gpu": False},
+    }).validate()
+    data = load_dataset(cfg.data)
+    channels = sum(layer.num_features for layer in bn_layers(load_teacher(str(teacher)).build()))
+    shutil.rmtree(folder, ignore_errors=True)
+    sampler = measure.ProcessSampler()  # resets every process's peak, this one's included
+    start_rss = resident_bytes(os.getpid())
+    sampler.start()
+    began = time.perf_counter()
+    result = run_class_stats(cfg, data, [str(teacher)], [str(folder)], False)
+    seconds = time.perf_counter() - began
+    rows = sampler.stop()["processes"]
+    driver_peak = measure.peak_rss(os.getpid())
+    accumulators = sorted((r["peak_rss_mb"] for r in rows if "ClassSumsShard" in r["role"]), reverse=True)
+    mappers = sorted((r["peak_rss_mb"] for r in rows if "MapWorker" in r["role"]), reverse=True)
+    return {"classes": data.num_classes, "images": len(data.labels("train")), "bn_channels": channels,
+            "sums_mb": round(data.num_classes * channels * 16 / 2**20, 1), "seconds": round(seconds, 1),
+            "driver_start_mb": round(start_rss / 2**20, 1), "driver_peak_mb": round(driver_peak / 2**20, 1),
+            "driver_rise_mb": round((driver_peak - start_rss) / 2**20, 1),
+            "accumulator_peaks_mb": accumulators, "mapper_peaks_mb": mappers,
+            "shards": result.get("shards", 0), "srel_ray": str(Path(srel_ray.__file__).parents[1])}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| code | classes | teacher (BN channels) | sums MB | driver rise MB | driver peak MB | "
+             "accumulators: count, peak MB each | mapping actor peak MB | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["label"] != "before", r["classes"])):
+        acc = (f"{len(r['accumulator_peaks_mb'])}: " + ", ".join(f"{p:,.0f}" for p in r["accumulator_peaks_mb"])
+               if r["accumulator_peaks_mb"] else "none (the driver holds the sums)")
+        lines.append(f"| {r['label']} ({r['revision'][:7]}) | {r['classes']:,} | {r['arch']} ({r['bn_channels']:,}) | "
+                     f"{r['sums_mb']:,.0f} | {r['driver_rise_mb']:,.0f} | {r['driver_peak_mb']:,.0f} | {acc} | "
+                     f"{max(r['mapper_peaks_mb'], default=0):,.0f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    harness.quiet_output()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="dataset, teacher and statistics (keep out of the repo)")
+    p.add_argument("--classes", type=int, default=21841)
+    p.add_argument("--per-class", type=int, default=1, help="training images per class")
+    p.add_argument("--arch", default="resnet18_small", help="the teacher's registered model")
+    p.add_argument("--label", default="after", help="names this code's row in the table (e.g. 'before')")
+    p.add_argument("--results", type=Path, default=harness.RESULTS / f"{RESULT}.json")
+    p.add_argument("--docs", type=Path, default=harness.REPO / "docs" / "scaling.md")
+    args = p.parse_args()
+    if args.classes > max(scale_classes.SYNSETS):
+        raise SystemExit(f"--classes: at most {max(scale_classes.SYNSETS):,} (timm's largest synset list)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data_dir = scale_classes.make_dataset(args.out / f"data-{args.classes}", args.classes, args.per_class)
+    teacher = args.out / f"teacher-{args.arch}-{args.classes}.pt"
+    if not teacher.exists():
+        random_teacher(teacher, args.arch, scale_classes.wnids(args.classes))
+    ray_workers = measure.start_ray(num_cpus=2)
+    measured = measure_pass(data_dir, teacher, args.out / f"stats-{args.label}")
+    revision = subprocess.run(["git", "-C", measured["srel_ray"], "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()  # the checkout that ran, which need not be this script's
+    row = {"label": args.label, "revision": revision, "arch": args.arch, **measured}
+    print(json.dumps(row), flush=True)
+    old = json.loads(args.results.read_text())["rows"] if args.results.exists() else []
+    rows = [r for r in old if (r["label"], r["classes"], r["arch"]) != (args.label, args.classes, args.arch)]
+    harness.write_result(RESULT, {"rows": rows + [row]}, args.results, ray_workers)
+    DOC_BLOCK.write(args.docs, markdown(rows + [row]))
+    print(markdown(rows + [row]))
+
+
+if __name__ == "__main__":
+    main()
