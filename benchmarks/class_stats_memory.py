@@ -10,8 +10,9 @@ Data: scale_classes.py's synthetic Parquet dataset (ImageNet wnids from timm's o
 count, not on the weights; ResNet-18's BN layers have 4,800 channels: 75 KB of float64 sums and squares per
 class, 1.7 GB at 21,841 classes). ``run_class_stats`` runs in this process on a local Ray cluster of 2 CPUs (one
 mapping actor of one thread, teacher batches of 256), as the recover stage calls it; a sampler polls every process
-for its peak resident memory (VmHWM, reset at the start). The driver's figure is its rise over its resident memory
-before the pass.
+every 0.2 s for its private resident memory (RssAnon) and for its peak resident memory (VmHWM, reset at the start;
+it also counts the pages of Ray's shared object store a process has read, which belong to the store). The driver's
+figures are their rise over what it held before the pass.
 
 For a before/after pair run the script from each checkout (Ray's workers import srel_ray from the driver's
 working directory; ``srel_ray`` in each row says which one ran):
@@ -56,6 +57,10 @@ def resident_bytes(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
+def mb(n: float) -> float:
+    return round(n / 2**20, 1)
+
+
 def measure_pass(data_dir: Path, teacher: Path, folder: Path) -> dict:
     import srel_ray
     from srel_ray.config import from_dict
@@ -72,33 +77,41 @@ def measure_pass(data_dir: Path, teacher: Path, folder: Path) -> dict:
     data = load_dataset(cfg.data)
     channels = sum(layer.num_features for layer in bn_layers(load_teacher(str(teacher)).build()))
     shutil.rmtree(folder, ignore_errors=True)
-    sampler = measure.ProcessSampler()  # resets every process's peak, this one's included
-    start_rss = resident_bytes(os.getpid())
+    sampler = measure.ProcessSampler(interval=0.2)  # resets every process's peak, this one's included
+    start_rss, start_anon = resident_bytes(os.getpid()), measure.anon_rss(os.getpid())
     sampler.start()
     began = time.perf_counter()
     result = run_class_stats(cfg, data, [str(teacher)], [str(folder)], False)
     seconds = time.perf_counter() - began
     rows = sampler.stop()["processes"]
-    driver_peak = measure.peak_rss(os.getpid())
-    accumulators = sorted((r["peak_rss_mb"] for r in rows if "ClassSumsShard" in r["role"]), reverse=True)
-    mappers = sorted((r["peak_rss_mb"] for r in rows if "MapWorker" in r["role"]), reverse=True)
+    driver = next(r for r in rows if r["role"] == "driver")
+
+    def peaks(role: str, key: str) -> list[float]:  # by process, the one of largest private peak first
+        return [r[key] for r in sorted(rows, key=lambda r: -r["peak_anon_mb"]) if role in r["role"]]
+
     return {"classes": data.num_classes, "images": len(data.labels("train")), "bn_channels": channels,
-            "sums_mb": round(data.num_classes * channels * 16 / 2**20, 1), "seconds": round(seconds, 1),
-            "driver_start_mb": round(start_rss / 2**20, 1), "driver_peak_mb": round(driver_peak / 2**20, 1),
-            "driver_rise_mb": round((driver_peak - start_rss) / 2**20, 1),
-            "accumulator_peaks_mb": accumulators, "mapper_peaks_mb": mappers,
+            "sums_mb": mb(data.num_classes * channels * 16), "seconds": round(seconds, 1),
+            "driver_start_mb": mb(start_rss), "driver_peak_mb": driver["peak_rss_mb"],
+            "driver_rise_mb": round(driver["peak_rss_mb"] - mb(start_rss), 1),
+            "driver_private_start_mb": mb(start_anon), "driver_private_peak_mb": driver["peak_anon_mb"],
+            "driver_private_rise_mb": round(driver["peak_anon_mb"] - mb(start_anon), 1),
+            "accumulator_peaks_mb": peaks("ClassSumsShard", "peak_rss_mb"),
+            "accumulator_private_peaks_mb": peaks("ClassSumsShard", "peak_anon_mb"),
+            "mapper_peaks_mb": peaks("MapWorker", "peak_rss_mb"),
             "shards": result.get("shards", 0), "srel_ray": str(Path(srel_ray.__file__).parents[1])}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| code | classes | teacher (BN channels) | sums MB | driver rise MB | driver peak MB | "
-             "accumulators: count, peak MB each | mapping actor peak MB | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| code | classes | teacher (BN channels) | sums MB | driver: private rise MB (VmHWM rise) | "
+             "accumulators: count, private peak MB each (VmHWM) | mapping actor VmHWM MB | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["label"] != "before", r["classes"])):
-        acc = (f"{len(r['accumulator_peaks_mb'])}: " + ", ".join(f"{p:,.0f}" for p in r["accumulator_peaks_mb"])
-               if r["accumulator_peaks_mb"] else "none (the driver holds the sums)")
+        acc = "none (the driver holds the sums)"
+        if r["accumulator_peaks_mb"]:
+            acc = f"{len(r['accumulator_peaks_mb'])}: " + ", ".join(
+                f"{a:,.0f} ({p:,.0f})" for a, p in zip(r["accumulator_private_peaks_mb"], r["accumulator_peaks_mb"]))
         lines.append(f"| {r['label']} ({r['revision'][:7]}) | {r['classes']:,} | {r['arch']} ({r['bn_channels']:,}) | "
-                     f"{r['sums_mb']:,.0f} | {r['driver_rise_mb']:,.0f} | {r['driver_peak_mb']:,.0f} | {acc} | "
+                     f"{r['sums_mb']:,.0f} | {r['driver_private_rise_mb']:,.0f} ({r['driver_rise_mb']:,.0f}) | {acc} | "
                      f"{max(r['mapper_peaks_mb'], default=0):,.0f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 

@@ -125,6 +125,13 @@ def peak_rss(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
+def anon_rss(pid: int) -> int:
+    """A process's private resident bytes now (RssAnon): unlike VmHWM it leaves out the pages of Ray's shared
+    object store that the process has read, which count in its resident memory but belong to the store."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+
 def reset_peaks(pids: list[int]) -> None:
     """Reset the kernel's peak RSS (VmHWM) of these processes to their current RSS (Linux clear_refs 5), so a
     measurement's peak is its own and not left over from earlier work in a reused Ray worker."""
@@ -157,7 +164,7 @@ class ProcessSampler(threading.Thread):
         stats = process_stats()
         pids = descendants(stats)
         self.first = {pid: stats[pid][1] for pid in pids}
-        self.seen: dict[int, list] = {}  # pid -> [role, cpu seconds, peak bytes]
+        self.seen: dict[int, list] = {}  # pid -> [role, cpu seconds, peak bytes, peak private bytes as sampled]
         reset_peaks(pids)
 
     def run(self) -> None:
@@ -171,20 +178,23 @@ class ProcessSampler(threading.Thread):
         for pid in descendants(stats):
             try:
                 name = "driver" if pid == os.getpid() else role(cmdline(pid))
-                peak = peak_rss(pid)
+                peak, anon = peak_rss(pid), anon_rss(pid)
             except (FileNotFoundError, ProcessLookupError, StopIteration):
                 continue  # ended meanwhile
-            old = self.seen.get(pid, ["", 0.0, 0])
+            old = self.seen.get(pid, ["", 0.0, 0, 0])
             # keep the most specific role: a pooled Ray worker shows "IDLE" between tasks
-            self.seen[pid] = [name if name != "IDLE" or not old[0] else old[0], stats[pid][1], max(peak, old[2])]
+            self.seen[pid] = [name if name != "IDLE" or not old[0] else old[0], stats[pid][1], max(peak, old[2]),
+                              max(anon, old[3])]
 
     def stop(self) -> dict:
-        """CPU seconds of all the processes together, and one row per process (role, CPU, peak RSS)."""
+        """CPU seconds of all the processes together, and one row per process (role, CPU, peak RSS, and the
+        peak of its private resident memory among the samples)."""
         self._done.set()
         self.join()
         self.sample()
         rows = sorted(({"pid": pid, "role": name, "cpu_seconds": round(cpu - self.first.get(pid, 0.0), 2),
-                        "peak_rss_mb": round(peak / 2**20, 1)} for pid, (name, cpu, peak) in self.seen.items()),
+                        "peak_rss_mb": round(peak / 2**20, 1), "peak_anon_mb": round(anon / 2**20, 1)}
+                       for pid, (name, cpu, peak, anon) in self.seen.items()),
                       key=lambda r: -r["peak_rss_mb"])
         return {"cpu_seconds": sum(r["cpu_seconds"] for r in rows) - self.sampler_cpu, "processes": rows}
 

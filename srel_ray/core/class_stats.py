@@ -33,9 +33,13 @@ class ClassSums:
     pixels: list[torch.Tensor]  # per layer (K,) float64: images * H_l * W_l
 
     def stats(self) -> "ClassStats":
-        mean = [s / n[:, None] for s, n in zip(self.sums, self.pixels)]
-        var = [(q / n[:, None] - m * m).clamp_min(0) for q, n, m in zip(self.squares, self.pixels, mean)]
-        return ClassStats(self.classes.tolist(), [m.float() for m in mean], [v.float() for v in var])
+        mean, var = [], []
+        for s, q, n in zip(self.sums, self.squares, self.pixels):  # a layer at a time: its float64 temporaries only
+            m = s / n[:, None]
+            v = (q / n[:, None]).sub_(m * m).clamp_min_(0)
+            mean.append(m.float())
+            var.append(v.float())
+        return ClassStats(self.classes.tolist(), mean, var)
 
 
 @torch.no_grad()
