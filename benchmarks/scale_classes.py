@@ -47,7 +47,7 @@ IMAGE_SIZE = 8
 STAGES = ("squeeze", "recover", "relabel", "evaluate")
 # Process kinds by the title Ray gives each process (measure.role); anything else is "other".
 KINDS = {"RecoveryWorker": "recover actor", "MapWorker": "relabel actor", "RayTrainWorker": "Train worker",
-         "ClassStatsWorker": "class-stats actor", "raylet": "Ray daemons", "gcs_server": "Ray daemons",
+         "ClassSumsShard": "class-stats accumulator", "raylet": "Ray daemons", "gcs_server": "Ray daemons",
          "dashboard": "Ray daemons", "DashboardAgent": "Ray daemons", "log_monitor": "Ray daemons",
          "runtime_env": "Ray daemons"}
 DATA_TASKS = ("ReadParquet", "Read", "MapBatches", "Map(", "split", "Split", "RandomShuffle", "_")
