@@ -112,7 +112,7 @@ class ShardedSums:
             # SPREAD: the shards' memory lands on as many nodes as it can; they need no CPU of their own.
             shard = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(ClassSumsShard)
             self.shards = [(r, shard.remote(self.num_classes, r, self.teachers)) for r in ranges]
-            log.info("class statistics: sums held by %d accumulator actors of up to %d classes", len(ranges),
+            log.info("class statistics: sums held by %d accumulator actor(s) of up to %d classes", len(ranges),
                      max(map(len, ranges)))
         classes = batch["classes"]
         for owned, actor in self.shards:
