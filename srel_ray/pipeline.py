@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from srel_ray.config import Config
-from srel_ray.data.real import RealData
+from srel_ray.data.real import InMemoryData, RealData
 from srel_ray.distributed.cluster import (check_address, check_precision, check_resources, ray_logs_dir,
                                           resolve_use_gpu, start_ray)
 from srel_ray.distributed.executor import RayExecutor
@@ -56,7 +56,8 @@ def on_ray(cfg: Config, run: RunDir, data: RealData, command: str, console: Cons
     start_ray(cfg.resources, verbose=console.verbosity == "verbose")
     _link_ray_logs(run)
     use_gpu = resolve_use_gpu(cfg.resources)
-    check_resources(cfg.resources, use_gpu)  # requests no node can meet fail now, not after hours of squeeze
+    # Requests no node can meet fail now, not after hours of squeeze.
+    check_resources(cfg.resources, use_gpu, data_tasks=not isinstance(data, InMemoryData))
     check_precision(cfg.resources, use_gpu)  # fp16 on a CPU, bf16 on a GPU without it: now, not in a worker
     with tracked_run(cfg, command, run.out, run_id=previous_run_id(cfg, run)) as tracker:
 

@@ -379,3 +379,18 @@ def test_gpu_relabel_leaves_a_cpu_to_render_views():
     check_resources(load_config(overrides=["resources.relabel_actors=2", "resources.cpus_per_actor=0.5"]).resources,
                     use_gpu=True, shapes=node)
 
+
+
+def test_train_workers_leave_a_cpu_to_read_their_data():
+    """Ray Train's datasets are read by Ray tasks of 1 CPU beside the workers; workers holding every CPU would
+    leave a student waiting forever at its first test pass (data held in memory needs no task)."""
+    node = [{"name": "node a", "count": 1, "CPU": 2, "GPU": 0}]
+    res = load_config(overrides=["resources.threads_per_worker=2"]).resources
+    with pytest.raises(ConfigError, match=re.escape("Ray Train workers holding 2 CPUs (1 student(s) at once x 1 "
+                                                    "worker(s) x 2 thread(s)) leave none of the cluster's 2")):
+        check_resources(res, use_gpu=False, shapes=node)
+    check_resources(res, use_gpu=False, shapes=node, data_tasks=False)
+    check_resources(res, use_gpu=False, shapes=[{**node[0], "CPU": 3}])
+    at_once = load_config(overrides=["resources.concurrent_students=2"]).resources
+    with pytest.raises(ConfigError, match=re.escape("holding 2 CPUs (2 student(s) at once x 1 worker(s)")):
+        check_resources(at_once, use_gpu=False, shapes=node)

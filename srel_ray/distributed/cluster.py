@@ -137,12 +137,15 @@ def actor_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | No
     return request
 
 
-def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | None = None) -> None:
+def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | None = None,
+                    data_tasks: bool = True) -> None:
     """Before any stage starts: refuse actor and Train worker requests that the cluster can never meet, so a
     misconfigured run fails in seconds instead of waiting forever for resources (Ray only warns of those).
 
-    ``shapes``: the nodes to check against (``node_shapes()`` format); default: the cluster this driver joined."""
+    ``shapes``: the nodes to check against (``node_shapes()`` format); default: the cluster this driver joined.
+    ``data_tasks``: the real data is read by Ray tasks (every source but one held in memory, as digits is)."""
     shapes = node_shapes() if shapes is None else shapes
+    cpus = sum(s["CPU"] * s["count"] for s in shapes if s["CPU"] > 0)
     actor_resources(res, use_gpu, shapes)
     train_worker = {"CPU": res.threads_per_worker, "GPU": 1 if use_gpu else 0}
     _check_fits(train_worker, res.train_workers, shapes,
@@ -153,10 +156,19 @@ def check_resources(res: ResourcesConfig, use_gpu: bool, shapes: list[dict] | No
                     f"Ray Train workers of {res.concurrent_students} students trained at once",
                     "resources.concurrent_students x resources.train_workers workers, resources.threads_per_worker "
                     "CPUs per worker, one GPU per worker when GPUs are used")
+    held = res.train_workers * res.concurrent_students * res.threads_per_worker
+    if data_tasks and cpus < held + 1:
+        # Ray Train's datasets (squeeze's training split, every student's test split) are read and decoded by Ray
+        # tasks of 1 CPU each beside the workers; with every CPU held by the workers none could ever run (a student
+        # waited 1,800 s at its first test pass for Ray Data's no-progress error, with 2 threads on 2 CPUs).
+        raise ConfigError(f"Ray Train workers holding {held:g} CPUs ({res.concurrent_students} student(s) at once x "
+                          f"{res.train_workers} worker(s) x {res.threads_per_worker} thread(s)) leave none of the "
+                          f"cluster's {cpus:g} for the Ray tasks that read their data, which would wait forever: "
+                          "lower resources.threads_per_worker, resources.train_workers or "
+                          "resources.concurrent_students, or add CPUs")
     if use_gpu:
         # With GPU labelers, relabel decodes images and draws views in CPU tasks (1 CPU each) beside the actors;
         # with every CPU held by the actors no image could ever be decoded, and the stage would wait forever.
-        cpus = sum(s["CPU"] * s["count"] for s in shapes if s["CPU"] > 0)
         held = res.relabel_actors * res.cpus_per_actor
         if cpus < held + 1:
             raise ConfigError(f"{res.relabel_actors} relabel actors asking for {res.cpus_per_actor:g} CPU each hold "
