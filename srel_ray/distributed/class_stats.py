@@ -2,12 +2,13 @@
 
 The training split streams through Ray Data (read and decoded by Ray tasks, as squeeze reads it); an actor pool
 holding every teacher turns each batch into the sums of the classes present in it
-(srel_ray.core.class_stats.batch_sums). The sums themselves are held by accumulator actors, each owning a contiguous
-range of classes (at most SHARD_BYTES of sums: at 21,841 classes a ResNet-18 teacher's are 1.7 GB, a ResNet-50's
-9.3 GB, more than one process should hold); the driver only passes each batch's rows on, in stream order, to the
-shards owning them, so every class's sums are added in one fixed order whatever the shard and actor counts. Each
-shard writes the files of its classes (one small file per class and teacher, beside the teacher:
-srel_ray.teacher.save_class_files), the driver the manifests last. A folder that is complete is reused.
+(srel_ray.core.class_stats.batch_sums). Sums of more than SHARD_BYTES (at 21,841 classes a ResNet-18 teacher's
+are 1.7 GB, a ResNet-50's 9.3 GB, more than one process should hold) are held by accumulator actors, each owning a
+contiguous range of classes; the driver only passes each batch's rows on, in stream order, to the shards owning
+them, so every class's sums are added in one fixed order whatever the shard and actor counts (smaller sums the
+driver adds up itself, in the same order). Each shard writes the files of its classes (one small file per class
+and teacher, beside the teacher: srel_ray.teacher.save_class_files), the driver the manifests last. A folder that
+is complete is reused.
 """
 
 from __future__ import annotations
@@ -96,24 +97,36 @@ def channels(batch: dict, teacher: int) -> list[int]:
 
 
 class ShardedSums:
-    """The driver's side of the accumulator actors: started at the first batch (its columns give the teachers'
-    channel counts), then each batch's rows go to the shards owning them, at most MAX_PENDING_ADDS batches ahead."""
+    """The driver's side of the accumulators, made at the first batch (its columns give the teachers' channel
+    counts). Sums that fit in SHARD_BYTES stay in the driver, bounded, with no process to start; beyond, each batch's
+    rows go to the accumulator actors owning them, at most MAX_PENDING_ADDS batches ahead of each."""
 
     def __init__(self, num_classes: int, teachers: int):
         self.num_classes, self.teachers = num_classes, teachers
+        self.local: ClassSumsShard | None = None
         self.shards: list[tuple[range, ray.actor.ActorHandle]] = []
         self.pending: list[ray.ObjectRef] = []
         self.channels: list[list[int]] = []
 
+    def _start(self, batch: dict) -> None:
+        self.channels = [channels(batch, k) for k in range(self.teachers)]
+        ranges = class_shards(self.num_classes, sum(bytes_per_class(c) for c in self.channels), SHARD_BYTES)
+        if len(ranges) == 1:
+            self.local = ClassSumsShard(self.num_classes, ranges[0], self.teachers)
+            log.info("class statistics: sums of %d classes held by the driver", self.num_classes)
+            return
+        # SPREAD: the shards' memory lands on as many nodes as it can; they need no CPU of their own.
+        shard = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(ClassSumsShard)
+        self.shards = [(r, shard.remote(self.num_classes, r, self.teachers)) for r in ranges]
+        log.info("class statistics: sums held by %d accumulator actors of up to %d classes", len(ranges),
+                 max(map(len, ranges)))
+
     def add(self, batch: dict) -> None:
-        if not self.shards:
-            self.channels = [channels(batch, k) for k in range(self.teachers)]
-            ranges = class_shards(self.num_classes, sum(bytes_per_class(c) for c in self.channels), SHARD_BYTES)
-            # SPREAD: the shards' memory lands on as many nodes as it can; they need no CPU of their own.
-            shard = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(ClassSumsShard)
-            self.shards = [(r, shard.remote(self.num_classes, r, self.teachers)) for r in ranges]
-            log.info("class statistics: sums held by %d accumulator actor(s) of up to %d classes", len(ranges),
-                     max(map(len, ranges)))
+        if not self.channels:
+            self._start(batch)
+        if self.local is not None:
+            self.local.add(batch)
+            return
         classes = batch["classes"]
         for owned, actor in self.shards:
             rows = (classes >= owned.start) & (classes < owned.stop)
@@ -125,12 +138,16 @@ class ShardedSums:
             ray.get(done)  # an add that failed fails here
 
     def missing(self) -> list[int]:
+        if self.local is not None:
+            return self.local.missing()
         ray.get(self.pending)
         if not self.shards:
             return list(range(self.num_classes))
         return [c for part in ray.get([a.missing.remote() for _, a in self.shards]) for c in part]
 
     def write(self, folders: list[str]) -> None:
+        if self.local is not None:
+            self.local.write(folders)
         ray.get([actor.write.remote(folders) for _, actor in self.shards])
 
     def close(self) -> None:
@@ -170,4 +187,4 @@ def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folde
     for path, folder, layers in zip(teacher_paths, folders, sums.channels):
         write_class_stats_manifest(folder, data.num_classes, layers, {"teacher": path, "images": images})
     log.info("class statistics of %d classes written to %s", data.num_classes, ", ".join(folders))
-    return {"skipped": False, "folders": folders, "shards": len(sums.shards)}
+    return {"skipped": False, "folders": folders, "shards": len(sums.shards)}  # 0: the driver held the sums
