@@ -20,8 +20,8 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from srel_ray.cli import quickstart_config
-from srel_ray.teacher import load_teacher
 
+from .conftest import as_args
 from .local_cluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,9 +62,12 @@ def _files(folder: Path, pattern: str) -> dict:
 def test_pipeline_job_spreads_recovery_over_nodes_and_matches_one_node(cluster, quickstart_run, mlflow_uri,
                                                                        tmp_path):
     out = tmp_path / "multinode"
+    # The quickstart's teacher as a checkpoint: squeeze is one Ray Train fit as evaluate's student is, which
+    # already trains on a worker node here (about 15 s of the suite saved).
+    teacher = quickstart_run / "teacher" / "teacher.pt"
     argv = ["--config", str(quickstart_run / "config.yaml"), "--out", str(out),
-            "--set", "evaluate.baselines=false", "--set", "resources.recover_actors=2",
-            "--set", f"tracking.tracking_uri={mlflow_uri}"]
+            *as_args(["teacher.source=checkpoint", f"teacher.checkpoint={teacher}", "evaluate.baselines=false",
+                      "resources.recover_actors=2", f"tracking.tracking_uri={mlflow_uri}"])]
     status, logs = submit(cluster, "run.py", argv, tmp_path)
     assert status == JobStatus.SUCCEEDED, logs[-5000:]
     assert f"outputs: {out}" in logs
@@ -73,12 +76,10 @@ def test_pipeline_job_spreads_recovery_over_nodes_and_matches_one_node(cluster, 
     unit_nodes = json.loads((out / "stages" / "recover.json").read_text())["result"]["unit_nodes"]
     assert len(unit_nodes) == 2 and set(unit_nodes.values()) == set(cluster.node_ids_by_resource().values())
 
-    # The same files as the single-node run with the same seed: images, label files, teacher, student.
+    # The same files as the single-node run with the same seed and teacher: images, label files, student.
     single = quickstart_run
     assert _files(out / "condensed", "*.png") == _files(single / "condensed", "*.png") != {}
     assert _files(out / "condensed", "*.parquet") == _files(single / "condensed", "*.parquet") != {}
-    multi_teacher, single_teacher = (load_teacher(str(d / "teacher" / "teacher.pt")) for d in (out, single))
-    assert multi_teacher.metrics["history"] == single_teacher.metrics["history"]
     assert (json.loads((out / "evaluate" / "condensed.json").read_text())
             == json.loads((single / "evaluate" / "condensed.json").read_text()))
     summaries = [json.loads((d / "summary.json").read_text()) for d in (out, single)]
