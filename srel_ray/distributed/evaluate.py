@@ -7,6 +7,7 @@ teacher labels): only the set and the ``hard`` flag differ, so the protocol is i
 from __future__ import annotations
 
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -54,9 +55,10 @@ def student_loop(config: dict) -> None:
     for epoch in range(start, e.epochs):
         if classes is None:
             labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"], images=share)
-        else:
-            labels = restrict_labels(sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"]),
-                                     classes, info.ipc, images=share)
+        else:  # the rows of this worker's images only (their set ids, sorted), then as the memory replays them
+            labels = restrict_labels(sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=config["hard"],
+                                                           images=np.sort(np.asarray(ids))), classes, info.ipc,
+                                     images=share)
         labels.image_index -= share.start
         loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,
                                    seed=cfg.seed, batch_size=local_batch, temperature=e.temperature,

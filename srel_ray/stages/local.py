@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -127,8 +128,9 @@ class InProcessExecutor:
         optimizer, scheduler, batch_size = student_optimizer(model, e, len(images) * cfg.relabel.views_per_epoch)
         ema = WeightEMA(model, e.ema_decay) if e.ema_decay else None
         tested = ema.model if ema is not None else model
+        memory_ids = None if classes is None else np.sort(np.asarray(ids))  # a memory reads only its rows
         for epoch in range(e.epochs):
-            labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=hard)
+            labels = sets.read_label_epoch(info.path, epoch % info.label_epochs, hard=hard, images=memory_ids)
             if classes is not None:
                 labels = restrict_labels(labels, classes, info.ipc)
             loss = train_student_epoch(model, optimizer, scheduler, images, class_labels, labels, epoch=epoch,

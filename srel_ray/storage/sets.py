@@ -347,23 +347,25 @@ def _read_table(set_dir: str, path: str) -> pa.Table:
         return pq.read_table(f)
 
 
-def read_label_epoch(set_dir: str, epoch: int, hard: bool = False, images: range | None = None) -> EpochLabels:
+def read_label_epoch(set_dir: str, epoch: int, hard: bool = False,
+                     images: range | np.ndarray | None = None) -> EpochLabels:
     """One label epoch as the student replays it; ``hard`` drops the logits (the hard-label baseline).
-    ``images``: only the rows of these image ids (a worker's share), reading only the parts that hold them."""
+    ``images``: only the rows of these image ids (a worker's share: a range, or sorted ids, a memory's share of
+    some classes), reading only the parts that hold any, a part at a time, rows in stored order."""
+    if images is not None and not isinstance(images, range):
+        images = np.asarray(images, dtype=np.int64)
+        assert np.all(images[1:] > images[:-1]), "image ids must be sorted and distinct"
     if exists(label_record(set_dir, epoch)):
         parts = read_json(label_record(set_dir, epoch))["parts"]
         if images is not None:
-            parts = [p for p in parts if p["first"] < images.stop and p["stop"] > images.start]
-        tables = [_read_table(set_dir, join(set_dir, p["file"])) for p in parts]
+            parts = [p for p in parts if _holds_any(images, p["first"], p["stop"])]
+        tables = [_rows_of(_read_table(set_dir, join(set_dir, p["file"])), images) for p in parts]
     elif exists(_legacy_label_file(set_dir, epoch)):
-        tables = [_read_table(set_dir, _legacy_label_file(set_dir, epoch))]
+        tables = [_rows_of(_read_table(set_dir, _legacy_label_file(set_dir, epoch)), images)]
     else:
         raise DataError(f"set {set_dir!r} has no labels for epoch {epoch}: run the relabel stage first")
     metadata = tables[0].schema.metadata
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    if images is not None:
-        ids = table.column("image_id").to_numpy()
-        table = table.filter(pa.array((ids >= images.start) & (ids < images.stop)))
     col = {name: table.column(name).to_numpy() for name in ("image_id", "top", "left", "height", "width", "flip")}
     labels = EpochLabels(torch.from_numpy(col["image_id"].astype(np.int64)), row_views(col))
     if hard:
@@ -381,6 +383,22 @@ def read_label_epoch(set_dir: str, epoch: int, hard: bool = False, images: range
                    torch.from_numpy(table.column("rest_logsumexp").to_numpy().astype(np.float32)))
     labels.num_classes = num_classes
     return labels
+
+
+def _holds_any(images: range | np.ndarray, first: int, stop: int) -> bool:
+    """Whether any of ``images`` lies in [first, stop)."""
+    if isinstance(images, range):
+        return first < images.stop and stop > images.start
+    return bool(np.searchsorted(images, first) < np.searchsorted(images, stop))
+
+
+def _rows_of(table: pa.Table, images: range | np.ndarray | None) -> pa.Table:
+    """The rows of ``images`` (all rows for None), in stored order."""
+    if images is None:
+        return table
+    ids = table.column("image_id").to_numpy()
+    keep = (ids >= images.start) & (ids < images.stop) if isinstance(images, range) else np.isin(ids, images)
+    return table.filter(pa.array(keep))
 
 
 def label_records(set_dir: str) -> Iterator[dict]:

@@ -248,6 +248,10 @@ def test_label_epoch_in_parts_is_committed_by_its_record_and_read_by_share(root)
     sets.commit_label_epoch(root, 3, parts, 5)
     assert sets.label_epochs_done(root, 4) == [3]
     whole = sets.read_label_epoch(root, 3)
+    scattered = sets.read_label_epoch(root, 3, images=np.array([0, 2, 4]))  # ids from both parts, in stored order
+    keep = np.isin(whole.image_index.numpy(), [0, 2, 4])
+    assert torch.equal(scattered.image_index, whole.image_index[keep])
+    assert torch.equal(scattered.logits, whole.logits[keep]) and len(scattered.image_index) == 6
     assert torch.equal(whole.image_index, torch.from_numpy(cols["image_id"][order]))
     assert torch.equal(whole.logits, torch.from_numpy(cols["logits"][order]))
     record = files.read_json(sets.label_record(root, 3))
@@ -258,6 +262,9 @@ def test_label_epoch_in_parts_is_committed_by_its_record_and_read_by_share(root)
     share = sets.read_label_epoch(root, 3, images=range(3, 5))
     assert share.image_index.tolist() == [3, 3, 4, 4]
     assert torch.equal(share.logits, whole.logits[6:])
+    # A memory's share of some classes: sorted image ids, here only in the part that is left.
+    ids = sets.read_label_epoch(root, 3, images=np.array([4]))
+    assert ids.image_index.tolist() == [4, 4] and torch.equal(ids.logits, whole.logits[8:])
     with pytest.raises(DataError, match="misses label file"):
         sets.read_label_epoch(root, 3)
 
