@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from srel_ray.config import Config
+from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums
 from srel_ray.core.continual import memory_images, restrict_batches, restrict_labels
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model
@@ -27,12 +28,14 @@ from srel_ray.core.relabel import label_image_block, relabel_blocks
 from srel_ray.core.student import WeightEMA, build_student, count_correct, student_optimizer, train_student_epoch
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import RealData
+from srel_ray.errors import DataError
 from srel_ray.stages import baselines, starts
 from srel_ray.stages.base import StageContext
 from srel_ray.stages.recover import RecoverResult, needs_class_stats, pending_units
 from srel_ray.storage import sets
 from srel_ray.students import Student
-from srel_ray.teacher import Teacher, load_class_stats, load_frozen
+from srel_ray.teacher import (Teacher, class_stats_complete, load_class_stats, load_frozen, load_teacher,
+                              save_class_stats)
 
 
 class InProcessExecutor:
@@ -51,6 +54,29 @@ class InProcessExecutor:
         if key not in self._teachers:
             self._teachers[key] = load_frozen(paths, self.device, self.compile_model)
         return self._teachers[key]
+
+    def class_stats(self, cfg: Config, data: RealData, teachers: list[str], folders: list[str],
+                    progress=None) -> None:
+        """Each teacher's per-class statistics of the training split, in one pass of ``relabel.batch_size``
+        batches in stored order (as the Ray pass adds them), unless every folder is complete. One process holds
+        every class's sums: for the sizes this executor runs (srel_ray.distributed.class_stats shards them)."""
+        if all(class_stats_complete(f) for f in folders):
+            return
+        _, models = self.teachers(teachers)
+        norms = [load_teacher(path).norm for path in teachers]  # each teacher's own, as the Ray pass uses
+        totals = [ClassStatsAccumulator(data.num_classes) for _ in teachers]
+        images = 0
+        with tqdm(total=len(data.labels("train")), desc="class statistics", unit="image") as bar:
+            for x, y in data.batches("train", cfg.relabel.batch_size):
+                for total, model, norm in zip(totals, models, norms):
+                    total.add(batch_sums(model, norm.normalize_uint8(x).to(self.device), y))
+                images += len(y)
+                bar.update(len(y))
+        if totals[0].missing():
+            raise DataError(f"no readable training images of classes {totals[0].missing()[:10]}: their statistics "
+                            "are undefined")
+        for path, folder, total in zip(teachers, folders, totals):
+            save_class_stats(total.result(), folder, {"teacher": path, "images": images})
 
     def recover(self, cfg: Config, teachers: list[str], set_dir: str, num_classes: int, class_stats: list[str],
                 progress=None) -> RecoverResult:

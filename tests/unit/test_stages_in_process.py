@@ -6,6 +6,8 @@ import torch
 
 from srel_ray.cli import quickstart_config
 from srel_ray.config import load_config
+from srel_ray.core.class_stats import ClassStatsAccumulator
+from srel_ray.core.recover import freeze
 from srel_ray.data.real import load_dataset
 from srel_ray.errors import SrelError
 from srel_ray.models import create_model
@@ -16,7 +18,7 @@ from srel_ray.stages.local import InProcessExecutor
 from srel_ray.storage import files, sets
 from srel_ray.storage.layout import prepare_out
 from srel_ray.storage.verify import verify_set
-from srel_ray.teacher import Teacher, save_teacher
+from srel_ray.teacher import Teacher, load_class_stats, load_teacher, save_teacher
 from srel_ray.tracking import Tracker
 
 TINY = ["recover.iterations=2", "relabel.epochs=2", "evaluate.epochs=2", "teacher.arch_kwargs={width: 8, depth: 2}",
@@ -259,3 +261,22 @@ def test_a_run_reuses_the_condensed_images_of_a_run_with_its_recovery_settings(t
     files.write_bytes_atomic(first, files.read_bytes(first) + b"x")
     with pytest.raises(SrelError, match=f"{names[0]} has changed since its marker"):
         recover.reuse(other, prepare_out(other, tmp_path / "d"), source)
+
+
+def test_edc_class_statistics_are_made_in_process(tmp_path):
+    """The recover stage with category-aware matching (method edc) on the in-process executor: it makes each
+    class's statistics as the Ray pass does (equal to a direct pass over the training split), then recovers."""
+    cfg, data, run = _run_with_teacher(tmp_path)
+    cfg = load_config(quickstart_config(), [*TINY, "method=edc", "recover.init=noise"])
+    check_inputs(cfg, run, ("recover",))
+    ctx = StageContext(cfg, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False))
+    result = recover.record(recover.run(ctx))
+    assert result["skipped_units"] == 0 and result["units"] > 0
+    teacher = load_teacher(run.teacher)
+    model, direct = freeze(teacher.build()), ClassStatsAccumulator(data.num_classes)
+    for x, y in data.batches("train", 500):
+        direct.update(model, teacher.norm.normalize(x.float() / 255), y)
+    expected, stored = direct.result(), load_class_stats(run.class_stats(cfg)[0], list(range(10)))
+    for layer in range(len(expected.mean)):
+        torch.testing.assert_close(stored.mean[layer], expected.mean[layer], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stored.var[layer], expected.var[layer], rtol=1e-5, atol=1e-6)
