@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from srel_ray.errors import DataError
+
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:
     """The BN layers in module order: the order BNStatsMatcher uses."""
@@ -109,6 +111,12 @@ class ClassStatsAccumulator:
     def result(self) -> "ClassStats":
         assert self.total is not None and not self.missing(), f"no images seen of classes {self.missing()[:10]}"
         return self.total.stats()
+
+
+def check_every_class_seen(missing: list[int]) -> None:
+    """A DataError naming the classes no training image was read of: their statistics would be undefined."""
+    if missing:
+        raise DataError(f"no readable training images of classes {missing[:10]}: their statistics are undefined")
 
 
 def bytes_per_class(channels: list[int]) -> int:

@@ -21,13 +21,13 @@ import ray.data
 import torch
 
 from srel_ray.config import Config
-from srel_ray.core.class_stats import ClassStatsAccumulator, ClassSums, batch_sums, bytes_per_class, class_shards
+from srel_ray.core.class_stats import (ClassStatsAccumulator, ClassSums, batch_sums, bytes_per_class,
+                                      check_every_class_seen, class_shards)
 from srel_ray.core.recover import freeze
 from srel_ray.data.real import RealData
 from srel_ray.distributed.cluster import actor_resources, local_device
 from srel_ray.distributed.datasets import ray_dataset
 from srel_ray.distributed.progress import close_bar, open_bar
-from srel_ray.errors import DataError
 from srel_ray.teacher import class_stats_complete, load_teacher, save_class_files, write_class_stats_manifest
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,7 @@ def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folde
             sums.add(batch)
             bar.update(int(batch["images"].sum()))
         close_bar(progress, "class_stats", bar)
-        missing = sums.missing()
-        if missing:
-            raise DataError(f"no readable training images of classes {missing[:10]}: their statistics are undefined")
+        check_every_class_seen(sums.missing())
         sums.write(folders)
     finally:
         sums.close()

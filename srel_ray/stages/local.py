@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from srel_ray.config import Config
-from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums
+from srel_ray.core.class_stats import ClassStatsAccumulator, batch_sums, check_every_class_seen
 from srel_ray.core.continual import memory_images, restrict_batches, restrict_labels
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import grad_scaler, prepare_model
@@ -28,7 +28,6 @@ from srel_ray.core.relabel import label_image_block, relabel_blocks
 from srel_ray.core.student import WeightEMA, build_student, count_correct, student_optimizer, train_student_epoch
 from srel_ray.data.class_images import StartImages
 from srel_ray.data.real import RealData
-from srel_ray.errors import DataError
 from srel_ray.stages import baselines, starts
 from srel_ray.stages.base import StageContext
 from srel_ray.stages.recover import RecoverResult, needs_class_stats, pending_units
@@ -72,9 +71,7 @@ class InProcessExecutor:
                     total.add(batch_sums(model, norm.normalize_uint8(x).to(self.device), y))
                 images += len(y)
                 bar.update(len(y))
-        if totals[0].missing():
-            raise DataError(f"no readable training images of classes {totals[0].missing()[:10]}: their statistics "
-                            "are undefined")
+        check_every_class_seen(totals[0].missing())
         for path, folder, total in zip(teachers, folders, totals):
             save_class_stats(total.result(), folder, {"teacher": path, "images": images})
 
