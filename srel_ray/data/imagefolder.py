@@ -3,19 +3,21 @@
 The held-out split is ``val/`` or ``test/`` in the same layout, Tiny-ImageNet's ``val/images/`` with
 ``val/val_annotations.txt`` (file name, class id, box), or ImageNet's official flat ``val/`` with its labels:
 ``LOC_val_solution.csv`` (the Kaggle release) or the ILSVRC2012 devkit's ground truth (``data.val_labels``). The class order is the sorted train class folders, and it
-is stored with every teacher and set. The tree is listed once, class folders in parallel, into an index file that
-every later open reads (srel_ray.data.folder_index); a reader holds the labels, and reads the paths of the rows it
+is stored with every teacher and set. The tree is listed once, a part of its class folders at a time, into an index
+that every later open reads (srel_ray.data.folder_index); a reader holds the labels, and reads the paths of the rows it
 needs from the index. Images are read when needed.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import fsspec
 import torch
 
 from srel_ray.config import DataConfig
 from srel_ray.data.base import RealData, decode_images, decode_rows, index_folder
-from srel_ray.data.folder_index import SPLITS, FolderIndex, Listing, list_class_folders, open_index, sorted_by_path
+from srel_ray.data.folder_index import SPLITS, FolderIndex, Listing, list_class_parts, open_index, sorted_by_path
 from srel_ray.data.imagenet_val import flat_val_labels
 from srel_ray.errors import DataError
 
@@ -51,42 +53,55 @@ class ImageFolderData(RealData):
     def _images_under(self, folder: str) -> list[str]:
         return sorted(p for p in self.fs.find(folder) if _is_image(p))
 
-    def _list_splits(self) -> dict[str, Listing]:
+    def _list_splits(self) -> dict[str, Iterator[Listing]]:
+        """Each split's parts, to be listed one after another; the layout (class folders, the held-out split and its
+        labels file) is checked now, before any class folder is listed."""
         index = {name: i for i, name in enumerate(self.class_names)}
         return {"train": self._class_tree(f"{self.root}/train", index), "test": self._held_out(index)}
 
-    def _class_tree(self, split_dir: str, index: dict[str, int]) -> Listing:
+    def _class_tree(self, split_dir: str, index: dict[str, int]) -> Iterator[Listing]:
         folders = []
         for cls, path in self._folders(split_dir):
             if cls not in index:
                 raise DataError(f"{split_dir!r} has class folder {cls!r} that train/ does not have")
-            folders.append((path, index[cls]))
-        paths, labels = list_class_folders(self.fs, folders, self.root, _is_image)
-        if not paths:
-            raise DataError(f"{split_dir!r} holds no images ({', '.join(EXTENSIONS)})")
-        return sorted_by_path(paths, labels)
+            folders.append((cls, path, index[cls]))
 
-    def _held_out(self, index: dict[str, int]) -> Listing:
+        def parts() -> Iterator[Listing]:  # each listed when the one before has been written
+            listed = 0
+            for paths, labels in list_class_parts(self.fs, folders, self.root, _is_image):
+                listed += len(paths)
+                yield paths, labels
+            if not listed:
+                raise DataError(f"{split_dir!r} holds no images ({', '.join(EXTENSIONS)})")
+
+        return parts()
+
+    def _held_out(self, index: dict[str, int]) -> Iterator[Listing]:
+        """The held-out split's parts: a class tree's, or the one part of a labels file's images."""
         annotations = f"{self.root}/val/val_annotations.txt"
-        if self.fs.isfile(annotations):  # Tiny-ImageNet, in the annotations' order
-            paths, labels = [], []
-            with self.fs.open(annotations, "r") as f:
-                for line in f:
-                    if line.strip():
-                        file, cls = line.split("\t")[:2]
-                        if cls not in index:
-                            raise DataError(f"{annotations!r} names class {cls!r} that train/ does not have")
-                        paths.append(f"val/images/{file}")
-                        labels.append(index[cls])
-            return paths, labels
+        if self.fs.isfile(annotations):
+            return iter([self._tiny_val(annotations, index)])
         val = f"{self.root}/val"
         if self.val_labels or (self.fs.isdir(val) and any(p.lower().endswith(EXTENSIONS)
                                                            for p in self.fs.ls(val, detail=False))):
-            return self._flat_val(val, index)
+            return iter([self._flat_val(val, index)])
         for split in ("val", "test"):
             if self.fs.isdir(f"{self.root}/{split}"):
                 return self._class_tree(f"{self.root}/{split}", index)
         raise DataError(f"data.path {self.path!r} has no val/ or test/ folder for the held-out split")
+
+    def _tiny_val(self, annotations: str, index: dict[str, int]) -> Listing:
+        """Tiny-ImageNet's val/images/ with its annotations file, in the annotations' order."""
+        paths, labels = [], []
+        with self.fs.open(annotations, "r") as f:
+            for line in f:
+                if line.strip():
+                    file, cls = line.split("\t")[:2]
+                    if cls not in index:
+                        raise DataError(f"{annotations!r} names class {cls!r} that train/ does not have")
+                    paths.append(f"val/images/{file}")
+                    labels.append(index[cls])
+        return paths, labels
 
     def _flat_val(self, val: str, index: dict[str, int]) -> Listing:
         """ImageNet's flat val/ read in place: each image's class from the labels file, by file name."""

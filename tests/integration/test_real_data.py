@@ -163,19 +163,23 @@ FROM_ITEMS_BLOCKS_SHA256 = {"train": "276712663c114f6e034210f8380f19a73f9efefc17
                             "test": "f0cfb50bc5a88a1c138ee7ace30decd05ff7d743852f7eb5da33702e0405ae5a"}
 
 
-def test_imagefolder_split_is_read_from_its_index_in_row_order(ray_cluster, tmp_path):
-    """An ImageFolder split's (url, label) rows are read from its index file by Ray read tasks, a row range each,
-    in the blocks ray.data.from_items made of the same rows on the driver: the decoded blocks are byte-identical.
-    A shuffled split is a seeded shuffle of those rows: every image once, the same order for the same seed."""
+def test_imagefolder_split_is_read_from_its_index_in_row_order(ray_cluster, tmp_path, monkeypatch):
+    """An ImageFolder split's (url, label) rows are read from its index's parts by Ray read tasks, a row range each
+    (here across parts of 3 classes), in the blocks ray.data.from_items made of the same rows on the driver: the
+    decoded blocks are byte-identical. A shuffled split is a seeded shuffle of those rows: every image once, the same
+    order for the same seed."""
     import ray.data
 
+    from srel_ray.data import folder_index
     from srel_ray.distributed.datasets import DECODE_BATCH, _decode, _read_files, from_items_blocks, ray_dataset
 
     context = ray.data.DataContext.get_current()
     for n in (1, 70, 500, 1000):
         assert from_items_blocks(n) == ray.data.from_items(list(range(n))).num_blocks(), n
     _imagefolder_tree(str(tmp_path))
+    monkeypatch.setattr(folder_index, "PART_CLASSES", 3)  # the driver lists the index; read tasks read its record
     data = ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path), image_size=8))
+    assert data.index.part_rows("train") == [150, 150, 150, 50]
     options = context.execution_options
     before, options.preserve_order = options.preserve_order, True  # read tasks may otherwise finish in any order
     # Fewer, larger blocks than the default's 200 (a Ray task each, seconds of the suite for 500 tiny images);

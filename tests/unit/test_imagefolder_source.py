@@ -97,6 +97,7 @@ def test_layout_errors(tmp_path):
     fs.pipe_file(f"{tmp_path}/val/n99/0.png", _png(np.zeros((4, 4, 3), np.uint8)))
     with pytest.raises(DataError, match="class folder 'n99' that train/ does not have"):
         ImageFolderData(DataConfig(name="imagefolder", path=str(tmp_path)))
+    assert not fs.exists(f"{tmp_path}/.srel_ray_index/train")  # found before any class folder was listed
 
 
 def _flat_val(fs, root: str, labels: dict[str, str]) -> None:
@@ -200,9 +201,14 @@ def _sequential_listing(fs, root: str, folder: str) -> tuple[list[str], list[int
     return paths, [classes.index(p[len(root) + len(folder) + 2:].split("/", 1)[0]) for p in paths]
 
 
-def test_the_index_is_the_sequential_listing_made_in_parallel_and_kept(root):
-    """The tree is listed class folders at a time into an index beside the data; it equals a sequential listing
-    (path order across classes, as 'a-b' sorts before 'a/'), and the next open reads it instead of listing."""
+@pytest.mark.parametrize("part_classes", [1, 4])
+def test_the_index_is_the_sequential_listing_made_in_parts_and_kept(root, part_classes, monkeypatch):
+    """The tree is listed a part of its class folders at a time into an index beside the data; the parts
+    concatenated equal a sequential listing (path order across classes, as 'a-b' sorts before 'a/', also when the
+    two are parts of their own), and the next open reads it instead of listing."""
+    from srel_ray.data import folder_index
+
+    monkeypatch.setattr(folder_index, "PART_CLASSES", part_classes)
     fs, path = fsspec.core.url_to_fs(root)
     classes = [f"n{c:03d}" for c in range(40)] + ["a", "a-b"]
     _many_classes(fs, path, classes)
@@ -213,19 +219,23 @@ def test_the_index_is_the_sequential_listing_made_in_parallel_and_kept(root):
     assert data.paths_at("train", [83, 0, 41]) == [paths[i] for i in (83, 0, 41)]
     assert paths[0].endswith("train/a-b/0.png") and data.labels("train")[:2].tolist() == [1, 1]
     index = f"{path}/.srel_ray_index"
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(index, detail=False)) == ["index.json", "test.parquet",
-                                                                                 "train.parquet"]
-    listed = fs.cat_file(f"{index}/train.parquet")
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(index, detail=False)) == ["index.json", "test", "train"]
+    parts = -(-42 // part_classes)
+    assert data.index.part_rows("train") == data.index.part_rows("test") == [2 * part_classes] * (parts - 1) + [
+        84 - 2 * part_classes * (parts - 1)]
+    listed = fs.cat_file(f"{index}/train/part-00000.parquet")
 
     fs.pipe_file(f"{path}/train/n000/9.png", _png(np.zeros((2, 2, 3), np.uint8)))  # the class list is the same
     again = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=2))
     assert len(again.labels("train")) == 84  # read from the index: the new file is not listed
-    assert fs.cat_file(f"{index}/train.parquet") == listed
+    assert fs.cat_file(f"{index}/train/part-00000.parquet") == listed
 
-    _many_classes(fs, path, ["n999"])  # a new class folder: the index is listed again
+    _many_classes(fs, path, ["n999"])  # a new class folder: the index is listed again, the old parts replaced
+    monkeypatch.setattr(folder_index, "PART_CLASSES", 43)
     grown = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=2))
     assert grown.num_classes == 43 and len(grown.labels("train")) == 87
     assert grown.paths_at("train", range(87)) == _sequential_listing(fs, path, "train")[0]
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{index}/train", detail=False)] == ["part-00000.parquet"]
 
 
 def test_the_index_can_live_in_a_folder_of_its_own(tmp_path):
@@ -252,11 +262,17 @@ def test_a_row_range_is_read_from_the_row_groups_that_hold_it(root, monkeypatch)
         (300 + 2 * i, 302 + 2 * i) for i in range(100)]
 
     monkeypatch.setattr(folder_index, "ROW_GROUP", 4)
+    monkeypatch.setattr(folder_index, "PART_CLASSES", 3)
     fs, path = fsspec.core.url_to_fs(root)
     _many_classes(fs, path, [f"n{c}" for c in range(5)])  # 10 training images, 2 a class
     data = ImageFolderData(DataConfig(name="imagefolder", path=root, image_size=2))
-    with data.fs.open(data.index.file("train"), "rb") as f:
-        assert pq.ParquetFile(f).num_row_groups == 3  # rows 0-3, 4-7, 8-9
+    assert data.index.part_rows("train") == [6, 4]
+    groups = []
+    for part in (0, 1):
+        with data.fs.open(data.index.part_file("train", part), "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            groups.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    assert groups == [[4, 2], [4]]  # rows 0-3, 4-5 | 6-9: the ranges below cross groups and parts
     tables = [data.index.rows("train", start, stop) for start, stop in block_ranges(10, 4)]
     assert [len(t) for t in tables] == [3, 3, 2, 2]
     relative = [p for t in tables for p in t.column("path").to_pylist()]
