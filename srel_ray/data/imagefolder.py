@@ -2,10 +2,11 @@
 
 The held-out split is ``val/`` or ``test/`` in the same layout, Tiny-ImageNet's ``val/images/`` with
 ``val/val_annotations.txt`` (file name, class id, box), or ImageNet's official flat ``val/`` with its labels:
-``LOC_val_solution.csv`` (the Kaggle release) or the ILSVRC2012 devkit's ground truth (``data.val_labels``). The class order is the sorted train class folders, and it
-is stored with every teacher and set. The tree is listed once, a part of its class folders at a time, into an index
-that every later open reads (srel_ray.data.folder_index); a reader holds the labels, and reads the paths of the rows it
-needs from the index. Images are read when needed.
+``LOC_val_solution.csv`` (the Kaggle release) or the ILSVRC2012 devkit's ground truth (``data.val_labels``). The
+class order is the sorted train class folders, and it is stored with every teacher and set. The tree is listed
+once, a part of its class folders at a time, into an index that every later open reads
+(srel_ray.data.folder_index); a reader holds the labels, and reads the paths of the rows it needs from the index.
+Images are read when needed.
 """
 
 from __future__ import annotations

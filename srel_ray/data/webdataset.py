@@ -7,9 +7,11 @@ naming ``validation``/``val`` (else ``test``) the held-out split. The class list
 class a line, or a synset list timm ships (``imagenet1k``, ``imagenet12k``, ``imagenet21k``, ...); by default
 ``classes.txt`` beside the shards. The first open reads every shard's tar headers and label members (the images are
 skipped), shards in parallel, so a sample without a label or with a label outside the class list is named before
-any work, and keeps where each image lies and its label as an index (Parquet, one file per split; its record,
-``index.json``, last) in ``data.index``, else ``data.path/.srel_ray_index``: every later open, the driver's and each
-worker's, reads that instead of a million tar headers. A shard added, removed or changed in size, another class
+any work, and keeps where each image lies and its label as an index (srel_ray.data.file_index: Parquet parts of
+``PART_SHARDS`` shards each, written as they are read; its record, ``index.json``, last) in ``data.index``, else
+``data.path/.srel_ray_index``: every later open, the driver's and each worker's, reads that instead of a million tar
+headers, and holds only the label column (8 B a sample); where the images lie is read from the index's row groups
+when images are read. A shard added, removed or changed in size, another class
 count or another ``data.label_column`` reads the shards again. Images are read by byte range when needed. Squeeze
 and evaluate stream the shards through Ray Data's ``read_webdataset``.
 """
@@ -20,38 +22,28 @@ import io
 import json
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+
+from typing import Iterator
 
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from srel_ray.config import DataConfig
 from srel_ray.data import imagenet_classes
 from srel_ray.data.base import RealData, decode_images, decode_rows, index_folder
+from srel_ray.data.file_index import PartedIndex, open_parted_index
 from srel_ray.errors import DataError
-from srel_ray.storage.files import read_json, write_bytes_atomic, write_json_atomic
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 1: one Parquet file a split, read whole by every open
+PART_SHARDS = 64  # shards read and written as one part of the index (ImageNet-21K's: about 320,000 samples)
 # Shards whose headers are read at once on a remote filesystem, where reading is mostly latency. A local one is read
 # a shard at a time: parsing tar headers holds the GIL, and threads only contend (200,000 samples in 40 shards on
 # the 2-core machine: 38 s with one thread, 66 s with 4).
 SCAN_THREADS = 32
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 HELD_OUT = (("validation", "val"), ("test",))  # held-out shard names, in order of preference
-
-
-@dataclass
-class ShardIndex:
-    """Where each sample's image bytes lie in its shard, and its label (numpy arrays: one row per sample)."""
-
-    shards: list[str]
-    shard: np.ndarray  # int32: index into ``shards``
-    offset: np.ndarray  # int64: the image's first byte in the tar
-    size: np.ndarray  # int64
-    labels: np.ndarray  # int64
 
 
 def sample_label(sample: dict, label_key: str, where: str = "a WebDataset sample") -> int | None:
@@ -85,8 +77,9 @@ class WebDatasetData(RealData):
         self.fs, root = fsspec.core.url_to_fs(cfg.path)
         self.root = root.rstrip("/")
         self.class_names = self._class_list(cfg.classes)
-        shards, sizes = self._split_shards()
-        self.index = self._open_index(index_folder(cfg.index, self.fs, self.root), shards, sizes)
+        self.shard_paths, sizes = self._split_shards()
+        self.index = self._open_index(index_folder(cfg.index, self.fs, self.root), self.shard_paths, sizes)
+        self._labels = {split: self.index.column(split, "label").astype(np.int64) for split in self.shard_paths}
 
     def _class_list(self, classes: str | None) -> list[str]:
         if classes in imagenet_classes.SYNSET_LISTS:
@@ -118,34 +111,30 @@ class WebDatasetData(RealData):
                             f"(or val, test); found {len(tars)} tar files, {len(train)} of them train")
         return {"train": train, "test": test}, sizes
 
-    def _open_index(self, folder: str, shards: dict[str, list[str]], sizes: dict[str, int]) -> dict[str, ShardIndex]:
-        """Each split's index: read from ``folder`` when its record matches these shards, else made by reading the
-        shards and written there, its record last."""
+    def _open_index(self, folder: str, shards: dict[str, list[str]], sizes: dict[str, int]) -> PartedIndex:
+        """The index at ``folder`` when its record matches these shards, else made by reading the shards, a part at
+        a time, and written there, its record last."""
         record = {"version": INDEX_VERSION, "classes": len(self.class_names), "label_key": self.label_key,
                   "splits": {split: [[p[len(self.root) + 1:], sizes[p]] for p in files]
                              for split, files in shards.items()}}
-        fs, root = fsspec.core.url_to_fs(folder)
-        if fs.exists(f"{root}/index.json") and read_json(f"{folder}/index.json") == record:
-            return {split: _read_index(fs, f"{root}/{split}.parquet", files) for split, files in shards.items()}
-        index = {split: self._scan(files) for split, files in shards.items()}
-        try:
-            for split, ix in index.items():
-                write_bytes_atomic(f"{folder}/{split}.parquet", _index_table(ix))
-            write_json_atomic(f"{folder}/index.json", record)
-        except OSError as e:  # a read-only folder or mount, an object store without write access
-            raise DataError(f"cannot write the WebDataset index at {folder!r} ({e}): set data.index to a folder "
-                            "that the driver and every worker can write and read") from None
-        return index
+        return open_parted_index(folder, record, lambda: {split: self._scan(files) for split, files in shards.items()},
+                                 tuple(shards), "WebDataset")
 
-    def _scan(self, shards: list[str]) -> ShardIndex:
+    def _scan(self, shards: list[str]) -> Iterator[pa.Table]:
+        """The index of ``shards`` as parts of ``PART_SHARDS`` shards: shard (its number in ``shards``), offset and
+        size of the image, label; each part read when the one before has been written."""
         local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        samples = 0
         with ThreadPoolExecutor(1 if local else max(1, min(SCAN_THREADS, len(shards)))) as pool:
-            per_shard = list(pool.map(self._scan_shard, shards))
-        if not any(len(labels) for _, _, labels in per_shard):
+            for first in range(0, len(shards), PART_SHARDS):
+                per_shard = list(pool.map(self._scan_shard, shards[first:first + PART_SHARDS]))
+                counts = [len(labels) for _, _, labels in per_shard]
+                samples += sum(counts)
+                offset, size, labels = (np.concatenate([part[k] for part in per_shard]) for k in range(3))
+                yield pa.table({"shard": np.repeat(np.arange(first, first + len(per_shard), dtype=np.int32), counts),
+                                "offset": offset, "size": size, "label": labels.astype(np.int32)})
+        if not samples:
             raise DataError(f"shards {shards[0]!r} ... hold no samples")
-        counts = [len(labels) for _, _, labels in per_shard]
-        return ShardIndex(shards, np.repeat(np.arange(len(shards), dtype=np.int32), counts),
-                          *(np.concatenate([part[k] for part in per_shard]) for k in range(3)))
 
     def _scan_shard(self, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One shard's samples, in tar order: their images' offsets and sizes, and their labels."""
@@ -177,45 +166,34 @@ class WebDatasetData(RealData):
         return offset, size, labels
 
     def shards(self, split: str) -> list[str]:
-        return self.index[split].shards
+        return self.shard_paths[split]
 
     def url(self, path: str) -> str:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
     def labels(self, split: str) -> torch.Tensor:
-        return torch.from_numpy(self.index[split].labels)
+        return torch.from_numpy(self._labels[split])
 
-    def _read(self, split: str, rows: np.ndarray) -> list[bytes]:
-        ix = self.index[split]
-        return [self.fs.cat_file(ix.shards[ix.shard[r]], int(ix.offset[r]), int(ix.offset[r] + ix.size[r]))
-                for r in rows]
+    def _locations(self, split: str, table: pa.Table) -> list[tuple[str, int, int]]:
+        """(shard path, first byte, end) of each image of index rows ``table`` (columns shard, offset, size)."""
+        paths = self.shard_paths[split]
+        return [(paths[shard], offset, offset + size) for shard, offset, size in
+                zip(*(table.column(c).to_numpy().tolist() for c in ("shard", "offset", "size")))]
+
+    def _read(self, where: list[tuple[str, int, int]]) -> list[bytes]:
+        return [self.fs.cat_file(path, start, end) for path, start, end in where]
 
     def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
-        rows = indices.numpy()
-        ix = self.index[split]
-        where = [f"{ix.shards[ix.shard[r]]} at byte {int(ix.offset[r])}" for r in rows]
-        return torch.from_numpy(decode_rows(self._read(split, rows), self.channels, self.image_size, where, strict,
+        where = self._locations(split, self.index.take(split, torch.as_tensor(indices).numpy(),
+                                                       ["shard", "offset", "size"]))
+        return torch.from_numpy(decode_rows(self._read(where), self.channels, self.image_size,
+                                            [f"{path} at byte {start}" for path, start, _ in where], strict,
                                             self.resize_for(split)))
 
     def batches(self, split: str, batch_size: int):
-        labels = self.index[split].labels
-        for start in range(0, len(labels), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(labels)))
-            images, ok = decode_images(self._read(split, rows), self.channels, self.image_size, self.resize_for(split))
-            yield torch.from_numpy(images[ok]), torch.from_numpy(labels[rows][ok])
-
-
-def _index_table(ix: ShardIndex) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.table({"shard": ix.shard, "offset": ix.offset, "size": ix.size,
-                             "label": ix.labels.astype(np.int32)}), buf)
-    return buf.getvalue()
-
-
-def _read_index(fs: fsspec.AbstractFileSystem, path: str, shards: list[str]) -> ShardIndex:
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    column = {name: table.column(name).to_numpy() for name in ("shard", "offset", "size", "label")}
-    return ShardIndex(shards, column["shard"].astype(np.int32), column["offset"].astype(np.int64),
-                      column["size"].astype(np.int64), column["label"].astype(np.int64))
+        for table in self.index.batches(split, batch_size, ["shard", "offset", "size", "label"]):
+            images, ok = decode_images(self._read(self._locations(split, table)), self.channels, self.image_size,
+                                       self.resize_for(split))
+            labels = table.column("label").to_numpy().astype(np.int64)
+            yield torch.from_numpy(images[ok]), torch.from_numpy(labels[ok])

@@ -40,13 +40,13 @@ def from_items_blocks(rows: int) -> int:
 
 
 def _url_rows(folder: str, split: str, prefix: str, start: int, stop: int) -> list[pa.Table]:
-    rows = FolderIndex(folder).rows(split, start, stop)
+    rows = FolderIndex(folder).rows(split, start, stop, ["path", "label"])
     return [pa.table([pc.binary_join_element_wise(prefix, rows.column("path"), ""),
                       rows.column("label").cast(pa.int64())], schema=URL_ROWS)]
 
 
 class FolderIndexRows(ray.data.Datasource):
-    """The (url, label) rows of one ImageFolder split, in index order, read from its index file by Ray tasks, a row
+    """The (url, label) rows of one ImageFolder split, in index order, read from its index's parts by Ray tasks, a row
     range each: the driver holds no path. The ranges are the blocks ray.data.from_items made of the same rows
     (built on the driver before), so batches, and the sums of the class statistics, stay byte-identical."""
 

@@ -251,17 +251,17 @@ def test_a_row_range_is_read_from_the_row_groups_that_hold_it(root, monkeypatch)
     """What a Ray read task of a split reads: a range of the index's rows, across row groups, in index order; the
     ranges tile the split as ray.data.from_items splits its items into blocks (the first ones a row longer); a
     worker opens a file at the URL prefix and its index path."""
-    from srel_ray.data import folder_index
+    from srel_ray.data import file_index, folder_index
     from srel_ray.distributed.datasets import block_ranges
 
-    assert folder_index.group_spans([4, 4, 2], 3, 9) == [(0, 3, 4), (1, 0, 4), (2, 0, 1)]
-    assert folder_index.group_spans([4, 4, 2], 4, 8) == [(1, 0, 4)]
-    assert folder_index.group_spans([4, 4, 2], 9, 10) == [(2, 1, 2)]
+    assert file_index.group_spans([4, 4, 2], 3, 9) == [(0, 3, 4), (1, 0, 4), (2, 0, 1)]
+    assert file_index.group_spans([4, 4, 2], 4, 8) == [(1, 0, 4)]
+    assert file_index.group_spans([4, 4, 2], 9, 10) == [(2, 1, 2)]
     assert block_ranges(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
     assert block_ranges(500, 200) == [(3 * i, 3 * i + 3) for i in range(100)] + [
         (300 + 2 * i, 302 + 2 * i) for i in range(100)]
 
-    monkeypatch.setattr(folder_index, "ROW_GROUP", 4)
+    monkeypatch.setattr(file_index, "ROW_GROUP", 4)
     monkeypatch.setattr(folder_index, "PART_CLASSES", 3)
     fs, path = fsspec.core.url_to_fs(root)
     _many_classes(fs, path, [f"n{c}" for c in range(5)])  # 10 training images, 2 a class
@@ -273,7 +273,7 @@ def test_a_row_range_is_read_from_the_row_groups_that_hold_it(root, monkeypatch)
             meta = pq.ParquetFile(f).metadata
             groups.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     assert groups == [[4, 2], [4]]  # rows 0-3, 4-5 | 6-9: the ranges below cross groups and parts
-    tables = [data.index.rows("train", start, stop) for start, stop in block_ranges(10, 4)]
+    tables = [data.index.rows("train", start, stop, ["path", "label"]) for start, stop in block_ranges(10, 4)]
     assert [len(t) for t in tables] == [3, 3, 2, 2]
     relative = [p for t in tables for p in t.column("path").to_pylist()]
     assert [f"{path}/{p}" for p in relative] == data.paths_at("train", range(10))

@@ -81,8 +81,30 @@ def test_the_first_open_keeps_an_index_that_later_opens_read(tmp_path, monkeypat
     assert len(scanned) == 4 and len(grown.labels("train")) == 13  # every shard read again, the index rewritten
     elsewhere = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12,
                                         index=str(tmp_path / "my-index")))
-    assert (tmp_path / "my-index" / "train.parquet").exists() and torch.equal(elsewhere.labels("train"),
-                                                                              grown.labels("train"))
+    assert (tmp_path / "my-index" / "train" / "part-00000.parquet").exists()
+    assert torch.equal(elsewhere.labels("train"), grown.labels("train"))
+
+
+def test_an_index_made_a_shard_a_part_reads_as_one_made_whole(tmp_path, monkeypatch):
+    """Parts of one shard and row groups of 3 samples: labels, images at rows across parts (unordered, repeated)
+    and the batch stream are those of an index of one part and one group."""
+    from srel_ray.data import file_index, webdataset as wds
+
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES))
+    train_images, train_labels = write_shards(tmp_path, "train", 11, 0, shards=3)  # 4, 4 and 3 samples
+    write_shards(tmp_path, "validation", 4, 1)
+    whole = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12, index=str(tmp_path / "a")))
+    monkeypatch.setattr(wds, "PART_SHARDS", 1)
+    monkeypatch.setattr(file_index, "ROW_GROUP", 3)
+    parted = load_dataset(DataConfig(name="webdataset", path=str(tmp_path), image_size=12, index=str(tmp_path / "b")))
+    assert parted.index.part_rows("train") == [4, 4, 3] and whole.index.part_rows("train") == [11]
+    assert torch.equal(parted.labels("train"), torch.from_numpy(train_labels))
+    rows = torch.tensor([10, 0, 5, 5, 3, 8])
+    assert torch.equal(parted.images_at("train", rows), torch.from_numpy(train_images[rows.numpy()]))
+    assert torch.equal(parted.images_at("train", rows), whole.images_at("train", rows))
+    assert parted.images_at("train", torch.tensor([], dtype=torch.long)).shape == (0, 3, 12, 12)
+    for a, b in zip(parted.batches("train", 5), whole.batches("train", 5), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_shards_on_a_remote_filesystem_are_read_in_parallel_into_the_same_index(tmp_path):
