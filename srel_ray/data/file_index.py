@@ -50,13 +50,16 @@ class PartedIndex:
         """Part ``part`` of ``split`` (a path on ``self.fs``)."""
         return f"{self.root}/{split}/part-{part:05d}.parquet"
 
-    def column(self, split: str, name: str) -> np.ndarray:
-        """Column ``name`` of every row of ``split``, in index order."""
-        columns = []
-        for part in range(len(self.part_rows(split))):
+    def column(self, split: str, name: str, dtype: np.dtype) -> np.ndarray:
+        """Column ``name`` of every row of ``split`` as ``dtype``, in index order, filled a part at a time (no
+        second copy of the whole column while it is read)."""
+        out = np.empty(self.num_rows(split), dtype=dtype)
+        start = 0
+        for part, rows in enumerate(self.part_rows(split)):
             with self.fs.open(self.part_file(split, part), "rb") as f:
-                columns.append(pq.read_table(f, columns=[name]).column(0).to_numpy())
-        return np.concatenate(columns)
+                out[start:start + rows] = pq.read_table(f, columns=[name]).column(0).to_numpy()
+            start += rows
+        return out
 
     def take(self, split: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
         """``columns`` of ``rows`` (in their order, repeats allowed), reading only the row groups that hold them."""

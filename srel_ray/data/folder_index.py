@@ -43,7 +43,7 @@ class FolderIndex(PartedIndex):
     """The index of one ImageFolder tree at ``folder`` (a URL): its splits' labels and paths."""
 
     def labels(self, split: str) -> np.ndarray:
-        return self.column(split, "label").astype(np.int64)
+        return self.column(split, "label", np.int64)
 
     def paths_at(self, split: str, rows: np.ndarray) -> list[str]:
         """The relative paths of ``rows``, in their order, reading only the parts and row groups that hold them."""

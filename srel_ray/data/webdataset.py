@@ -79,7 +79,7 @@ class WebDatasetData(RealData):
         self.class_names = self._class_list(cfg.classes)
         self.shard_paths, sizes = self._split_shards()
         self.index = self._open_index(index_folder(cfg.index, self.fs, self.root), self.shard_paths, sizes)
-        self._labels = {split: self.index.column(split, "label").astype(np.int64) for split in self.shard_paths}
+        self._labels = {split: self.index.column(split, "label", np.int64) for split in self.shard_paths}
 
     def _class_list(self, classes: str | None) -> list[str]:
         if classes in imagenet_classes.SYNSET_LISTS:

@@ -36,7 +36,7 @@ def test_rows_are_read_across_parts_and_row_groups(folder):
     index = open_parted_index(folder, {"what": 1}, lambda: {"train": _parts(PARTS), "test": _parts([2])},
                               ("train", "test"), "test")
     assert index.part_rows("train") == PARTS and index.num_rows("train") == 15
-    assert index.column("train", "row").tolist() == list(range(15))
+    assert index.column("train", "row", np.int64).tolist() == list(range(15))
     rows = np.array([14, 0, 5, 5, 4, 11, 12, 1])
     taken = index.take("train", rows, ["half", "row"])
     assert taken.column_names == ["half", "row"] and taken.column("row").to_pylist() == rows.tolist()
