@@ -10,9 +10,11 @@ class folders named by ImageNet wnids from timm's offline lists, ``--per-class``
 image per class in ``val/<wnid>/``; for ``webdataset`` tar shards of ``SHARD_SAMPLES`` samples, each a one-byte
 ``.jpg`` and a ``.cls`` label (the first open reads headers and labels, not images), the same counts. Each
 measurement opens the source in a fresh Python process (this machine's filesystem, the index beside the data):
-``first`` removes the index and makes it, ``again`` reads it. Memory is the process's peak resident memory (VmHWM)
-and its rise over what the process held before the open (its imports); the process reads the index's label column
-either way (8 B an image).
+``first`` removes the index and makes it, ``again`` reads it; then the images per class are counted, as the
+driver's start-up checks do. Memory is the process's peak resident memory (VmHWM) over the open and the count, and
+its rise over what the process held before the open (its imports). Until 2026-12-08 every open read the index's
+label column (8 B an image) and the count was taken from it; now the open reads none and the count reads the
+column a part at a time (the row count printed is read after the peak).
 
 For a before/after pair run the script with the old checkout first on the path (``srel_ray`` in each row says
 which one ran): ``PYTHONPATH=OLD python NEW/benchmarks/index_memory.py --label before ...``.
@@ -92,6 +94,12 @@ def child(source: str, tree: Path, fresh: bool) -> None:
     before = status_kb("VmRSS")
     began = time.perf_counter()
     data = load_dataset(DataConfig(name=source, path=str(tree), image_size=8))
+    if hasattr(data, "class_sizes"):
+        data.class_sizes()  # what the driver's start-up checks ask of the open data
+    else:  # a checkout before 2026-12-08: the checks counted the label column that every open read
+        from srel_ray.data.real import class_sizes
+
+        class_sizes(data)
     seconds = time.perf_counter() - began
     peak = status_kb("VmHWM")
     print(json.dumps({"images": len(data.labels("train")), "classes": data.num_classes,

@@ -61,7 +61,19 @@ class RealData:
         return ClassIndex(self.labels("train"), self.num_classes)
 
     def labels(self, split: str) -> torch.Tensor:
+        """Every label of ``split`` (int64, row order). A file reader reads them on first call and keeps them:
+        8 B an image, so the driver asks for ``num_images`` and ``class_sizes`` instead, and only the processes
+        that draw or read rows (recovery and relabel workers, baseline tasks, trials) hold a label column."""
         raise NotImplementedError
+
+    def num_images(self, split: str) -> int:
+        """Rows of ``split``; a file reader tells without reading its labels."""
+        return len(self.labels(split))
+
+    def class_sizes(self) -> torch.Tensor:
+        """Training images per class (int64, ``num_classes``); a file reader counts its label column a file or index
+        part at a time, so the caller never holds it."""
+        return torch.bincount(self.labels("train"), minlength=self.num_classes)[:self.num_classes]
 
     def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
         """uint8 (N, C, S, S) images of the given rows, in the given order. ``strict``: an unreadable image is an
@@ -73,8 +85,10 @@ class RealData:
         raise NotImplementedError
 
     def _estimate_norm(self) -> Normalization:
-        labels = self.labels("train")
-        pick = torch.randperm(len(labels), generator=generator(STREAM_NORMALIZATION))[:NORMALIZATION_SAMPLE]
+        # The permutation is 8 B an image while it lives (88 MB at 11 M images), freed before any image is read.
+        order = torch.randperm(self.num_images("train"), generator=generator(STREAM_NORMALIZATION))
+        pick = order[:NORMALIZATION_SAMPLE].clone()
+        del order
         x = self.images_at("train", pick.sort().values, strict=False).float() / 255
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
         return Normalization(tuple(round(float(m), 4) for m in x.mean(dim=(0, 2, 3))),
@@ -129,6 +143,9 @@ class WithoutRows(RealData):
 
     def labels(self, split: str) -> torch.Tensor:
         return self.data.labels(split)[self.kept] if split == "train" else self.data.labels(split)
+
+    def num_images(self, split: str) -> int:
+        return len(self.kept) if split == "train" else self.data.num_images(split)
 
     def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
         rows = self.kept[indices] if split == "train" else indices

@@ -49,11 +49,6 @@ class FolderIndex(PartedIndex):
         """The relative paths of ``rows``, in their order, reading only the parts and row groups that hold them."""
         return self.take(split, rows, ["path"]).column(0).to_pylist()
 
-    def path_batches(self, split: str, size: int) -> Iterator[list[str]]:
-        """Every relative path of ``split`` in row order, ``size`` at a time (the last batch may be smaller)."""
-        for batch in self.batches(split, size, ["path"]):
-            yield batch.column(0).to_pylist()
-
 
 def open_index(folder: str, record: dict, list_splits: Callable[[], dict[str, Iterable[Listing]]]) -> FolderIndex:
     """The index at ``folder`` when its record equals ``record`` (the folder's class list and held-out layout);

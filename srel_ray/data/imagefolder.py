@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import fsspec
+import numpy as np
 import torch
 
 from srel_ray.config import DataConfig
@@ -41,7 +42,8 @@ class ImageFolderData(RealData):
         folder = index_folder(cfg.index, self.fs, self.root)
         self.index: FolderIndex = open_index(folder, {"classes": self.class_names, "val_labels": self.val_labels},
                                              self._list_splits)
-        self._labels = {split: self.index.labels(split) for split in SPLITS}
+        self._labels: dict[str, np.ndarray] = {}  # read on first use (RealData.labels)
+        self._class_sizes: torch.Tensor | None = None
 
     def _folders(self, split_dir: str) -> list[tuple[str, str]]:
         """(name, path) of every folder in ``split_dir`` (one listing, no call per entry)."""
@@ -125,7 +127,17 @@ class ImageFolderData(RealData):
         return sorted_by_path(paths, labels)
 
     def labels(self, split: str) -> torch.Tensor:
+        if split not in self._labels:
+            self._labels[split] = self.index.labels(split)
         return torch.from_numpy(self._labels[split])
+
+    def num_images(self, split: str) -> int:
+        return self.index.num_rows(split)
+
+    def class_sizes(self) -> torch.Tensor:
+        if self._class_sizes is None:  # the start-up checks ask more than once
+            self._class_sizes = torch.from_numpy(self.index.counts("train", "label", self.num_classes))
+        return self._class_sizes
 
     def paths_at(self, split: str, indices) -> list[str]:
         """The files of the given rows, from the index (only the row groups that hold them are read)."""
@@ -147,12 +159,11 @@ class ImageFolderData(RealData):
                                             self.resize_for(split)))
 
     def batches(self, split: str, batch_size: int):
-        labels, start = self._labels[split], 0
-        for batch in self.index.path_batches(split, batch_size):
-            images, ok = decode_images(self._read([f"{self.root}/{p}" for p in batch]), self.channels,
-                                       self.image_size, self.resize_for(split))
-            yield torch.from_numpy(images[ok]), torch.from_numpy(labels[start:start + len(batch)][ok])
-            start += len(batch)
+        for table in self.index.batches(split, batch_size, ["path", "label"]):  # the labels beside their paths
+            images, ok = decode_images(self._read([f"{self.root}/{p}" for p in table.column("path").to_pylist()]),
+                                       self.channels, self.image_size, self.resize_for(split))
+            labels = table.column("label").to_numpy().astype(np.int64)
+            yield torch.from_numpy(images[ok]), torch.from_numpy(labels[ok])
 
 
 def _is_image(path: str) -> bool:

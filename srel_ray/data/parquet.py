@@ -5,6 +5,7 @@ the schema metadata)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
@@ -26,7 +27,8 @@ class ParquetData(RealData):
 
     ``data.path`` holds ``train.parquet`` and ``test.parquet``, folders ``train/`` and ``test/`` of shards, or a
     Hugging Face export's ``data/train-*.parquet`` and ``data/validation-*.parquet`` (else ``data/test-*``); any
-    fsspec URL works. Only the label (and class-name) columns are read up front. Column names: ``data.image_column``
+    fsspec URL works. The label (and class-name) columns are read up front, a file at a time, to check and
+    count them; the label column is kept only once asked for (``labels``). Column names: ``data.image_column``
     and ``data.label_column``; class names from a ``class_name`` column or the export's ClassLabel metadata.
     """
 
@@ -41,8 +43,9 @@ class ParquetData(RealData):
         self.fs, root = fsspec.core.url_to_fs(cfg.path)
         self.files = self._splits(root.rstrip("/"))
         self.metadata_names: list[str] | None = None
-        self._labels = {split: self._read_labels(split) for split in self.files}
+        self._scans = {split: self._scan_labels(split) for split in self.files}
         self.class_names = self._class_names()
+        self._labels: dict[str, np.ndarray] = {}  # read on first use (RealData.labels)
 
     def _splits(self, root: str) -> dict[str, list[str]]:
         for prefix, held_out in HELD_OUT.items():
@@ -63,10 +66,11 @@ class ParquetData(RealData):
             return [single] if self.fs.isfile(single) else sorted(self.fs.glob(f"{root}/{split}/*.parquet"))
         return sorted(self.fs.glob(f"{root}/{prefix}{split}-*.parquet"))
 
-    def _read_labels(self, split: str) -> tuple[np.ndarray, list[pa.Table | None]]:
-        """A split's labels, and per shard its distinct (label, class name) pairs, or None without names: a name
-        per row would hold 11 M Python strings at ImageNet-21K (about 730 MB) to say 21,841 things."""
-        parts, names = [], []
+    def _scan_labels(self, split: str) -> _SplitLabels:
+        """A split's label column read a shard at a time, keeping only what the checks need: rows, smallest and
+        largest label per shard, images per label, and the distinct (label, class name) pairs per shard (a name
+        per row would hold 11 M Python strings at ImageNet-21K, about 730 MB, to say 21,841 things)."""
+        scan = _SplitLabels()
         for file in self.files[split]:
             with self.fs.open(file, "rb") as f:
                 pf = pq.ParquetFile(f)
@@ -76,11 +80,15 @@ class ParquetData(RealData):
                 table = pf.read(columns=[self.LABEL] + ([self.NAME] if has_names else []))
             if self.metadata_names is None:
                 self.metadata_names = _class_label_names(schema, self.LABEL)
-            parts.append(table.column(self.LABEL).to_numpy().astype(np.int64))
+            scan.add(table.column(self.LABEL).to_numpy().astype(np.int64))
             # One thread keeps the pairs in order of first appearance, so a conflict names the earlier name first.
-            names.append(table.group_by([self.LABEL, self.NAME], use_threads=False).aggregate([])
-                         if has_names else None)
-        return np.concatenate(parts), names
+            scan.names.append(table.group_by([self.LABEL, self.NAME], use_threads=False).aggregate([])
+                              if has_names else None)
+        return scan
+
+    def _shard_labels(self, file: str) -> np.ndarray:
+        with self.fs.open(file, "rb") as f:
+            return pq.read_table(f, columns=[self.LABEL]).column(0).to_numpy().astype(np.int64)
 
     def _check_schema(self, file: str, pf: pq.ParquetFile) -> None:
         """The image column holds bytes, or {bytes, path} structs whose bytes are all present."""
@@ -106,21 +114,25 @@ class ParquetData(RealData):
                             "struct")
 
     def _class_names(self) -> list[str]:
-        labels, name_parts = self._labels["train"]
+        train = self._scans["train"]
+        if not train.rows_total:
+            raise DataError(f"data.path {self.path!r}: the train split has no rows")
         known = self.metadata_names
-        num_classes = len(known) if known else int(labels.max()) + 1
-        for split, (split_labels, _) in self._labels.items():
-            bad = np.nonzero((split_labels < 0) | (split_labels >= num_classes))[0]
-            if len(bad):
-                raise DataError(f"{self._file_of(split, int(bad[0]))!r}: {self.LABEL!r} {int(split_labels[bad[0]])} "
-                                f"is outside the {num_classes} classes (0..{num_classes - 1})")
+        num_classes = len(known) if known else max(train.high) + 1
+        for split, scan in self._scans.items():
+            for file, low, high in zip(self.files[split], scan.low, scan.high):
+                if low < 0 or high >= num_classes:
+                    labels = self._shard_labels(file)
+                    row = int(np.argmax((labels < 0) | (labels >= num_classes)))
+                    raise DataError(f"{f'{file} row {row}'!r}: {self.LABEL!r} {int(labels[row])} is outside the "
+                                    f"{num_classes} classes (0..{num_classes - 1})")
         if known:
             return known
-        if len(np.unique(labels)) != num_classes:
+        if (train.counts[:num_classes] == 0).any():
             raise DataError(f"data.path {self.path!r}: labels must cover 0..{num_classes - 1} without gaps")
-        if any(n is None for n in name_parts):
+        if any(n is None for n in train.names):
             return [str(i) for i in range(num_classes)]
-        pairs = pa.concat_tables(name_parts, promote_options="permissive")  # shards may differ in int or string width
+        pairs = pa.concat_tables(train.names, promote_options="permissive")  # shards may differ in int or string width
         order = {}
         for label, name in zip(pairs.column(self.LABEL).to_pylist(), pairs.column(self.NAME).to_pylist()):
             if order.setdefault(int(label), name) != name:
@@ -128,18 +140,19 @@ class ParquetData(RealData):
                                 f"{order[int(label)]!r} and {name!r}")
         return [order[i] for i in range(num_classes)]
 
-    def _file_of(self, split: str, row: int) -> str:
-        offset = 0
-        for file in self.files[split]:
-            with self.fs.open(file, "rb") as f:
-                rows = pq.ParquetFile(f).metadata.num_rows
-            if row < offset + rows:
-                return f"{file} row {row - offset}"
-            offset += rows
-        raise AssertionError(f"row {row} beyond the split")
-
     def labels(self, split: str) -> torch.Tensor:
-        return torch.from_numpy(self._labels[split][0])
+        if split not in self._labels:
+            self._labels[split] = np.concatenate([self._shard_labels(file) for file in self.files[split]])
+        return torch.from_numpy(self._labels[split])
+
+    def num_images(self, split: str) -> int:
+        return self._scans[split].rows_total
+
+    def class_sizes(self) -> torch.Tensor:
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        seen = self._scans["train"].counts[:self.num_classes]
+        counts[:len(seen)] = seen
+        return torch.from_numpy(counts)
 
     def images_at(self, split: str, indices: torch.Tensor, strict: bool = True) -> torch.Tensor:
         """Reads only the row groups that hold the requested rows."""
@@ -181,3 +194,29 @@ def _class_label_names(schema: pa.Schema, column: str) -> list[str] | None:
     feature = json.loads(raw).get("info", {}).get("features", {}).get(column, {})
     names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
     return list(names) if names else None
+
+
+@dataclass
+class _SplitLabels:
+    """What opening a split keeps of its label column (``ParquetData._scan_labels``): rows, smallest and largest
+    label per shard (an empty shard's are 0 and -1), images per label value (negative ones left to the range
+    check), and per shard its distinct (label, class name) pairs, or None without names."""
+
+    rows: list[int] = field(default_factory=list)
+    low: list[int] = field(default_factory=list)
+    high: list[int] = field(default_factory=list)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    names: list[pa.Table | None] = field(default_factory=list)
+
+    @property
+    def rows_total(self) -> int:
+        return sum(self.rows)
+
+    def add(self, labels: np.ndarray) -> None:
+        self.rows.append(len(labels))
+        self.low.append(int(labels.min()) if len(labels) else 0)
+        self.high.append(int(labels.max()) if len(labels) else -1)
+        shard = np.bincount(labels[labels >= 0])
+        if len(shard) > len(self.counts):
+            self.counts = np.pad(self.counts, (0, len(shard) - len(self.counts)))
+        self.counts[:len(shard)] += shard

@@ -72,12 +72,6 @@ def random_real_indices(labels: torch.Tensor, num_classes: int, ipc: int, seed: 
     return _draw_per_class(labels, num_classes, _random_real_count(ipc), seed, STREAM_RANDOM_REAL)
 
 
-def class_sizes(data: RealData) -> torch.Tensor:
-    """Training images per class: a count of the label column, without the class index (whose row order and sort
-    are three label columns more: the driver checks counts, and workers draw from the index)."""
-    return torch.bincount(data.labels("train"), minlength=data.num_classes)[:data.num_classes]
-
-
 def check_images_per_class(sizes: torch.Tensor, ipc: int) -> None:
     """Every class has (of ``sizes``, its training images) the ``ipc`` the random-real draw and real-image starts
     need."""

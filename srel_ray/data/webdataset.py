@@ -79,7 +79,8 @@ class WebDatasetData(RealData):
         self.class_names = self._class_list(cfg.classes)
         self.shard_paths, sizes = self._split_shards()
         self.index = self._open_index(index_folder(cfg.index, self.fs, self.root), self.shard_paths, sizes)
-        self._labels = {split: self.index.column(split, "label", np.int64) for split in self.shard_paths}
+        self._labels: dict[str, np.ndarray] = {}  # read on first use (RealData.labels)
+        self._class_sizes: torch.Tensor | None = None
 
     def _class_list(self, classes: str | None) -> list[str]:
         if classes in imagenet_classes.SYNSET_LISTS:
@@ -173,7 +174,17 @@ class WebDatasetData(RealData):
         return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
     def labels(self, split: str) -> torch.Tensor:
+        if split not in self._labels:
+            self._labels[split] = self.index.column(split, "label", np.int64)
         return torch.from_numpy(self._labels[split])
+
+    def num_images(self, split: str) -> int:
+        return self.index.num_rows(split)
+
+    def class_sizes(self) -> torch.Tensor:
+        if self._class_sizes is None:  # the start-up checks ask more than once
+            self._class_sizes = torch.from_numpy(self.index.counts("train", "label", self.num_classes))
+        return self._class_sizes
 
     def _locations(self, split: str, table: pa.Table) -> list[tuple[str, int, int]]:
         """(shard path, first byte, end) of each image of index rows ``table`` (columns shard, offset, size)."""

@@ -171,7 +171,7 @@ def run_class_stats(cfg: Config, data: RealData, teacher_paths: list[str], folde
         compute=ray.data.ActorPoolStrategy(size=res.relabel_actors), num_cpus=request["num_cpus"],
         num_gpus=request["num_gpus"])
     sums = ShardedSums(data.num_classes, len(teacher_paths))
-    images = len(data.labels("train"))
+    images = data.num_images("train")
     bar = open_bar(progress, "class_stats", "class statistics", images, "image")
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

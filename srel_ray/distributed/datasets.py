@@ -116,7 +116,7 @@ def ray_dataset(data: RealData, split: str, shuffle: str | None = None, seed: in
         ds = ds.random_shuffle(seed=seed) if shuffle == "global" else ds
         return ds.map_batches(_decode, **decode)
     if isinstance(data, ImageFolderData):
-        rows = FolderIndexRows(data.index, split, data.url_prefix(), len(data.labels(split)))
+        rows = FolderIndexRows(data.index, split, data.url_prefix(), data.num_images(split))
         ds = ray.data.read_datasource(rows, override_num_blocks=from_items_blocks(rows.num_rows))
         ds = ds.random_shuffle(seed=seed) if shuffle else ds
         return ds.map_batches(_read_files, batch_size=DECODE_BATCH).map_batches(_decode, **decode)

@@ -77,7 +77,7 @@ def run_squeeze(cfg: Config, data: RealData, storage: str, use_gpu: bool, progre
     res = cfg.resources
     loop_config = {"cfg": to_dict(cfg), "norm": {"mean": data.norm.mean, "std": data.norm.std},
                    "num_classes": data.num_classes, "channels": data.channels, "threads": res.threads_per_worker,
-                   "expected_train": len(data.labels("train")), "progress": progress_board}
+                   "expected_train": data.num_images("train"), "progress": progress_board}
     # Shards often come sorted by class (the CIFAR-10 copy is): a local shuffle buffer alone would then feed
     # single-class batches. A seeded global shuffle mixes classes; the per-epoch local buffer varies the order.
     train = ray_dataset(data, "train", shuffle=cfg.teacher.shuffle, seed=derive_seed(cfg.seed, STREAM_TEACHER_DATA))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from srel_ray.config import Config, TeacherConfig
-from srel_ray.data.real import RealData, check_images_per_class, class_sizes, load_dataset
+from srel_ray.data.real import RealData, check_images_per_class, load_dataset
 from srel_ray.errors import SrelError
 from srel_ray.models import create_model, has_batchnorm, list_models, pretrained
 from srel_ray.models.registry import check_model_fits
@@ -37,7 +37,7 @@ def check_inputs(cfg: Config, run: RunDir, stages: tuple[str, ...]) -> RealData:
         raise SrelError(f"relabel.top_k={cfg.relabel.top_k} must be below the class count {data.num_classes} "
                         "(0 keeps all logits)")
     if RANDOM_REAL in made:
-        check_images_per_class(class_sizes(data), cfg.recover.ipc)
+        check_images_per_class(data.class_sizes(), cfg.recover.ipc)
     if TEACHER in made and cfg.teacher.source == "checkpoint":
         check_teacher(load_teacher(cfg.teacher.checkpoint), data)
     elif TEACHER in made and cfg.teacher.source in ("torchvision", "timm"):
@@ -90,10 +90,10 @@ def check_method_inputs(cfg: Config, run: RunDir, data: RealData, stages: tuple[
     """What the successors' options (docs/methods.md) need from the data and the extra teachers."""
     r, made = cfg.recover, made_by(cfg, stages)
     if CONDENSED in made and r.init == "real":
-        check_images_per_class(class_sizes(data), r.ipc)
+        check_images_per_class(data.class_sizes(), r.ipc)
     if CONDENSED in made and r.init == "rded":
         need = r.ipc * r.rded_factor ** 2
-        smallest = int(class_sizes(data).min())
+        smallest = int(data.class_sizes().min())
         if min(r.rded_pool, smallest) < need:
             raise SrelError(f"RDED needs ipc * rded_factor^2 = {need} candidate images per class, but "
                             f"recover.rded_pool={r.rded_pool} and the smallest class has {smallest}")

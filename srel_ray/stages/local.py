@@ -65,7 +65,7 @@ class InProcessExecutor:
         norms = [load_teacher(path).norm for path in teachers]  # each teacher's own, as the Ray pass uses
         totals = [ClassStatsAccumulator(data.num_classes) for _ in teachers]
         images = 0
-        with tqdm(total=len(data.labels("train")), desc="class statistics", unit="image") as bar:
+        with tqdm(total=data.num_images("train"), desc="class statistics", unit="image") as bar:
             for x, y in data.batches("train", cfg.relabel.batch_size):
                 for total, model, norm in zip(totals, models, norms):
                     total.add(batch_sums(model, norm.normalize_uint8(x).to(self.device), y))
