@@ -14,6 +14,7 @@ a stopped make leaves no record, so a half-written index is never read.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from typing import Callable, Iterable, Iterator
@@ -22,7 +23,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
+from srel_ray.data.base import RealData
 from srel_ray.errors import DataError
 from srel_ray.storage.files import read_json, write_bytes_atomic
 
@@ -126,6 +129,33 @@ class PartedIndex:
 
 def _group_sizes(parquet: pq.ParquetFile) -> list[int]:
     return [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+
+
+class IndexedData(RealData):
+    """A reader whose rows are a ``PartedIndex`` (``self.index``) with an integer ``label`` column: ImageFolder and
+    WebDataset. Opening it reads none of the index's rows: its row counts are the record's, its images per class are
+    counted a part at a time, and its label column is read on first use (``RealData.labels``)."""
+
+    index: PartedIndex
+
+    @functools.cached_property
+    def _label_columns(self) -> dict[str, np.ndarray]:  # split -> labels, each read on first use
+        return {}
+
+    def labels(self, split: str) -> torch.Tensor:
+        if split not in self._label_columns:
+            self._label_columns[split] = self.index.column(split, "label", np.int64)
+        return torch.from_numpy(self._label_columns[split])
+
+    def num_images(self, split: str) -> int:
+        return self.index.num_rows(split)
+
+    @functools.cached_property
+    def _class_sizes(self) -> torch.Tensor:  # the start-up checks ask more than once
+        return torch.from_numpy(self.index.counts("train", "label", self.num_classes))
+
+    def class_sizes(self) -> torch.Tensor:
+        return self._class_sizes
 
 
 def group_spans(group_sizes: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:

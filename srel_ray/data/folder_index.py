@@ -42,9 +42,6 @@ Listing = tuple[list[str], list[int]]  # relative paths and their labels, in ind
 class FolderIndex(PartedIndex):
     """The index of one ImageFolder tree at ``folder`` (a URL): its splits' labels and paths."""
 
-    def labels(self, split: str) -> np.ndarray:
-        return self.column(split, "label", np.int64)
-
     def paths_at(self, split: str, rows: np.ndarray) -> list[str]:
         """The relative paths of ``rows``, in their order, reading only the parts and row groups that hold them."""
         return self.take(split, rows, ["path"]).column(0).to_pylist()

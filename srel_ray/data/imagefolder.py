@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from srel_ray.config import DataConfig
-from srel_ray.data.base import RealData, decode_images, decode_rows, index_folder
+from srel_ray.data.base import decode_images, decode_rows, index_folder
+from srel_ray.data.file_index import IndexedData
 from srel_ray.data.folder_index import SPLITS, FolderIndex, Listing, list_class_parts, open_index, sorted_by_path
 from srel_ray.data.imagenet_val import flat_val_labels
 from srel_ray.errors import DataError
@@ -26,7 +27,7 @@ from srel_ray.errors import DataError
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
 
-class ImageFolderData(RealData):
+class ImageFolderData(IndexedData):
     def __init__(self, cfg: DataConfig):
         if not cfg.path:
             raise DataError("data.path is required for data.name=imagefolder: a folder with train/<class>/<image>")
@@ -42,8 +43,6 @@ class ImageFolderData(RealData):
         folder = index_folder(cfg.index, self.fs, self.root)
         self.index: FolderIndex = open_index(folder, {"classes": self.class_names, "val_labels": self.val_labels},
                                              self._list_splits)
-        self._labels: dict[str, np.ndarray] = {}  # read on first use (RealData.labels)
-        self._class_sizes: torch.Tensor | None = None
 
     def _folders(self, split_dir: str) -> list[tuple[str, str]]:
         """(name, path) of every folder in ``split_dir`` (one listing, no call per entry)."""
@@ -125,19 +124,6 @@ class ImageFolderData(RealData):
             paths.append(self._relative(files[image_id]))
             labels.append(index[wnid])
         return sorted_by_path(paths, labels)
-
-    def labels(self, split: str) -> torch.Tensor:
-        if split not in self._labels:
-            self._labels[split] = self.index.labels(split)
-        return torch.from_numpy(self._labels[split])
-
-    def num_images(self, split: str) -> int:
-        return self.index.num_rows(split)
-
-    def class_sizes(self) -> torch.Tensor:
-        if self._class_sizes is None:  # the start-up checks ask more than once
-            self._class_sizes = torch.from_numpy(self.index.counts("train", "label", self.num_classes))
-        return self._class_sizes
 
     def paths_at(self, split: str, indices) -> list[str]:
         """The files of the given rows, from the index (only the row groups that hold them are read)."""

@@ -32,8 +32,8 @@ import torch
 
 from srel_ray.config import DataConfig
 from srel_ray.data import imagenet_classes
-from srel_ray.data.base import RealData, decode_images, decode_rows, index_folder
-from srel_ray.data.file_index import PartedIndex, open_parted_index
+from srel_ray.data.base import decode_images, decode_rows, index_folder
+from srel_ray.data.file_index import IndexedData, PartedIndex, open_parted_index
 from srel_ray.errors import DataError
 
 INDEX_VERSION = 2  # 1: one Parquet file a split, read whole by every open
@@ -67,7 +67,7 @@ def sample_image(sample: dict) -> bytes | None:
     return next((sample[ext] for ext in IMAGE_EXTENSIONS if sample.get(ext) is not None), None)
 
 
-class WebDatasetData(RealData):
+class WebDatasetData(IndexedData):
     def __init__(self, cfg: DataConfig):
         if not cfg.path:
             raise DataError("data.path is required for data.name=webdataset: a folder of tar shards "
@@ -79,8 +79,6 @@ class WebDatasetData(RealData):
         self.class_names = self._class_list(cfg.classes)
         self.shard_paths, sizes = self._split_shards()
         self.index = self._open_index(index_folder(cfg.index, self.fs, self.root), self.shard_paths, sizes)
-        self._labels: dict[str, np.ndarray] = {}  # read on first use (RealData.labels)
-        self._class_sizes: torch.Tensor | None = None
 
     def _class_list(self, classes: str | None) -> list[str]:
         if classes in imagenet_classes.SYNSET_LISTS:
@@ -172,19 +170,6 @@ class WebDatasetData(RealData):
     def url(self, path: str) -> str:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return path if protocol in ("file", "local") else f"{protocol}://{path}"
-
-    def labels(self, split: str) -> torch.Tensor:
-        if split not in self._labels:
-            self._labels[split] = self.index.column(split, "label", np.int64)
-        return torch.from_numpy(self._labels[split])
-
-    def num_images(self, split: str) -> int:
-        return self.index.num_rows(split)
-
-    def class_sizes(self) -> torch.Tensor:
-        if self._class_sizes is None:  # the start-up checks ask more than once
-            self._class_sizes = torch.from_numpy(self.index.counts("train", "label", self.num_classes))
-        return self._class_sizes
 
     def _locations(self, split: str, table: pa.Table) -> list[tuple[str, int, int]]:
         """(shard path, first byte, end) of each image of index rows ``table`` (columns shard, offset, size)."""
