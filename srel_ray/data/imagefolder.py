@@ -20,7 +20,7 @@ import torch
 from srel_ray.config import DataConfig
 from srel_ray.data.base import decode_images, decode_rows, index_folder
 from srel_ray.data.file_index import IndexedData
-from srel_ray.data.folder_index import SPLITS, FolderIndex, Listing, list_class_parts, open_index, sorted_by_path
+from srel_ray.data.folder_index import FolderIndex, Listing, list_class_parts, open_index, sorted_by_path
 from srel_ray.data.imagenet_val import flat_val_labels
 from srel_ray.errors import DataError
 

@@ -1,7 +1,8 @@
 """Real labelled datasets with an explicit class order, read without loading a whole split into memory.
 
-Every source offers the same small interface (``srel_ray.data.base.RealData``): the class order, the label column of a
-split, the images at given row indices (the random-real baseline), and a stream of decoded batches; ``load_dataset``
+Every source offers the same small interface (``srel_ray.data.base.RealData``): the class order, a split's rows and
+images per class (what the driver asks), the label column of a split (read on first use by the processes that draw
+rows), the images at given row indices (the random-real baseline), and a stream of decoded batches; ``load_dataset``
 picks the reader by ``data.name``. The Ray edge (``srel_ray.distributed.datasets``) builds Ray Datasets from the same
 sources, decoding in the data pipeline.
 """
