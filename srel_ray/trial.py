@@ -37,7 +37,7 @@ from srel_ray.config import TRIAL_METRICS, Config, DataConfig, to_dict
 from srel_ray.core.normalization import Normalization
 from srel_ray.core.precision import resolve_precision
 from srel_ray.core.student import build_student, count_correct
-from srel_ray.data.real import RealData, WithoutRows, load_dataset
+from srel_ray.data.real import RealData, WithoutValidation, load_dataset, validation_indices
 from srel_ray.search_space import config_key
 from srel_ray.stages.base import labels_record, write_set_manifest
 from srel_ray.stages.local import InProcessExecutor, test_batches
@@ -57,7 +57,7 @@ class TrialInputs:
     teacher_path: str
     dataset: str
     norm: Normalization  # the real data's normalisation, which the student uses (as in the evaluate stage)
-    val_rows: torch.Tensor  # the validation split's rows in the training split: never a starting image of recovery
+    val_images: int  # images in the validation split of data.val_fraction and data.split_seed (each trial draws them)
     data: DataConfig  # the search's data, local paths made absolute (a trial may run in another directory)
     extra_teachers: tuple[str, ...] = ()  # teacher.extra's teacher.pt files
     class_stats: tuple[str, ...] = ()  # per-class statistics folders, one per teacher (recover.class_bn_weight > 0)
@@ -65,6 +65,11 @@ class TrialInputs:
     @property
     def teachers(self) -> list[str]:
         return [self.teacher_path, *self.extra_teachers]
+
+
+def without_validation(inputs: TrialInputs) -> WithoutValidation:
+    """The search's data without its validation rows: what a trial's recovery starts from."""
+    return WithoutValidation(load_dataset(inputs.data), inputs.data.val_fraction, inputs.data.split_seed)
 
 
 def set_key(cfg: Config) -> str:
@@ -136,13 +141,14 @@ def validation_parts(inputs: TrialInputs) -> list[str]:
         if not files.exists(search.validation):
             data = load_dataset(inputs.data)
             labels = data.labels("train")
+            val_rows = validation_indices(labels, data.num_classes, inputs.data.val_fraction, inputs.data.split_seed)
             parts = []
-            for index, start in enumerate(range(0, len(inputs.val_rows), VALIDATION_PART)):
-                rows = inputs.val_rows[start:start + VALIDATION_PART]
+            for index, start in enumerate(range(0, len(val_rows), VALIDATION_PART)):
+                rows = val_rows[start:start + VALIDATION_PART]
                 files.write_torch(search.validation_part(index), {"images": data.images_at("train", rows),
                                                                    "labels": labels[rows]})
                 parts.append(index)
-            files.write_json_atomic(search.validation, {"images": len(inputs.val_rows), "parts": parts})
+            files.write_json_atomic(search.validation, {"images": len(val_rows), "parts": parts})
     return [search.validation_part(index) for index in files.read_json(search.validation)["parts"]]
 
 
@@ -188,7 +194,7 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
         began = time.perf_counter()
         precision = resolve_precision(cfg.resources.precision, device)
         executor = InProcessExecutor(device, precision, cfg.resources.compile,
-                                     start_data=lambda: WithoutRows(load_dataset(inputs.data), inputs.val_rows))
+                                     start_data=lambda: without_validation(inputs))
         executor.teachers(inputs.teachers)
         set_dir = search.shared_set(set_key(cfg))
         with files.locked(set_dir):
@@ -202,7 +208,7 @@ def run_trial(cfg: Config, inputs: TrialInputs, report: Callable[[dict], None],
             if metrics["epochs_trained"] == cfg.evaluate.epochs:
                 files.write_torch_local(trial.student, {k: v.cpu() for k, v in student.state_dict().items()})
                 record = {"trial": trial.name, "set": set_key(cfg), "history": history,
-                          "final": {k: metrics[k] for k in TRIAL_METRICS}, "val_images": len(inputs.val_rows),
+                          "final": {k: metrics[k] for k in TRIAL_METRICS}, "val_images": inputs.val_images,
                           "recover_stats": _unit_stats(info.path),
                           "seconds": {**seconds, "student": time.perf_counter() - student_began,
                                       "total": time.perf_counter() - began},

@@ -25,7 +25,7 @@ import yaml
 
 from srel_ray.config import Config, DataConfig, from_dict, load_config, to_dict
 from srel_ray.storage import files
-from srel_ray.data.real import WithoutRows, validation_indices
+from srel_ray.data.real import WithoutValidation
 from srel_ray.errors import SrelError
 from srel_ray.stages import squeeze
 from srel_ray.stages.base import StageContext
@@ -56,10 +56,12 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
     from srel_ray.distributed.tune import fit_search, trial_resources
 
     data = check_inputs(cfg, RunDir.at(out), ("squeeze",))
-    val_rows = validation_indices(data.labels("train"), data.num_classes, cfg.data.val_fraction, cfg.data.split_seed)
+    # Counted from the images per class: the trials draw the validation rows themselves (trial.py), from the labels.
+    kept = WithoutValidation(data, cfg.data.val_fraction, cfg.data.split_seed)
+    val_images = kept.validation_images()
     corners = corner_configs(cfg, params)
     for corner in corners:  # trials start recovery from training images outside the validation split
-        check_method_inputs(corner, RunDir.at(out), WithoutRows(data, val_rows), ("squeeze", "recover"))
+        check_method_inputs(corner, RunDir.at(out), kept, ("squeeze", "recover"))
     run = prepare_out(cfg, out)
     start_ray(cfg.resources, verbose=verbosity == "verbose")
     use_gpu = resolve_use_gpu(cfg.resources)
@@ -69,7 +71,7 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     parent = previous.get("parent_run_id") if previous.get("tracking_uri") == uri else None
     with tracked_run(cfg, "tune", out, run_id=parent) as tracker:
-        search = {"tracking_uri": uri, "validation_images": len(val_rows), "teacher": run.teacher}
+        search = {"tracking_uri": uri, "validation_images": val_images, "teacher": run.teacher}
         if tracker.enabled:
             import mlflow
 
@@ -85,10 +87,10 @@ def run_search(cfg: Config, out: Path, resume: bool = False, verbosity: str = "n
             log.info("tune: per-class statistics of the training split (made once, shared by every trial)")
             stats_dirs = run.class_stats(cfg)
             executor.class_stats(cfg, data, teachers, stats_dirs)
-        inputs = TrialInputs(str(out), run.teacher, data.name, data.norm, val_rows, _absolute(cfg.data),
+        inputs = TrialInputs(str(out), run.teacher, data.name, data.norm, val_images, _absolute(cfg.data),
                              tuple(teachers[1:]), tuple(stats_dirs))
         log.info("tune: %s search, trials scored on %s of %d held-out training images; outputs in %s",
-                 cfg.tune.search, cfg.tune.metric, len(val_rows), out)
+                 cfg.tune.search, cfg.tune.metric, val_images, out)
         results = fit_search(cfg, params, out, inputs, use_gpu, resume, tracker.enabled, verbosity)
         rows = trial_rows(cfg, params, results, folder)
         best = _best(cfg, rows, results)

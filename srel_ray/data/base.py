@@ -130,12 +130,20 @@ class WithoutRows(RealData):
     from training images that are not validation images, so no trial's set begins from a picture it is scored
     on. Train-split row indices count the kept rows only; the test split and the normalisation are ``data``'s."""
 
-    def __init__(self, data: RealData, left_out: torch.Tensor):
-        keep = torch.ones(len(data.labels("train")), dtype=torch.bool)
-        keep[left_out] = False
-        self.data, self.kept = data, torch.nonzero(keep).flatten()
+    def __init__(self, data: RealData, left_out: torch.Tensor | None):
+        self.data, self._left_out = data, left_out
         self.name, self.class_names = data.name, data.class_names
         self.channels, self.image_size = data.channels, data.image_size
+
+    def left_out(self) -> torch.Tensor:
+        """The training rows left out (a subclass may draw them on first use)."""
+        return self._left_out
+
+    @functools.cached_property
+    def kept(self) -> torch.Tensor:
+        keep = torch.ones(self.data.num_images("train"), dtype=torch.bool)
+        keep[self.left_out()] = False
+        return torch.nonzero(keep).flatten()
 
     @property
     def norm(self) -> Normalization:

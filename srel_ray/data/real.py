@@ -9,6 +9,8 @@ sources, decoding in the data pipeline.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -92,13 +94,55 @@ def _random_real_count(ipc: int):
 def validation_indices(labels: torch.Tensor, num_classes: int, fraction: float, split_seed: int) -> torch.Tensor:
     """Training-set rows held out for validation (``srel-ray tune`` scores trials on them, never on test):
     ``fraction`` of each class, at least one, drawn from (split_seed, class) so the split never moves."""
+    return _draw_per_class(labels, num_classes, _validation_count(fraction), split_seed, STREAM_VALIDATION)
 
+
+def validation_sizes(sizes: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Validation images per class of ``validation_indices``, from the training images per class alone."""
+    count = _validation_count(fraction)
+    return torch.tensor([count(c, int(size)) for c, size in enumerate(sizes)], dtype=torch.int64)
+
+
+def _validation_count(fraction: float):
     def count(c: int, size: int) -> int:
         if size < 2:
             raise DataError(f"class {c} has {size} training images: a validation split needs at least 2")
         return min(size - 1, max(1, round(fraction * size)))
 
-    return _draw_per_class(labels, num_classes, count, split_seed, STREAM_VALIDATION)
+    return count
+
+
+class WithoutValidation(WithoutRows):
+    """``data`` without the validation split of ``data.val_fraction`` and ``data.split_seed`` (``srel-ray tune``'s
+    trials start recovery outside it). Its class sizes and image count come from ``data``'s class sizes, so the
+    search's driver checks a corner's recovery inputs without the label column; the rows are drawn from the labels
+    on first use, where a trial reads images."""
+
+    def __init__(self, data: RealData, fraction: float, split_seed: int):
+        super().__init__(data, None)
+        self.fraction, self.split_seed = fraction, split_seed
+
+    @functools.cached_property
+    def _validation(self) -> torch.Tensor:
+        return validation_indices(self.data.labels("train"), self.num_classes, self.fraction, self.split_seed)
+
+    def left_out(self) -> torch.Tensor:
+        return self._validation
+
+    @functools.cached_property
+    def _sizes(self) -> tuple[torch.Tensor, torch.Tensor]:  # (kept, validation) images per class
+        sizes = self.data.class_sizes()
+        held = validation_sizes(sizes, self.fraction)
+        return sizes - held, held
+
+    def class_sizes(self) -> torch.Tensor:
+        return self._sizes[0]
+
+    def validation_images(self) -> int:
+        return int(self._sizes[1].sum())
+
+    def num_images(self, split: str) -> int:
+        return int(self._sizes[0].sum()) if split == "train" else self.data.num_images(split)
 
 
 def _draw_per_class(labels: torch.Tensor, num_classes: int, count, seed: int, stream: int) -> torch.Tensor:

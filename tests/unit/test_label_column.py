@@ -135,3 +135,24 @@ def test_a_named_class_without_images_counts_zero(tmp_path):
     assert data.class_sizes().tolist() == [2, 2, 0]
     with pytest.raises(DataError, match="class 2 has only 0 training images"):
         check_images_per_class(data.class_sizes(), 1)
+
+
+def test_the_tune_driver_counts_the_validation_split_without_the_label_column(source, monkeypatch):
+    """srel-ray tune's driver checks each corner's recovery inputs on the training images outside the validation
+    split, and says how many validation images the trials score on: both from the images per class. A trial
+    draws the same rows from the labels (WithoutRows of validation_indices, the split it scores on)."""
+    from srel_ray.data.real import WithoutRows, WithoutValidation, validation_indices
+
+    cfg, reader = source
+    with monkeypatch.context() as patch:
+        _no_labels(patch, reader)
+        kept = WithoutValidation(load_dataset(cfg), 0.25, split_seed=3)
+        # 8, 2 and 3 images: round(0.25 x size) of each class, at least one and never all of it.
+        assert kept.class_sizes().tolist() == [6, 1, 2] and kept.validation_images() == 4
+        assert kept.num_images("train") == 9 and kept.num_images("test") == len(TEST)
+    data = load_dataset(cfg)
+    rows = validation_indices(data.labels("train"), 3, 0.25, split_seed=3)
+    explicit = WithoutRows(data, rows)
+    assert torch.equal(kept.kept, explicit.kept) and torch.equal(kept.labels("train"), explicit.labels("train"))
+    assert torch.equal(kept.class_sizes(), torch.bincount(explicit.labels("train"), minlength=3))
+    assert len(rows) == kept.validation_images()

@@ -49,8 +49,13 @@ def _save_untrained_teacher(data, path, seed: int) -> None:
 
 
 def _inputs(out, cfg, data, **options) -> TrialInputs:
-    rows = validation_indices(data.labels("train"), 10, cfg.data.val_fraction, cfg.data.split_seed)
-    return TrialInputs(str(out), str(out / "teacher" / "teacher.pt"), "digits", data.norm, rows, cfg.data, **options)
+    return TrialInputs(str(out), str(out / "teacher" / "teacher.pt"), "digits", data.norm,
+                       len(_val_rows(cfg.data, data)), cfg.data, **options)
+
+
+def _val_rows(data_cfg, data) -> torch.Tensor:
+    """The validation split a trial draws (from data.val_fraction and data.split_seed), drawn here directly."""
+    return validation_indices(data.labels("train"), 10, data_cfg.val_fraction, data_cfg.split_seed)
 
 
 def validation(inputs):
@@ -74,9 +79,9 @@ def test_trial_reports_every_epoch_and_writes_its_record(search):
     folder = trial_dir(inputs.out, cfg)
     assert json.loads((folder / "trial.json").read_text())["history"] == reports == record["history"]
     assert record["final"] == {k: reports[-1][k] for k in TRIAL_METRICS}
-    assert record["val_images"] == len(inputs.val_rows) == 136  # 10 % of each digits training class
+    assert record["val_images"] == inputs.val_images == 136  # 10 % of each digits training class
     images, labels = validation(inputs)  # decoded once, by the trial, into the search folder
-    assert torch.equal(images, data.images_at("train", inputs.val_rows)) and len(labels) == 136
+    assert torch.equal(images, data.images_at("train", _val_rows(inputs.data, data))) and len(labels) == 136
     assert (folder / "student.pt").exists() and (folder / "condensed_grid.png").exists()
 
     set_dir = str(inputs.out) + f"/sets/{set_key(cfg)}"
@@ -138,8 +143,8 @@ def test_validation_images_are_decoded_once_into_files_a_trial_holds_one_at_a_ti
     parts = validation_parts(inputs)
     assert [len(labels) for _, labels in validation_images(parts)] == [64, 64, 8]
     images, labels = validation(inputs)
-    assert torch.equal(images, data.images_at("train", inputs.val_rows))
-    assert torch.equal(labels, data.labels("train")[inputs.val_rows])
+    assert torch.equal(images, data.images_at("train", _val_rows(inputs.data, data)))
+    assert torch.equal(labels, data.labels("train")[_val_rows(inputs.data, data)])
     monkeypatch.setattr(trial_module, "load_dataset", None)  # a later trial reads the files, never the data
     assert validation_parts(inputs) == parts
 
@@ -149,9 +154,9 @@ def test_starting_images_are_training_images_outside_the_validation_split(search
     real = apply_params(cfg, {"recover.init": "real", "recover.iterations": 0})  # the set is its starting images
     _run(real, inputs)
     images = sets.read_images(inputs.out + f"/sets/{set_key(real)}", 10, 2, 1)
-    kept = WithoutRows(data, inputs.val_rows)
+    kept = WithoutRows(data, _val_rows(inputs.data, data))
     rows = kept.kept[random_real_indices(kept.labels("train"), 10, 2, cfg.seed)]  # class-major, as the set
-    assert not set(rows.tolist()) & set(inputs.val_rows.tolist())
+    assert not set(rows.tolist()) & set(_val_rows(inputs.data, data).tolist())
     assert torch.equal(data.labels("train")[rows], torch.arange(10).repeat_interleave(2))
     assert torch.equal(images, data.images_at("train", rows))
 
@@ -180,7 +185,7 @@ def test_a_trial_runs_rded_starts_class_matching_and_two_teachers_as_the_core_do
     set_dir = str(tmp_path / "sets" / set_key(cfg))
     models = [freeze(load_teacher(str(p)).build()) for p in teachers]
     # RDED's selection of each class, from training images that are not validation images (stored by the trial)
-    kept = WithoutRows(data, inputs.val_rows)
+    kept = WithoutRows(data, _val_rows(inputs.data, data))
     starts = {c: rded_start(kept, cfg.recover, cfg.seed, models, data.norm, c) for c in range(10)}
     expected = {}
     for unit in plan_units(10, cfg.recover.ipc, cfg.recover.classes_per_unit, cfg.recover.ipc_per_unit):
