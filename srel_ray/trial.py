@@ -97,6 +97,7 @@ def condense(cfg: Config, executor: InProcessExecutor, set_dir: str, inputs: Tri
     recovered = executor.recover(cfg, inputs.teachers, set_dir, teacher.num_classes, list(inputs.class_stats))
     if not files.exists(sets.manifest_path(set_dir)):
         write_set_manifest(cfg, set_dir, "condensed", inputs.dataset, teacher, made_by)
+    sets.drop_start_images(set_dir)
     relabel_began = time.perf_counter()
     info = sets.read_set(set_dir)
     if info.label_epochs != cfg.relabel.epochs:

@@ -56,6 +56,7 @@ def run(ctx: StageContext) -> RecoverResult:
     set_dir = run_dir.set_dir("condensed")
     if is_done(cfg, run_dir):
         log.info("recover: the condensed set at %s is complete, skipping the stage", set_dir)
+        sets.drop_start_images(set_dir)  # left by a command stopped between the manifest and their removal
         return RecoverResult(skipped=True)
     teacher = load_teacher(run_dir.teacher)
     stats_dirs = []
@@ -64,6 +65,7 @@ def run(ctx: StageContext) -> RecoverResult:
         ctx.executor.class_stats(cfg, ctx.data, run_dir.teachers(cfg), stats_dirs, ctx.progress)
     result = ctx.executor.recover(cfg, run_dir.teachers(cfg), set_dir, teacher.num_classes, stats_dirs, ctx.progress)
     write_set_manifest(cfg, set_dir, "condensed", ctx.data.name, teacher, to_dict(cfg))
+    sets.drop_start_images(set_dir)
     sets.save_grid(set_dir, teacher.num_classes, cfg.recover.ipc, ctx.data.channels, run_dir.grid)
     ctx.tracker.log_artifact(run_dir.grid)
     for s in result.stats:

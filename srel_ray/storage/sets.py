@@ -9,7 +9,8 @@
                                                         it holds a digest of every marker's and epoch record's
                                                         file list (``listing_digest``)
     <set>/.progress/                                    markers of finished work units (recovery resumes from them)
-    <set>/start/                                        recover.init rded: the start images, in this format
+    <set>/start/                                        recover.init rded: the start images, in this format,
+                                                        while the set is recovered (removed after its manifest)
 
 Every file is written atomically (srel_ray.storage.files), so a crash never leaves a file that looks complete.
 Paths go through fsspec, so a set can live on any filesystem fsspec reaches.
@@ -35,7 +36,7 @@ from srel_ray.core.relabel import row_views
 from srel_ray.core.soft_labels import compress_topk
 from srel_ray.core.student import EpochLabels
 from srel_ray.errors import DataError
-from srel_ray.storage.files import (exists, fs_path, join, read_bytes, read_json, write_bytes_atomic,
+from srel_ray.storage.files import (exists, fs_path, join, read_bytes, read_json, remove, write_bytes_atomic,
                                     write_json_atomic)
 
 # 3: the manifest vouches for the markers and epoch records (a digest of each one's file list), they for their
@@ -221,8 +222,15 @@ def slice_marker(set_dir: str, first_class: int) -> str:
 
 def start_dir(set_dir: str) -> str:
     """The images recovery starts from under recover.init rded (RDED's selection, one set-format folder with a
-    marker per class slice), kept beside the set's own images: ``<set>/start/``."""
+    marker per class slice), beside the set's own images while they are recovered: ``<set>/start/``."""
     return join(set_dir, "start")
+
+
+def drop_start_images(set_dir: str) -> None:
+    """Remove a complete set's start images: no unit is left to read them, and with ``method: rded`` (no
+    iterations) they are the set's images, a second copy (ImageNet-21K at IPC 50: about 160 GB at 224 px)."""
+    assert exists(manifest_path(set_dir)), f"{set_dir} is not complete"
+    remove(start_dir(set_dir))
 
 
 def image_id(label: int, index: int, ipc: int) -> int:

@@ -194,6 +194,29 @@ def test_rded_start_images_are_selected_once_per_class_stored_and_resumed(tmp_pa
     assert files.exists(marker) and torch.equal(sets.read_images(set_dir, 10, 2, 1), expected)
 
 
+def test_a_complete_set_keeps_no_start_images(tmp_path):
+    """The recover stage removes the set's start/ once its manifest is written (with method rded the start images
+    are the set's images: a second copy); a rerun removes start images that a stopped command left behind."""
+    from srel_ray.data.class_images import rded_start
+    from srel_ray.teacher import load_frozen
+
+    _, data, run = _run_with_teacher(tmp_path)
+    cfg = load_config(quickstart_config(), [*TINY, "method=rded", "recover.iterations=0", "recover.ipc=2",
+                                            "recover.rded_pool=10", "recover.rded_factor=2"])
+    ctx = StageContext(cfg, run, data, InProcessExecutor(start_data=lambda: data), Tracker(False))
+    set_dir = run.set_dir("condensed")
+    recover.run(ctx)
+    teacher, models = load_frozen([run.teacher], "cpu")
+    expected = torch.cat([rded_start(data, cfg.recover, cfg.seed, models, teacher.norm, c) for c in range(10)])
+    assert torch.equal(sets.read_images(set_dir, 10, 2, 1), expected)  # 0 iterations: the starts are the images
+    assert not files.exists(sets.start_dir(set_dir)) and files.exists(sets.manifest_path(set_dir))
+    verify_set(set_dir)
+
+    leftover = files.join(sets.start_dir(set_dir), "images", "0", "00000.png")  # stopped before the removal
+    files.write_bytes_atomic(leftover, b"png")
+    assert recover.run(ctx).skipped and not files.exists(sets.start_dir(set_dir))
+
+
 def test_rded_start_selection_shows_a_bar_a_class_in_process(tmp_path, monkeypatch):
     """The in-process executor's RDED start selection: one bar, a step each class stored (10 classes, 10 slices);
     none when there is nothing to select."""
