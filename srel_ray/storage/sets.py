@@ -228,7 +228,7 @@ def start_dir(set_dir: str) -> str:
 
 def drop_start_images(set_dir: str) -> None:
     """Remove a complete set's start images: no unit is left to read them, and with ``method: rded`` (no
-    iterations) they are the set's images, a second copy (ImageNet-21K at IPC 50: about 160 GB at 224 px)."""
+    iterations) they are the set's images, a second copy (ImageNet-21K at IPC 50, 224 px: up to 164 GB)."""
     assert exists(manifest_path(set_dir)), f"{set_dir} is not complete"
     remove(start_dir(set_dir))
 
